@@ -1,0 +1,365 @@
+"""Run a frozen decoder-only model along programs of layers.
+
+The executor batches *rows*: each row is one prompt run under one program. A batch of prompts under
+one program and a batch of programs over one prompt are both just rows. At step ``j`` of the programs,
+rows are grouped by the layer they visit; each group is one layer call on its rows, with its own KV
+cache slot (:class:`~polar.hf.ProgramCache`), so a repeated layer keeps one history per visit.
+
+Two paths produce the same tokens: cached decoding (prefill once, then one token per step) and the
+slow reference semantics (``use_cache=False``: recompute the whole sequence at every step). Tests hold
+them equal, token for token, for skip and loop programs on every supported architecture.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from polar.hf import Decoder, ProgramCache
+from polar.programs import Program
+
+__all__ = ["Executor", "Generation", "Plan", "Sampling", "Score"]
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """Sampling settings; ``temperature == 0`` means greedy decoding."""
+
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0
+    seed: int = 0
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature <= 0
+
+
+GREEDY = Sampling()
+
+
+@dataclass(frozen=True)
+class Generation:
+    """What one row produced."""
+
+    program: str  # canonical text form
+    prompt_tokens: int
+    tokens: list[int]  # new tokens, without padding, up to and including EOS
+    text: str | None  # decoded new tokens (None without a tokenizer)
+    finish_reason: str  # "eos" or "length"
+    layers_per_token: int  # layer calls per forward position: len(program)
+    depth: int  # layers of the model
+    seconds: float  # wall time of the whole batch this row ran in
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Score:
+    """Teacher-forced score of a continuation under a program."""
+
+    program: str
+    logprob: float  # sum of log-probabilities of the continuation tokens
+    n_tokens: int
+    greedy: bool  # True when greedy decoding would produce exactly this continuation
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class _Call:
+    layer: int
+    kind: str
+    rows: torch.Tensor | None  # rows of the batch that make this call; None = all of them
+    slot: int  # KV cache slot of this visit
+
+
+@dataclass
+class Plan:
+    """For each step of the programs, the layer calls that make it (one per distinct layer)."""
+
+    programs: tuple[Program, ...]
+    steps: list[list[_Call]] = field(default_factory=list)
+    kinds: set[str] = field(default_factory=set)
+    n_slots: int = 0
+
+    @classmethod
+    def build(cls, programs: Sequence[Program], layer_kinds: Sequence[str], device: torch.device) -> Plan:
+        plan = cls(tuple(programs))
+        n_rows = len(programs)
+        for j in range(max(len(p) for p in programs)):
+            by_layer: dict[int, list[int]] = {}
+            for r, program in enumerate(programs):
+                if j < len(program):
+                    by_layer.setdefault(program[j], []).append(r)
+            calls = []
+            for layer, rows in by_layer.items():
+                idx = None if len(rows) == n_rows else torch.tensor(rows, device=device)
+                calls.append(_Call(layer, layer_kinds[layer], idx, plan.n_slots))
+                plan.kinds.add(layer_kinds[layer])
+                plan.n_slots += 1
+            plan.steps.append(calls)
+        return plan
+
+    @property
+    def layer_calls(self) -> int:
+        return sum(len(calls) for calls in self.steps)
+
+
+def _rows(x, rows: torch.Tensor | None):
+    """Select rows of a batch-first tensor (or of a tuple of them); batch-1 tensors broadcast."""
+    if rows is None or x is None:
+        return x
+    if isinstance(x, tuple):
+        return tuple(_rows(t, rows) for t in x)
+    return x if x.shape[0] == 1 else x.index_select(0, rows)
+
+
+class Executor:
+    """Runs programs of layers on a frozen causal LM.
+
+    Args:
+        model: a supported transformers causal LM (see :data:`polar.hf.SUPPORTED_MODEL_TYPES`).
+        tokenizer: optional; used to decode generated text and to find EOS and padding tokens.
+    """
+
+    def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase | None = None) -> None:
+        self.decoder = Decoder.of(model)
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.eos_token_ids = _eos_token_ids(model, tokenizer)
+        pad = getattr(tokenizer, "pad_token_id", None) if tokenizer is not None else None
+        if pad is None:
+            pad = model.config.pad_token_id if getattr(model.config, "pad_token_id", None) is not None else None
+        self.pad_token_id = pad if pad is not None else (min(self.eos_token_ids) if self.eos_token_ids else 0)
+
+    @property
+    def depth(self) -> int:
+        return self.decoder.depth
+
+    @property
+    def device(self) -> torch.device:
+        return self.decoder.embed.weight.device
+
+    # --------------------------------------------------------------------------------------- forward
+    def plan(self, programs: Sequence[Program | str]) -> Plan:
+        """Check programs against the model and group their layer calls (raises ProgramError)."""
+        progs = [Program.coerce(p).validate(self.depth, max_visits=None) for p in programs]
+        return Plan.build(progs, self.decoder.layer_kinds, self.device)
+
+    @torch.inference_mode()
+    def forward(
+        self,
+        input_ids: torch.Tensor,  # (B, q)
+        attention_mask: torch.Tensor,  # (B, past + q)
+        plan: Plan,
+        cache: ProgramCache | None = None,
+        keep: int | None = None,
+    ) -> torch.Tensor:
+        """Logits (B, keep or q, V) of ``input_ids`` with each row run under its program.
+
+        Left padding is supported: positions come from the attention mask.
+        """
+        dec = self.decoder
+        q = input_ids.shape[1]
+        position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -q:]  # (B, q)
+        hidden = dec.embed(input_ids)  # (B, q, C)
+        masks = dec.masks(hidden, attention_mask, cache, position_ids, plan.kinds)
+        rope = dec.position_embeddings(hidden, position_ids, plan.kinds)
+        for calls in plan.steps:
+            if len(calls) == 1 and calls[0].rows is None:  # every row visits the same layer
+                c = calls[0]
+                slot = cache.select(c.slot) if cache is not None else None
+                hidden = dec.run_layer(c.layer, hidden, masks[c.kind], rope[c.kind], position_ids, slot)
+                continue
+            out = []
+            for c in calls:  # groups read the hidden states of the previous step, then all are written
+                slot = cache.select(c.slot) if cache is not None else None
+                h = dec.run_layer(
+                    c.layer,
+                    _rows(hidden, c.rows),
+                    _rows(masks[c.kind], c.rows),
+                    _rows(rope[c.kind], c.rows),
+                    _rows(position_ids, c.rows),
+                    slot,
+                )
+                out.append((c.rows, h))
+            hidden = hidden.clone()
+            for rows, h in out:
+                if rows is None:
+                    hidden = h
+                else:
+                    hidden.index_copy_(0, rows, h)
+        if keep is not None:
+            hidden = hidden[:, -keep:]
+        return dec.logits(hidden)
+
+    # ------------------------------------------------------------------------------------- generation
+    @torch.inference_mode()
+    def generate(
+        self,
+        prompts: Sequence[Sequence[int]],
+        programs: Sequence[Program | str],
+        max_new_tokens: int = 64,
+        sampling: Sampling = GREEDY,
+        use_cache: bool = True,
+    ) -> list[Generation]:
+        """Generate from each prompt under each program.
+
+        ``prompts`` and ``programs`` pair up row by row; a single prompt is run under every program and
+        a single program over every prompt. With ``use_cache=False`` the whole sequence is recomputed at
+        every step (the slow reference semantics that cached decoding must reproduce).
+        """
+        prompts, programs = _broadcast(prompts, programs)
+        plan = self.plan(programs)
+        start = time.perf_counter()
+        ids, mask = self._pad_left(prompts)
+        n_rows = ids.shape[0]
+        cache = ProgramCache(plan.n_slots) if use_cache else None
+        generator = None
+        if not sampling.greedy:
+            generator = torch.Generator(device=self.device).manual_seed(sampling.seed)
+        eos = torch.tensor(sorted(self.eos_token_ids) or [-1], device=self.device)
+        new = torch.full((n_rows, max_new_tokens), self.pad_token_id, dtype=torch.long, device=self.device)
+        done = torch.zeros(n_rows, dtype=torch.bool, device=self.device)
+        lengths = torch.full((n_rows,), max_new_tokens, dtype=torch.long, device=self.device)
+        step_input = ids
+        for t in range(max_new_tokens):
+            logits = self.forward(step_input, mask, plan, cache, keep=1)[:, -1]  # (B, V)
+            token = _next_token(logits, sampling, generator)  # (B,)
+            token = torch.where(done, torch.full_like(token, self.pad_token_id), token)
+            new[:, t] = token
+            hit = torch.isin(token, eos) & ~done
+            lengths = torch.where(hit, torch.full_like(lengths, t + 1), lengths)
+            done = done | hit
+            if bool(done.all()):
+                break
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+            if use_cache:
+                step_input = token[:, None]
+            else:
+                ids = torch.cat([ids, token[:, None]], dim=1)
+                step_input = ids
+        seconds = time.perf_counter() - start
+        new_list, lengths_list, done_list = new.tolist(), lengths.tolist(), done.tolist()
+        out = []
+        for r, program in enumerate(plan.programs):
+            tokens = new_list[r][: lengths_list[r]]
+            out.append(
+                Generation(
+                    program=program.text,
+                    prompt_tokens=len(prompts[r]),
+                    tokens=tokens,
+                    text=self.decode(tokens),
+                    finish_reason="eos" if done_list[r] else "length",
+                    layers_per_token=len(program),
+                    depth=self.depth,
+                    seconds=seconds,
+                )
+            )
+        return out
+
+    def decode(self, tokens: Sequence[int]) -> str | None:
+        if self.tokenizer is None:
+            return None
+        return self.tokenizer.decode(tokens, skip_special_tokens=True)
+
+    # ---------------------------------------------------------------------------------------- scoring
+    @torch.inference_mode()
+    def score(
+        self,
+        prompts: Sequence[Sequence[int]],
+        continuations: Sequence[Sequence[int]],
+        programs: Sequence[Program | str],
+    ) -> list[Score]:
+        """Teacher-forced log-probability of each continuation after its prompt, under its program.
+
+        Rows pair up as in :meth:`generate`; ``continuations`` has one entry per row (or one for all).
+        """
+        prompts, programs = _broadcast(prompts, programs)
+        if len(continuations) == 1:
+            continuations = list(continuations) * len(prompts)
+        if len(continuations) != len(prompts):
+            raise ValueError(f"{len(continuations)} continuations for {len(prompts)} rows")
+        if any(len(c) == 0 for c in continuations):
+            raise ValueError("an empty continuation has no score")
+        plan = self.plan(programs)
+        full = [list(p) + list(c) for p, c in zip(prompts, continuations)]
+        ids, mask = self._pad_left(full)
+        longest = max(len(c) for c in continuations)
+        logits = self.forward(ids, mask, plan, keep=longest + 1)  # (B, longest + 1, V)
+        logp = torch.log_softmax(logits[:, :-1], dim=-1)  # position i predicts token i + 1
+        target = ids[:, -longest:]  # (B, longest)
+        picked = logp.gather(-1, target[..., None])[..., 0]
+        agree = logp.argmax(-1) == target
+        out = []
+        for r, cont in enumerate(continuations):
+            n = len(cont)
+            out.append(
+                Score(
+                    program=plan.programs[r].text,
+                    logprob=float(picked[r, -n:].sum()),
+                    n_tokens=n,
+                    greedy=bool(agree[r, -n:].all()),
+                )
+            )
+        return out
+
+    # ---------------------------------------------------------------------------------------- helpers
+    def _pad_left(self, seqs: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        if any(len(s) == 0 for s in seqs):
+            raise ValueError("empty prompt: give at least one token")
+        width = max(len(s) for s in seqs)
+        ids = torch.full((len(seqs), width), self.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(seqs), width), dtype=torch.long)
+        for r, s in enumerate(seqs):
+            ids[r, width - len(s) :] = torch.tensor(list(s), dtype=torch.long)
+            mask[r, width - len(s) :] = 1
+        return ids.to(self.device), mask.to(self.device)
+
+
+def _broadcast(prompts: Sequence[Sequence[int]], programs: Sequence) -> tuple[list, list]:
+    prompts, programs = list(prompts), list(programs)
+    if not prompts or not programs:
+        raise ValueError("give at least one prompt and one program")
+    if len(prompts) == 1:
+        prompts = prompts * len(programs)
+    elif len(programs) == 1:
+        programs = programs * len(prompts)
+    if len(prompts) != len(programs):
+        raise ValueError(f"{len(prompts)} prompts and {len(programs)} programs: give one of either, or as many")
+    return prompts, programs
+
+
+def _next_token(logits: torch.Tensor, sampling: Sampling, generator: torch.Generator | None) -> torch.Tensor:
+    if sampling.greedy:
+        return logits.argmax(-1)
+    logits = logits / sampling.temperature
+    if sampling.top_k > 0:
+        kth = torch.topk(logits, min(sampling.top_k, logits.shape[-1]), dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    probs = torch.softmax(logits, dim=-1)
+    if sampling.top_p < 1.0:
+        sorted_p, order = probs.sort(dim=-1, descending=True)
+        drop = sorted_p.cumsum(-1) - sorted_p > sampling.top_p  # keep the smallest set reaching top_p
+        sorted_p = sorted_p.masked_fill(drop, 0.0)
+        probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
+    return torch.multinomial(probs, 1, generator=generator)[:, 0]
+
+
+def _eos_token_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase | None) -> set[int]:
+    ids: set[int] = set()
+    gen = getattr(model, "generation_config", None)
+    for source in (getattr(gen, "eos_token_id", None), getattr(model.config, "eos_token_id", None)):
+        if source is None:
+            continue
+        ids.update([source] if isinstance(source, int) else source)
+    if tokenizer is not None and tokenizer.eos_token_id is not None:
+        ids.add(tokenizer.eos_token_id)
+    return ids

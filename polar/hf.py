@@ -1,0 +1,190 @@
+"""The one seam between polar and transformers' model internals.
+
+Everything the executor needs from a decoder-only model goes through this module: the embedding,
+the list of decoder layers and each layer's attention kind, the masks and rotary embeddings, the
+call of one layer, and the final norm, head and logit soft-capping. It uses the public module
+interfaces of the current transformers release (``masking_utils``, ``Cache``, the modules' own
+``forward``) and never copies or patches modeling code. Tests run it on one tiny random model per
+supported architecture, against the stock model.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import PreTrainedModel
+from transformers.cache_utils import Cache, DynamicLayer
+from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
+
+__all__ = [
+    "FULL",
+    "SLIDING",
+    "SUPPORTED_MODEL_TYPES",
+    "Decoder",
+    "ProgramCache",
+    "UnsupportedModelError",
+]
+
+FULL, SLIDING = "full_attention", "sliding_attention"
+
+# model_type -> family name, for the architectures the equivalence tests cover.
+SUPPORTED_MODEL_TYPES = {
+    "llama": "Llama (SmolLM2, Llama 2/3)",
+    "qwen2": "Qwen2 / Qwen2.5",
+    "qwen3": "Qwen3",
+    "mistral": "Mistral",
+    "gemma2": "Gemma 2",
+    "gemma3_text": "Gemma 3 (text)",
+    "phi3": "Phi-3",
+}
+
+
+class UnsupportedModelError(ValueError):
+    """A model whose architecture the executor does not (yet) run."""
+
+
+class ProgramCache(Cache):
+    """A KV cache with one slot per *visit* of a program, not per layer.
+
+    The executor calls :meth:`select` before each layer call; the layer's attention then calls
+    ``update(k, v, layer_idx)`` as usual and the keys land in the selected slot, whatever the layer's
+    own ``layer_idx`` is. A layer visited twice therefore keeps two independent histories. Every slot
+    sees every token, so all slots have the same length and masks can be sized from slot 0.
+    """
+
+    def __init__(self, n_slots: int) -> None:
+        super().__init__(layers=[DynamicLayer() for _ in range(n_slots)])
+        self._slot = 0
+
+    def select(self, slot: int) -> ProgramCache:
+        self._slot = slot
+        return self
+
+    def update(self, key_states, value_states, layer_idx, *args, **kwargs):  # noqa: ARG002 - layer_idx ignored on purpose
+        return self.layers[self._slot].update(key_states, value_states, *args, **kwargs)
+
+
+@dataclass
+class Decoder:
+    """The parts of a causal LM that a program of layers is built from."""
+
+    model: PreTrainedModel
+    embed: nn.Module
+    layers: nn.ModuleList
+    norm: nn.Module
+    head: nn.Module
+    rotary: nn.Module
+    layer_kinds: tuple[str, ...]  # attention kind of each layer: FULL or SLIDING
+    softcap: float | None  # final logit soft-capping (Gemma 2)
+    rotary_by_kind: bool  # Gemma 3: one rotary base frequency per attention kind
+
+    @classmethod
+    def of(cls, model: PreTrainedModel) -> Decoder:
+        """Find the decoder parts of ``model``.
+
+        Raises:
+            UnsupportedModelError: the architecture is not one the executor supports.
+        """
+        config = model.config
+        model_type = getattr(config, "model_type", None)
+        if model_type not in SUPPORTED_MODEL_TYPES:
+            supported = ", ".join(f"{k} ({v})" for k, v in SUPPORTED_MODEL_TYPES.items())
+            raise UnsupportedModelError(
+                f"model type {model_type!r} ({type(model).__name__}) is not supported; supported decoder-only "
+                f"architectures: {supported}"
+            )
+        if getattr(config, "use_bidirectional_attention", False) or not getattr(config, "is_causal", True):
+            raise UnsupportedModelError(f"{type(model).__name__} is configured with bidirectional attention")
+        base = model.get_decoder()
+        missing = [a for a in ("embed_tokens", "layers", "norm", "rotary_emb") if not hasattr(base, a)]
+        head = model.get_output_embeddings()
+        if missing or head is None:
+            raise UnsupportedModelError(f"{type(model).__name__} has no {', '.join(missing) or 'lm_head'}")
+        depth = len(base.layers)
+        kinds = getattr(config, "layer_types", None)
+        if kinds is None:  # Mistral, Phi-3: one kind for every layer
+            kinds = [SLIDING if getattr(config, "sliding_window", None) else FULL] * depth
+        unknown = sorted(set(kinds) - {FULL, SLIDING})
+        if unknown:
+            raise UnsupportedModelError(f"{type(model).__name__} has layers of kind {unknown}")
+        return cls(
+            model=model,
+            embed=base.embed_tokens,
+            layers=base.layers,
+            norm=base.norm,
+            head=head,
+            rotary=base.rotary_emb,
+            layer_kinds=tuple(kinds[:depth]),
+            softcap=getattr(config, "final_logit_softcapping", None),
+            rotary_by_kind="layer_type" in inspect.signature(base.rotary_emb.forward).parameters,
+        )
+
+    @property
+    def depth(self) -> int:
+        return len(self.layers)
+
+    @property
+    def config(self):
+        return self.model.config
+
+    # ----------------------------------------------------------------------------------- per forward
+    def masks(
+        self,
+        inputs_embeds: torch.Tensor,  # (B, q, C)
+        attention_mask: torch.Tensor,  # (B, kv) 1 = real token
+        cache: ProgramCache | None,
+        position_ids: torch.Tensor,  # (B, q)
+        kinds: set[str],
+    ) -> dict[str, torch.Tensor | None]:
+        """One attention mask per attention kind in use, built once per forward as the stock model does."""
+        args = dict(
+            config=self.config,
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            past_key_values=cache,
+            position_ids=position_ids,
+        )
+        out: dict[str, torch.Tensor | None] = {}
+        if FULL in kinds:
+            out[FULL] = create_causal_mask(**args)
+        if SLIDING in kinds:
+            out[SLIDING] = create_sliding_window_causal_mask(**args)
+        return out
+
+    def position_embeddings(
+        self, hidden: torch.Tensor, position_ids: torch.Tensor, kinds: set[str]
+    ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """Rotary (cos, sin) per attention kind; Gemma 3 has a different base frequency per kind."""
+        if self.rotary_by_kind:
+            return {k: self.rotary(hidden, position_ids, k) for k in kinds}
+        shared = self.rotary(hidden, position_ids)
+        return {k: shared for k in kinds}
+
+    def run_layer(
+        self,
+        layer_idx: int,
+        hidden: torch.Tensor,  # (b, q, C)
+        mask: torch.Tensor | None,
+        position_embeddings: tuple[torch.Tensor, torch.Tensor],
+        position_ids: torch.Tensor,
+        cache: ProgramCache | None,
+    ) -> torch.Tensor:
+        out = self.layers[layer_idx](
+            hidden,
+            attention_mask=mask,
+            position_embeddings=position_embeddings,
+            position_ids=position_ids,
+            past_key_values=cache,
+            use_cache=cache is not None,
+        )
+        return out[0] if isinstance(out, tuple) else out
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Final norm, LM head and soft-capping: (b, q, C) -> (b, q, V) in float32."""
+        logits = self.head(self.norm(hidden)).float()
+        if self.softcap is not None:
+            logits = torch.tanh(logits / self.softcap) * self.softcap
+        return logits
