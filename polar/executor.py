@@ -290,7 +290,7 @@ class Executor:
         if any(len(c) == 0 for c in continuations):
             raise ValueError("an empty continuation has no score")
         plan = self.plan(programs)
-        full = [list(p) + list(c) for p, c in zip(prompts, continuations)]
+        full = [list(p) + list(c) for p, c in zip(prompts, continuations, strict=True)]
         ids, mask = self._pad_left(full)
         longest = max(len(c) for c in continuations)
         logits = self.forward(ids, mask, plan, keep=longest + 1)  # (B, longest + 1, V)

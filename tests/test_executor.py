@@ -1,0 +1,152 @@
+"""Equivalence tests of the executor on one tiny random model per supported architecture."""
+
+import pytest
+import torch
+from tiny import ARCHS, DEPTH, prompt, tiny_model
+
+from polar.executor import Executor, Sampling
+from polar.hf import ProgramCache
+from polar.programs import Program, ProgramError
+
+SKIP = Program.parse("0-1,4-5")
+LOOP = Program.parse("0-3,2-3,4-5")
+SKIP_LOOP = Program.parse("0,2-4,3-4,5")
+REPEAT_ONE = Program.parse("0-5,5")
+PROGRAMS = [Program.identity(DEPTH), SKIP, LOOP, SKIP_LOOP, REPEAT_ONE]
+
+
+@pytest.fixture(scope="module", params=ARCHS)
+def model(request):
+    return tiny_model(request.param)
+
+
+@pytest.fixture(scope="module")
+def executor(model):
+    return Executor(model)
+
+
+def test_identity_program_is_the_stock_model(model, executor):
+    ids = torch.tensor([prompt(0, 12)])
+    stock_logits = model(ids).logits
+    ours = executor.forward(ids, torch.ones_like(ids), executor.plan([Program.identity(DEPTH)]))
+    torch.testing.assert_close(ours, stock_logits, rtol=1e-4, atol=1e-4)
+
+    stock = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=16, do_sample=False)
+    ours = executor.generate([ids[0].tolist()], [Program.identity(DEPTH)], max_new_tokens=16)[0]
+    assert ours.tokens == stock[0, 12:].tolist()
+
+
+@pytest.mark.parametrize("program", [SKIP, LOOP, SKIP_LOOP, REPEAT_ONE], ids=str)
+def test_cached_generation_equals_full_recompute(executor, program):
+    p = prompt(1, 10)  # longer than the sliding window of the Mistral and Gemma configs, with 20 more tokens
+    cached = executor.generate([p], [program], max_new_tokens=20)[0]
+    recomputed = executor.generate([p], [program], max_new_tokens=20, use_cache=False)[0]
+    assert cached.tokens == recomputed.tokens
+    assert len(cached.tokens) == 20
+
+
+def test_program_changes_the_output(executor):
+    p = prompt(2, 8)
+    outs = {tuple(executor.generate([p], [prog], max_new_tokens=12)[0].tokens) for prog in PROGRAMS}
+    assert len(outs) > 1, "every program produced the same text: programs are not being applied"
+
+
+def test_batch_of_prompts_equals_one_at_a_time(executor):
+    prompts = [prompt(3, 5), prompt(4, 12), prompt(5, 9)]  # different lengths: left padding
+    for program in (Program.identity(DEPTH), LOOP):
+        batched = executor.generate(prompts, [program], max_new_tokens=12)
+        alone = [executor.generate([p], [program], max_new_tokens=12)[0] for p in prompts]
+        assert [g.tokens for g in batched] == [g.tokens for g in alone]
+
+
+def test_batch_of_programs_equals_one_at_a_time(executor):
+    p = prompt(6, 11)
+    alone = [executor.generate([p], [prog], max_new_tokens=12)[0].tokens for prog in PROGRAMS]
+    batched = executor.generate([p], PROGRAMS, max_new_tokens=12)
+    assert [g.tokens for g in batched] == alone
+    recomputed = executor.generate([p], PROGRAMS, max_new_tokens=12, use_cache=False)
+    assert [g.tokens for g in recomputed] == alone
+
+
+def test_mixed_rows_equal_one_at_a_time(executor):
+    prompts = [prompt(7, 6), prompt(8, 10), prompt(9, 4)]
+    programs = [SKIP, LOOP, Program.identity(DEPTH)]
+    batched = executor.generate(prompts, programs, max_new_tokens=10)
+    alone = [executor.generate([p], [q], max_new_tokens=10)[0].tokens for p, q in zip(prompts, programs, strict=True)]
+    assert [g.tokens for g in batched] == alone
+
+
+def test_score_matches_stock_log_probabilities_and_greedy(model, executor):
+    p = prompt(10, 8)
+    greedy = executor.generate([p], [Program.identity(DEPTH)], max_new_tokens=6)[0].tokens
+    s = executor.score([p], [greedy], [Program.identity(DEPTH)])[0]
+    assert s.greedy and s.n_tokens == 6
+    ids = torch.tensor([p + greedy])
+    logp = torch.log_softmax(model(ids).logits[0, :-1].float(), -1)
+    expected = logp[len(p) - 1 :].gather(-1, torch.tensor(greedy)[:, None]).sum().item()
+    assert s.logprob == pytest.approx(expected, abs=1e-3)
+    other = greedy[:-1] + [(greedy[-1] + 1) % 96]
+    assert not executor.score([p], [other], [Program.identity(DEPTH)])[0].greedy
+
+
+def test_score_batched_equals_alone(executor):
+    prompts = [prompt(11, 5), prompt(12, 9)]
+    conts = [[5, 6, 7], [8, 9]]
+    batched = executor.score(prompts, conts, [LOOP, SKIP])
+    alone = [executor.score([p], [c], [q])[0] for p, c, q in zip(prompts, conts, [LOOP, SKIP], strict=True)]
+    for b, a in zip(batched, alone, strict=True):
+        assert b.logprob == pytest.approx(a.logprob, abs=1e-3)
+        assert b.greedy == a.greedy
+
+
+def test_cached_greedy_score_agrees_with_generation(executor):
+    p = prompt(13, 7)
+    g = executor.generate([p], [LOOP], max_new_tokens=8)[0]
+    assert executor.score([p], [g.tokens], [LOOP])[0].greedy
+
+
+def test_sampling_is_seeded(executor):
+    p = prompt(14, 6)
+    a = executor.generate([p], [LOOP], 10, Sampling(temperature=1.0, seed=3))[0].tokens
+    b = executor.generate([p], [LOOP], 10, Sampling(temperature=1.0, seed=3))[0].tokens
+    assert a == b
+    tight = executor.generate([p], [LOOP], 10, Sampling(temperature=1.0, top_p=1e-6, seed=3))[0].tokens
+    assert tight == executor.generate([p], [LOOP], 10)[0].tokens  # top_p -> 0 keeps only the argmax
+
+
+def test_plan_groups_layer_calls(executor):
+    plan = executor.plan([Program.parse("0-5"), Program.parse("0-5"), Program.parse("0-2,4-5")])
+    assert len(plan.steps) == 6
+    assert [len(s) for s in plan.steps] == [1, 1, 1, 2, 2, 1]  # step 5: rows 0-1 at layer 5, row 2 done
+    assert plan.n_slots == plan.layer_calls == 8
+
+
+def test_bad_inputs_are_rejected(executor):
+    with pytest.raises(ProgramError, match="out of range"):
+        executor.generate([prompt(0, 4)], ["0-6"], 2)
+    with pytest.raises(ValueError, match="empty prompt"):
+        executor.generate([[]], ["0-5"], 2)
+    with pytest.raises(ValueError, match="2 prompts and 3 programs"):
+        executor.generate([prompt(0, 4), prompt(1, 4)], ["0-5", "0-4", "0-3"], 2)
+
+
+class _SlotPerLayer(ProgramCache):
+    """The reference code's fault: the cache is keyed by layer id, so two visits share one slot."""
+
+    def update(self, key_states, value_states, layer_idx, *args, **kwargs):
+        return self.layers[layer_idx].update(key_states, value_states, *args, **kwargs)
+
+
+def test_a_cache_slot_per_layer_breaks_loop_programs():
+    # Control for test_cached_generation_equals_full_recompute: with the reference code's cache
+    # layout, cached decoding of a loop program diverges from recomputation.
+    executor = Executor(tiny_model("llama"))
+    p, program = prompt(1, 10), LOOP
+    plan = executor.plan([program])
+    cache = _SlotPerLayer(DEPTH)
+    ids, mask, tokens = torch.tensor([p]), torch.ones(1, len(p), dtype=torch.long), []
+    for _ in range(20):
+        token = executor.forward(ids, mask, plan, cache, keep=1)[0, -1].argmax().item()
+        tokens.append(token)
+        ids, mask = torch.tensor([[token]]), torch.cat([mask, torch.ones(1, 1, dtype=torch.long)], 1)
+    assert tokens != executor.generate([p], [program], 20, use_cache=False)[0].tokens
