@@ -11,6 +11,7 @@ import importlib.util
 import json
 import os
 import shutil
+import sys
 import tempfile
 from dataclasses import dataclass
 from functools import cached_property
@@ -146,6 +147,7 @@ def load(
     device: str | None = "auto",
     dtype: str | torch.dtype | None = "auto",
     chat: bool | None = None,
+    gguf_tip: bool = True,
 ) -> Backbone:
     """Load a base model.
 
@@ -156,6 +158,7 @@ def load(
         dtype: ``auto`` (bfloat16 on CUDA, float32 on CPU), ``float32``, ``bfloat16`` or ``float16``.
         chat: force the prompt style; by default bundled models know theirs and others are chat models
             when their tokenizer has a chat template.
+        gguf_tip: suggest ``polar convert`` after loading a GGUF file (slow to dequantize every time).
 
     Raises:
         ModelSpecError: the spec names nothing loadable.
@@ -179,6 +182,8 @@ def load(
         hf_logging.enable_progress_bar()
     if kwargs.get("gguf_file"):
         model = _dequantized(model)
+        if gguf_tip:
+            print(f"polar: tip: `polar convert {spec}` once, then load the folder in about a second", file=sys.stderr)
     model = model.to(dev).eval()
     model.requires_grad_(False)
     tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
@@ -262,7 +267,7 @@ def convert(spec: str, out_dir: str | Path, chat: bool | None = None) -> Path:
             source_spec, chat = str(gguf), bundled.chat if chat is None else chat
         else:
             source_spec, gguf = spec, Path(spec) if spec.endswith(".gguf") else None
-        backbone = load(source_spec, device="cpu", dtype="float32", chat=chat)
+        backbone = load(source_spec, device="cpu", dtype="float32", chat=chat, gguf_tip=False)
         staged = tmp_path / "model"
         backbone.model.save_pretrained(staged)
         backbone.tokenizer.save_pretrained(staged)
@@ -284,7 +289,10 @@ def ensure_converted(name: str) -> Path:
     """The converted folder of a bundled model, converting it on first use."""
     directory = models_dir() / name
     if not (directory / _META).exists():
-        print(f"polar: converting bundled model {name!r} to safetensors under {directory} (once; ~30-70 s)")
+        print(
+            f"polar: converting bundled model {name!r} to safetensors under {directory} (once; ~30-70 s)",
+            file=sys.stderr,
+        )
         convert(name, directory)
     return directory
 

@@ -180,7 +180,10 @@ def convert(
     from polar.backbone import convert as do_convert
     from polar.hf import UnsupportedModelError
 
-    target = Path(out) if out else models_dir() / (spec if spec in BUNDLED else Path(spec).stem.replace("/", "--"))
+    if out is None:
+        name = spec if spec in BUNDLED or Path(spec).exists() else spec.replace("/", "--")
+        name = Path(name.rstrip("/")).name.removesuffix(".gguf")
+    target = Path(out) if out else models_dir() / name
     try:
         path = do_convert(spec, target)
     except (ModelSpecError, UnsupportedModelError) as err:

@@ -190,12 +190,9 @@ class Executor:
                     slot,
                 )
                 out.append((c.rows, h))
-            hidden = hidden.clone()
+            hidden = hidden.clone()  # groups are disjoint row sets that all read the previous step
             for rows, h in out:
-                if rows is None:
-                    hidden = h
-                else:
-                    hidden.index_copy_(0, rows, h)
+                hidden.index_copy_(0, rows, h)
         if keep is not None:
             hidden = hidden[:, -keep:]
         return dec.logits(hidden)

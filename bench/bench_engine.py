@@ -1,0 +1,130 @@
+"""Engine benchmark: ratios measured side by side in one run (absolute times drift on a shared machine).
+
+1. program generation at full depth vs the stock ``model.generate`` (same tokens, goal: within 5%);
+2. cost vs executed layers: a half-depth program vs full depth (goal: at most 0.6);
+3. N programs over one prompt, batched vs one at a time.
+
+Each comparison alternates its two sides ``--repeats`` times and reports the median of the per-pair
+ratios, so that drift in machine load hits both sides alike.
+
+    .venv/bin/python bench/bench_engine.py                       # bundled SmolLM2 on CPU
+    .venv/bin/python bench/bench_engine.py --random-weights --device cuda
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from polar.backbone import load, resolve_device
+from polar.executor import Executor
+from polar.programs import Program
+
+PROMPT = "Write a short story about a robot who learns to paint."
+
+
+def timed(fn) -> tuple[float, object]:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    out = fn()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return time.perf_counter() - start, out
+
+
+def paired(a, b, repeats: int) -> dict:
+    """Alternate a and b; the median of b/a over the pairs, and the medians of each side."""
+    a(), b()  # warm-up
+    ta, tb = [], []
+    for _ in range(repeats):
+        ta.append(timed(a)[0])
+        tb.append(timed(b)[0])
+    ratios = [y / x for x, y in zip(ta, tb, strict=True)]
+    return {"ratio": statistics.median(ratios), "a_s": statistics.median(ta), "b_s": statistics.median(tb)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--random-weights", action="store_true", help="same config, random weights (speed only)")
+    parser.add_argument("--new-tokens", type=int, default=32)
+    parser.add_argument("--programs", type=int, default=16, help="N for the batched-programs comparison")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--out", default=None, help="write the results as JSON here")
+    args = parser.parse_args()
+
+    torch.manual_seed(0)
+    device = resolve_device(args.device)
+    backbone = load(args.model, device=str(device))
+    model = backbone.model
+    if args.random_weights:
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_config(model.config, dtype=model.dtype).to(device).eval()
+    executor = Executor(model, backbone.tokenizer)
+    depth, n = executor.depth, args.new_tokens
+    ids = backbone.encode_prompt(PROMPT)
+    x = torch.tensor([ids], device=device)
+    full = Program.identity(depth)
+
+    def stock():
+        return model.generate(
+            x, attention_mask=torch.ones_like(x), max_new_tokens=n, min_new_tokens=n, do_sample=False
+        )[0, len(ids) :].tolist()
+
+    def ours(program=full):
+        return executor.generate([ids], [program], n)[0].tokens
+
+    # Same work on both sides: the stock tokens must equal ours (and run to the full length).
+    same = stock() == ours()
+    results = {
+        "model": args.model + (" (random weights)" if args.random_weights else ""),
+        "device": str(device),
+        "cpu": platform.processor() or platform.machine(),
+        "threads": torch.get_num_threads(),
+        "dtype": str(model.dtype),
+        "prompt_tokens": len(ids),
+        "new_tokens": n,
+        "identical_tokens_to_stock": same,
+    }
+    r = paired(stock, ours, args.repeats)
+    results["full_depth_vs_stock_generate"] = {**r, "goal": "<= 1.05"}
+
+    # Half depth: every other layer, so that the half spans the whole network.
+    half = Program(tuple(range(0, depth, 2)))
+    r = paired(lambda: ours(full), lambda: ours(half), args.repeats)
+    results["half_depth_vs_full_depth"] = {**r, "layers": f"{len(half)}/{depth}", "goal": "<= 0.6"}
+
+    # N programs over one prompt: one-edit variants of the full program (as search produces).
+    rng = torch.Generator().manual_seed(0)
+    programs = []
+    for _ in range(args.programs):
+        i = int(torch.randint(1, depth - 2, (1,), generator=rng))
+        programs.append(Program(tuple(range(i + 1)) + (i,) + tuple(range(i + 1, depth))))
+    batched = lambda: executor.generate([ids], programs, n)  # noqa: E731
+    one_by_one = lambda: [executor.generate([ids], [p], n) for p in programs]  # noqa: E731
+    assert [g.tokens for g in batched()] == [g[0].tokens for g in one_by_one()], "batched != one at a time"
+    r = paired(one_by_one, batched, max(2, args.repeats // 2))
+    results[f"{args.programs}_programs_batched_vs_one_by_one"] = {
+        **r,
+        "speedup": 1 / r["ratio"],
+        "programs_per_s_batched": args.programs / r["b_s"],
+        "programs_per_s_one_by_one": args.programs / r["a_s"],
+    }
+
+    print(json.dumps(results, indent=2))
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
