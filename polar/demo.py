@@ -16,10 +16,13 @@ DEFAULT_PROMPTS = {
 }
 
 
-# Programs found by running all one-edit variants of the full program on the default prompt: both
-# still answer 12 (the skip one with 27 of 30 layers).
+# Programs found by running the one- and two-layer skip and loop variants of the full program on the
+# default prompt. SmolLM2: both still answer 12, the skip one with 27 of 30 layers. Gemma-3-270M answers
+# 14 at full depth; skipping layers 11-12 makes it answer 12 with 16 of 18 layers (no loop of one or two
+# layers does).
 KNOWN_PROGRAMS = {
     "smollm2-135m": {"skip": "0-4,8-29", "loop": "0-6,6-29"},
+    "gemma3-270m": {"skip": "0-10,13-17", "loop": "0-9,8-17"},
 }
 
 
@@ -73,8 +76,10 @@ def run_demo(model: str, prompt: str | None, max_new_tokens: int, device: str, c
         f"(cached {results['loop'].seconds:.1f} s, recomputed {recomputed.seconds:.1f} s)"
     )
     console.print(
-        "Try your own: polar generate --program '0-7,6-7,8-29' 'your prompt'   |   polar program --help",
+        f"Try your own: polar generate --model {model} --program '{loop.text}' 'your prompt'   |   "
+        "polar program --help",
         style="dim",
+        highlight=False,
     )
     if not same:
         raise SystemExit("cached decoding diverged from recomputation: please report this as a bug")
