@@ -14,15 +14,16 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from polar.hf import Decoder, ProgramCache
+from polar.plan import Plan
 from polar.programs import Program
 
-__all__ = ["Executor", "Generation", "Plan", "Sampling", "Score"]
+__all__ = ["Executor", "Generation", "Sampling", "Score"]
 
 
 @dataclass(frozen=True)
@@ -50,7 +51,7 @@ class Generation:
     prompt_tokens: int
     tokens: list[int]  # new tokens, without padding, up to and including EOS
     text: str | None  # decoded new tokens (None without a tokenizer)
-    finish_reason: str  # "eos" or "length"
+    finish_reason: str  # "stop" (EOS or a stop token, kept in tokens) or "length"
     layers_per_token: int  # layer calls per forward position: len(program)
     depth: int  # layers of the model
     seconds: float  # wall time of the whole batch this row ran in
@@ -70,46 +71,6 @@ class Score:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-@dataclass(frozen=True)
-class _Call:
-    layer: int
-    kind: str
-    rows: torch.Tensor | None  # rows of the batch that make this call; None = all of them
-    slot: int  # KV cache slot of this visit
-
-
-@dataclass
-class Plan:
-    """For each step of the programs, the layer calls that make it (one per distinct layer)."""
-
-    programs: tuple[Program, ...]
-    steps: list[list[_Call]] = field(default_factory=list)
-    kinds: set[str] = field(default_factory=set)
-    n_slots: int = 0
-
-    @classmethod
-    def build(cls, programs: Sequence[Program], layer_kinds: Sequence[str], device: torch.device) -> Plan:
-        plan = cls(tuple(programs))
-        n_rows = len(programs)
-        for j in range(max(len(p) for p in programs)):
-            by_layer: dict[int, list[int]] = {}
-            for r, program in enumerate(programs):
-                if j < len(program):
-                    by_layer.setdefault(program[j], []).append(r)
-            calls = []
-            for layer, rows in by_layer.items():
-                idx = None if len(rows) == n_rows else torch.tensor(rows, device=device)
-                calls.append(_Call(layer, layer_kinds[layer], idx, plan.n_slots))
-                plan.kinds.add(layer_kinds[layer])
-                plan.n_slots += 1
-            plan.steps.append(calls)
-        return plan
-
-    @property
-    def layer_calls(self) -> int:
-        return sum(len(calls) for calls in self.steps)
 
 
 def _rows(x, rows: torch.Tensor | None):
@@ -206,37 +167,52 @@ class Executor:
         max_new_tokens: int = 64,
         sampling: Sampling = GREEDY,
         use_cache: bool = True,
+        stop_token_ids: Sequence[int] = (),
     ) -> list[Generation]:
         """Generate from each prompt under each program.
 
         ``prompts`` and ``programs`` pair up row by row; a single prompt is run under every program and
-        a single program over every prompt. With ``use_cache=False`` the whole sequence is recomputed at
-        every step (the slow reference semantics that cached decoding must reproduce).
+        a single program over every prompt. A row ends at an EOS token or one of ``stop_token_ids``
+        (kept in its tokens), or after ``max_new_tokens``; finished rows leave the batch. With
+        ``use_cache=False`` the whole sequence is recomputed at every step (the slow reference semantics
+        that cached decoding must reproduce). Programs over one shared prompt compute the prompt's
+        hidden states and KV entries once per distinct prefix of layer visits.
         """
         prompts, programs = _broadcast(prompts, programs)
         plan = self.plan(programs)
+        all_programs = plan.programs  # the plan shrinks as rows finish
         start = time.perf_counter()
         ids, mask = self._pad_left(prompts)
         n_rows = ids.shape[0]
-        cache = ProgramCache(plan.n_slots) if use_cache else None
         generator = None
         if not sampling.greedy:
             generator = torch.Generator(device=self.device).manual_seed(sampling.seed)
-        eos = torch.tensor(sorted(self.eos_token_ids) or [-1], device=self.device)
+        stops = torch.tensor(sorted(self.eos_token_ids | set(stop_token_ids)) or [-1], device=self.device)
         new = torch.full((n_rows, max_new_tokens), self.pad_token_id, dtype=torch.long, device=self.device)
-        done = torch.zeros(n_rows, dtype=torch.bool, device=self.device)
         lengths = torch.full((n_rows,), max_new_tokens, dtype=torch.long, device=self.device)
+        done = torch.zeros(n_rows, dtype=torch.bool, device=self.device)
+        active = torch.arange(n_rows, device=self.device)  # batch row -> original row
+        shared_prompt = use_cache and n_rows > 1 and all(p == prompts[0] for p in prompts)
+        cache = ProgramCache(plan.n_slots) if use_cache and not shared_prompt else None
         step_input = ids
         for t in range(max_new_tokens):
-            logits = self.forward(step_input, mask, plan, cache, keep=1)[:, -1]  # (B, V)
-            token = _next_token(logits, sampling, generator)  # (B,)
-            token = torch.where(done, torch.full_like(token, self.pad_token_id), token)
-            new[:, t] = token
-            hit = torch.isin(token, eos) & ~done
-            lengths = torch.where(hit, torch.full_like(lengths, t + 1), lengths)
-            done = done | hit
-            if bool(done.all()):
-                break
+            if t == 0 and shared_prompt:
+                logits, cache = self._prefill_shared(ids[:1], mask[:1], plan)
+            else:
+                logits = self.forward(step_input, mask, plan, cache, keep=1)
+            token = _next_token(logits[:, -1], sampling, generator)  # (b,)
+            new[active, t] = token
+            hit = torch.isin(token, stops)
+            if bool(hit.any()):
+                lengths[active[hit]] = t + 1
+                done[active[hit]] = True
+                if bool(hit.all()):
+                    break
+                keep = (~hit).nonzero()[:, 0]
+                active, token, mask, ids = active[keep], token[keep], mask[keep], ids[keep]
+                plan, sources = plan.select(keep.tolist())
+                if cache is not None:
+                    cache = cache.gather(sources)
             mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
             if use_cache:
                 step_input = token[:, None]
@@ -246,7 +222,7 @@ class Executor:
         seconds = time.perf_counter() - start
         new_list, lengths_list, done_list = new.tolist(), lengths.tolist(), done.tolist()
         out = []
-        for r, program in enumerate(plan.programs):
+        for r, program in enumerate(all_programs):
             tokens = new_list[r][: lengths_list[r]]
             out.append(
                 Generation(
@@ -254,13 +230,53 @@ class Executor:
                     prompt_tokens=len(prompts[r]),
                     tokens=tokens,
                     text=self.decode(tokens),
-                    finish_reason="eos" if done_list[r] else "length",
+                    finish_reason="stop" if done_list[r] else "length",
                     layers_per_token=len(program),
                     depth=self.depth,
                     seconds=seconds,
                 )
             )
         return out
+
+    def _prefill_shared(self, ids: torch.Tensor, mask: torch.Tensor, plan: Plan) -> tuple[torch.Tensor, ProgramCache]:
+        """Prefill one prompt (1, T) under every program of ``plan``, computing each distinct prefix of
+        layer visits once (a trie over the programs). Returns last-position logits (B, 1, V) and the
+        filled per-visit cache laid out as ``plan`` expects."""
+        dec = self.decoder
+        position_ids = (mask.long().cumsum(-1) - 1).clamp(min=0)  # (1, T)
+        embedded = dec.embed(ids)  # (1, T, C)
+        masks = dec.masks(embedded, mask, None, position_ids, plan.kinds)
+        rope = dec.position_embeddings(embedded, position_ids, plan.kinds)
+        programs = [p.layers for p in plan.programs]
+        hidden: dict[tuple[int, ...], torch.Tensor] = {(): embedded}
+        states: dict[tuple[int, ...], tuple[torch.Tensor, torch.Tensor]] = {}
+        finals: dict[tuple[int, ...], torch.Tensor] = {}
+        for j in range(max(len(p) for p in programs)):
+            level = list(dict.fromkeys(p[: j + 1] for p in programs if len(p) > j))  # distinct prefixes
+            by_layer: dict[int, list[tuple[int, ...]]] = {}
+            for prefix in level:
+                by_layer.setdefault(prefix[-1], []).append(prefix)
+            nxt: dict[tuple[int, ...], torch.Tensor] = {}
+            for layer, prefixes in by_layer.items():
+                kind = plan.layer_kinds[layer]
+                x = torch.cat([hidden[pre[:-1]] for pre in prefixes])  # (n, T, C)
+                tmp = ProgramCache(1)
+                y = dec.run_layer(layer, x, masks[kind], rope[kind], position_ids, tmp.select(0))
+                keys, values = tmp.layers[0].keys, tmp.layers[0].values  # (n, heads, T, head_dim)
+                for i, pre in enumerate(prefixes):
+                    nxt[pre] = y[i : i + 1]
+                    states[pre] = (keys[i : i + 1], values[i : i + 1])
+            for p in programs:
+                if len(p) == j + 1:
+                    finals[p] = nxt[p]
+            hidden = nxt
+        last = torch.cat([finals[p][:, -1:] for p in programs])  # (B, 1, C)
+        slots: list[tuple[torch.Tensor, torch.Tensor]] = []
+        for j, calls in enumerate(plan.steps):
+            for c in calls:
+                parts = [states[programs[r][: j + 1]] for r in c.members]
+                slots.append((torch.cat([k for k, _ in parts]), torch.cat([v for _, v in parts])))
+        return dec.logits(last), ProgramCache.from_states(slots)
 
     def decode(self, tokens: Sequence[int]) -> str | None:
         if self.tokenizer is None:

@@ -63,6 +63,23 @@ class ProgramCache(Cache):
         self._slot = slot
         return self
 
+    @classmethod
+    def from_states(cls, states: list[tuple[torch.Tensor, torch.Tensor]]) -> ProgramCache:
+        """A cache whose slot ``i`` holds keys and values ``states[i]`` (each (b, heads, T, head_dim))."""
+        cache = cls(len(states))
+        for layer, (keys, values) in zip(cache.layers, states, strict=True):
+            layer.update(keys, values)
+        return cache
+
+    def gather(self, sources: list[tuple[int, torch.Tensor]]) -> ProgramCache:
+        """A new cache whose slot ``i`` holds the rows ``sources[i][1]`` of old slot ``sources[i][0]``."""
+        return ProgramCache.from_states(
+            [
+                (self.layers[s].keys.index_select(0, idx), self.layers[s].values.index_select(0, idx))
+                for s, idx in sources
+            ]
+        )
+
     def update(self, key_states, value_states, layer_idx, *args, **kwargs):  # noqa: ARG002 - layer_idx ignored on purpose
         return self.layers[self._slot].update(key_states, value_states, *args, **kwargs)
 

@@ -150,3 +150,25 @@ def test_a_cache_slot_per_layer_breaks_loop_programs():
         tokens.append(token)
         ids, mask = torch.tensor([[token]]), torch.cat([mask, torch.ones(1, 1, dtype=torch.long)], 1)
     assert tokens != executor.generate([p], [program], 20, use_cache=False)[0].tokens
+
+
+STOPS = list(range(3, 40))  # ~40% of the tiny vocabulary: rows stop at different steps and leave the batch
+
+
+def test_rows_that_stop_leave_the_batch_without_changing_the_others(executor):
+    p = prompt(15, 9)
+    programs = [*PROGRAMS, Program.parse("0-3"), Program.parse("0-3"), SKIP]  # a prefix, and duplicates
+    alone = [executor.generate([p], [q], 16, stop_token_ids=STOPS)[0] for q in programs]
+    assert len({len(g.tokens) for g in alone}) > 1, "the stop tokens should end rows at different steps"
+    for use_cache in (True, False):
+        batched = executor.generate([p], programs, 16, stop_token_ids=STOPS, use_cache=use_cache)
+        assert [(g.tokens, g.finish_reason) for g in batched] == [(g.tokens, g.finish_reason) for g in alone]
+    stopped = [g for g in alone if g.finish_reason == "stop"]
+    assert stopped and all(g.tokens[-1] in STOPS for g in stopped)
+
+
+def test_prompts_that_stop_leave_the_batch(executor):
+    prompts = [prompt(16, 5), prompt(17, 11), prompt(18, 8), prompt(19, 3)]
+    batched = executor.generate(prompts, [LOOP], 16, stop_token_ids=STOPS)
+    alone = [executor.generate([q], [LOOP], 16, stop_token_ids=STOPS)[0] for q in prompts]
+    assert [g.tokens for g in batched] == [g.tokens for g in alone]
