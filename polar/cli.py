@@ -216,5 +216,90 @@ def demo(
     run_demo(model=model, prompt=prompt, max_new_tokens=max_new_tokens, device=device, console=console)
 
 
+def _levels(text: str) -> list[int]:
+    try:
+        return sorted(set(Program.parse(text).layers))
+    except ProgramError:
+        raise typer.BadParameter(f"levels must look like '1-5' or '1,3', got {text!r}") from None
+
+
+@app.command()
+def ingest(
+    out: Annotated[
+        str, typer.Option(help="Output Parquet file (a manifest is written beside it).")
+    ] = "data/tasks/arith.parquet",
+    task: Annotated[
+        str, typer.Option(help="arith (synthetic levels) or gsm8k, mawps, asdiv, math, math500, mmlu-pro-math, arc.")
+    ] = "arith",
+    levels: Annotated[str, typer.Option(help="Synthetic levels, e.g. 1-5.")] = "1-5",
+    n: Annotated[int, typer.Option(min=1, help="Synthetic questions per level.")] = 40,
+    seed: int = 0,
+    source: Annotated[str | None, typer.Option(help="Benchmark file, folder or hub id.")] = None,
+    split: str = "test",
+    limit: Annotated[int | None, typer.Option(help="Most benchmark examples to keep.")] = None,
+) -> None:
+    """Write a task's examples (synthetic levels or a real benchmark) to one Parquet file."""
+    from polar.ingest import ingest as do_ingest
+    from polar.ingest import manifest_path
+
+    try:
+        path, bad = do_ingest(out, task, _levels(levels), n, seed, source, split, limit)
+    except (ValueError, FileNotFoundError, ConnectionError) as err:
+        _fail(str(err))
+    for record in bad[:10]:
+        err_console.print(f"[yellow]skipped[/] {record}", highlight=False)
+    if len(bad) > 10:
+        err_console.print(f"[yellow]... and {len(bad) - 10} more skipped records[/]")
+    manifest = json.loads(manifest_path(path).read_text())
+    console.print(f"wrote {manifest['examples']} examples to {path} ({len(bad)} bad records skipped)")
+
+
+@app.command(name="label")
+def label_cmd(
+    model: ModelOpt = "smollm2-135m",
+    tasks: Annotated[str, typer.Option(help="Task file written by `polar ingest`.")] = "data/tasks/arith.parquet",
+    out: Annotated[
+        str, typer.Option(help="Output folder: shards, labels.jsonl, manifest.json.")
+    ] = "data/labels/smollm2-135m/joint",
+    space: Annotated[str, typer.Option(help="Search space: skip, loop or joint.")] = "joint",
+    simulations: Annotated[int, typer.Option(min=0, help="MCTS simulations per input.")] = 100,
+    length_penalty: float = 5.0,
+    exploration: float = 2.0,
+    min_length_ratio: float = 0.55,
+    max_length_ratio: float = 1.2,
+    max_visits: Annotated[int, typer.Option(min=1)] = DEFAULT_MAX_VISITS,
+    batch: Annotated[int, typer.Option(min=1, help="Programs evaluated together (rewards do not depend on it).")] = 16,
+    shots: Annotated[int, typer.Option(min=0, help="Few-shot examples per prompt.")] = 3,
+    max_new_tokens: int = 50,
+    seed: int = 0,
+    limit: Annotated[int | None, typer.Option(help="Label only the first N inputs.")] = None,
+    worker: Annotated[str, typer.Option(help="Name of this worker's shards.")] = "0",
+    device: DeviceOpt = "auto",
+) -> None:
+    """Search layer programs for every input of a task file. Resumable: run it again after a crash."""
+    from polar.backbone import ModelSpecError
+    from polar.hf import UnsupportedModelError
+    from polar.label import LabelConfig, label
+    from polar.search import SearchConfig
+
+    try:
+        search_cfg = SearchConfig(
+            space=space,
+            simulations=simulations,
+            length_penalty=length_penalty,
+            exploration=exploration,
+            min_length_ratio=min_length_ratio,
+            max_length_ratio=max_length_ratio,
+            max_visits=max_visits,
+            batch=batch,
+            seed=seed,
+        )
+        config = LabelConfig(shots=shots, max_new_tokens=max_new_tokens, search=search_cfg)
+        merged = label(model, tasks, out, config, limit=limit, worker=worker, device=device)
+    except (ValueError, FileNotFoundError, ModelSpecError, UnsupportedModelError) as err:
+        _fail(str(err))
+    console.print(f"labels: {merged}")
+
+
 def main() -> None:  # pragma: no cover - entry point
     sys.exit(app())

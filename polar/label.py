@@ -1,0 +1,250 @@
+"""The label stage: search programs for every input of a task file, into resumable shards.
+
+Each input's record (one JSON line) holds the base answer, every evaluated program with its reward,
+the valid ones and the shortest valid one with its compact form. Records are appended to shard files
+and flushed to disk one by one, so a run killed at any point loses at most the input in progress;
+the next run repairs a torn last line, skips the inputs already labeled and writes a new shard.
+When every input is labeled, the shards are merged into ``labels.jsonl`` in input order.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import pandas as pd
+from tqdm import tqdm
+
+from polar.programs import DEFAULT_K_MAX, CompactProgram, Program, ProgramError
+from polar.search import Evaluation, SearchConfig, search
+from polar.tasks import synthetic
+from polar.tasks.answers import extract_answer, is_equivalent
+from polar.tasks.prompts import PromptBuilder, stop_token_ids
+from polar.tasks.schema import Example
+
+__all__ = ["LabelConfig", "label", "merge_shards", "read_records"]
+
+MERGED = "labels.jsonl"
+MANIFEST = "manifest.json"
+
+
+@dataclass(frozen=True)
+class LabelConfig:
+    shots: int = 3  # few-shot examples in each prompt
+    max_new_tokens: int = 50  # the reference reward's generation budget
+    k_max: int = DEFAULT_K_MAX
+    search: SearchConfig = field(default_factory=SearchConfig)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def read_examples(path: str | Path) -> list[Example]:
+    """Examples of an ingested task file (Parquet or JSON lines)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"task file not found: {path} (run `polar ingest` first)")
+    frame = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_json(path, lines=True, dtype=False)
+    return [Example.from_dict(row) for row in frame.to_dict(orient="records")]
+
+
+def shots_for(example: Example, examples: Sequence[Example], k: int) -> list[tuple[str, str]]:
+    """Few-shot pairs: synthetic levels draw from their own stream; other tasks use the first ``k``
+    other examples of the same task and level in the file."""
+    if k == 0:
+        return []
+    if example.task == synthetic.TASK:
+        return synthetic.few_shot(int(example.level), k, exclude={example.question})
+    pool = [e for e in examples if e.task == example.task and e.level == example.level and e.id != example.id]
+    return [(e.question, e.answer) for e in pool[:k]]
+
+
+# ---------------------------------------------------------------------------------------------- shards
+def _repair(shard: Path) -> None:
+    """Drop a torn last line (a kill mid-write) so that the shard holds whole records only."""
+    data = shard.read_bytes()
+    if not data or data.endswith(b"\n"):
+        return
+    keep = data.rfind(b"\n") + 1
+    with shard.open("r+b") as f:
+        f.truncate(keep)
+
+
+def read_records(out_dir: str | Path) -> Iterator[dict]:
+    """Every whole record in the shards of ``out_dir`` (first occurrence of each id)."""
+    seen: set[str] = set()
+    for shard in sorted(Path(out_dir).glob("shard-*.jsonl")):
+        with shard.open() as f:
+            for n, line in enumerate(f, 1):
+                if not line.endswith("\n"):
+                    continue  # torn tail of a killed run
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as err:
+                    raise ValueError(f"{shard}:{n}: broken record ({err}); remove the line to continue") from err
+                if record["id"] not in seen:
+                    seen.add(record["id"])
+                    yield record
+
+
+class _ShardWriter:
+    def __init__(self, out_dir: Path, worker: str) -> None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for shard in out_dir.glob("shard-*.jsonl"):
+            _repair(shard)
+        n = len(list(out_dir.glob(f"shard-{worker}-*.jsonl")))
+        self.path = out_dir / f"shard-{worker}-{n:04d}.jsonl"
+        self._f = None
+
+    def write(self, record: dict) -> None:
+        if self._f is None:
+            self._f = self.path.open("a")
+        self._f.write(json.dumps(record) + "\n")
+        self._f.flush()
+        os.fsync(self._f.fileno())
+
+    def close(self) -> None:
+        if self._f is not None:
+            self._f.close()
+
+
+def merge_shards(out_dir: str | Path, ids: Sequence[str]) -> Path:
+    """Write ``labels.jsonl`` with one record per id, in the order of ``ids``."""
+    out_dir = Path(out_dir)
+    records = {r["id"]: r for r in read_records(out_dir)}
+    missing = [i for i in ids if i not in records]
+    if missing:
+        raise ValueError(f"{len(missing)} inputs are not labeled yet (first: {missing[0]}); run `polar label` again")
+    tmp = out_dir / f".{MERGED}.tmp"
+    with tmp.open("w") as f:
+        for i in ids:
+            f.write(json.dumps(records[i]) + "\n")
+    tmp.replace(out_dir / MERGED)
+    return out_dir / MERGED
+
+
+SETTINGS = "settings.json"
+
+
+def _check_settings(out_dir: Path, settings: dict) -> None:
+    """Refuse to resume a folder labeled with other settings: records would not be comparable."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / SETTINGS
+    if path.exists():
+        before = json.loads(path.read_text())
+        if before != json.loads(json.dumps(settings)):
+            changed = sorted(k for k in settings if before.get(k) != json.loads(json.dumps(settings[k])))
+            raise ValueError(
+                f"{out_dir} holds labels made with other settings ({', '.join(changed)} differ); "
+                "label into a new folder, or delete this one to start over"
+            )
+        return
+    path.write_text(json.dumps(settings, indent=2) + "\n")
+
+
+# ----------------------------------------------------------------------------------------------- label
+def label_one(backbone, example: Example, shots: list[tuple[str, str]], config: LabelConfig, stops: list[int]) -> dict:
+    """Search programs for one input and return its record."""
+    builder = PromptBuilder(backbone.prompt_style)
+    ids = builder.encode(example.question, shots, backbone.tokenizer)
+    executor = backbone.executor
+
+    def evaluate(programs: Sequence[Program]) -> list[Evaluation]:
+        outs = executor.generate([ids], programs, config.max_new_tokens, stop_token_ids=stops)
+        evals = []
+        for program, g in zip(programs, outs, strict=True):
+            prediction = extract_answer(g.text or "", example.answer_kind)
+            reward = float(is_equivalent(prediction, example.answer, example.answer_kind))
+            evals.append(Evaluation(program.text, reward, len(program), prediction, g.text))
+        return evals
+
+    start = time.perf_counter()
+    result = search(executor.depth, evaluate, config.search)
+    seconds = time.perf_counter() - start
+    shortest = result.shortest
+    compact, why = None, None
+    if shortest is not None:
+        try:
+            compact = str(CompactProgram.from_program(Program.parse(shortest.program), executor.depth, config.k_max))
+        except ProgramError as err:
+            why = str(err)
+    return {
+        "id": example.id,
+        "task": example.task,
+        "level": example.level,
+        "question": example.question,
+        "answer": example.answer,
+        "answer_kind": example.answer_kind,
+        "model": backbone.spec,
+        "depth": executor.depth,
+        "prompt_builder": builder.id(len(shots)),
+        "prompt_tokens": len(ids),
+        "space": config.search.space,
+        "base_program": result.base.program,
+        "base_prediction": result.base.prediction,
+        "base_text": result.base.text,
+        "base_correct": result.base.reward > 0,
+        "evaluated": [{k: v for k, v in asdict(e).items() if k != "text"} for e in result.evaluations],
+        "valid": [e.program for e in result.valid],
+        "shortest": shortest.program if shortest else None,
+        "shortest_length": shortest.length if shortest else None,
+        "compact": compact,
+        "compact_error": why,
+        "evaluations": len(result.evaluations),
+        "seconds": round(seconds, 3),
+    }
+
+
+def label(
+    model: str,
+    tasks_path: str | Path,
+    out_dir: str | Path,
+    config: LabelConfig = LabelConfig(),
+    limit: int | None = None,
+    worker: str = "0",
+    device: str = "auto",
+    backbone=None,
+) -> Path:
+    """Label every input of ``tasks_path`` (resuming from ``out_dir``), then merge the shards.
+
+    Returns the merged ``labels.jsonl``.
+    """
+    from polar.backbone import load
+
+    out_dir = Path(out_dir)
+    examples = read_examples(tasks_path)[:limit]
+    ids = [e.id for e in examples]
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"{tasks_path}: duplicate example ids; re-run `polar ingest`")
+    _check_settings(out_dir, {"model": model, "tasks": str(tasks_path), "config": config.to_dict()})
+    writer = _ShardWriter(out_dir, worker)  # repairs torn shards before reading them
+    done = {r["id"] for r in read_records(out_dir)}
+    todo = [e for e in examples if e.id not in done]
+    if todo:
+        backbone = backbone or load(model, device=device)
+        stops = stop_token_ids(backbone.tokenizer)
+        bar = tqdm(
+            todo, desc=f"label {model} [{config.search.space}]", unit="input", initial=len(done), total=len(examples)
+        )
+        try:
+            for example in bar:
+                record = label_one(backbone, example, shots_for(example, examples, config.shots), config, stops)
+                writer.write(record)
+                bar.set_postfix(valid=len(record["valid"]), base=int(record["base_correct"]))
+        finally:
+            writer.close()
+            bar.close()
+    merged = merge_shards(out_dir, ids)
+    manifest = {
+        "model": model,
+        "tasks": str(tasks_path),
+        "inputs": len(ids),
+        "config": config.to_dict(),
+        "base_correct": sum(json.loads(line)["base_correct"] for line in merged.open()),
+    }
+    (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    return merged

@@ -1,0 +1,1 @@
+"""Tasks: one schema for synthetic levels and real benchmarks, prompts, answer extraction."""
