@@ -54,7 +54,9 @@ def test_search_is_deterministic_by_seed(space):
 
 
 def test_search_stops_when_the_tree_is_exhausted():
-    result = search(3, _needs_layer_4_skipped, SearchConfig(simulations=500, min_length_ratio=0.6, max_length_ratio=1.4))
+    result = search(
+        3, _needs_layer_4_skipped, SearchConfig(simulations=500, min_length_ratio=0.6, max_length_ratio=1.4)
+    )
     assert result.simulations < 500
     assert len(result.evaluations) == result.simulations + 1  # one new program per simulation
 

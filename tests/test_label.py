@@ -1,0 +1,119 @@
+"""The label stage: records, resume after a real kill, and rewards that equal running each program alone."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from tiny import tiny_model
+
+from polar.ingest import ingest
+from polar.label import LabelConfig, label, label_one, read_records
+from polar.search import SearchConfig
+from polar.tasks.prompts import PromptBuilder, stop_token_ids
+from polar.tasks.synthetic import few_shot
+
+pytestmark = pytest.mark.slow  # needs the bundled tokenizer
+
+CONFIG = LabelConfig(shots=1, max_new_tokens=6, search=SearchConfig(simulations=6, batch=3))
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory, smollm2):
+    """A tiny random Llama with the bundled tokenizer: fast enough to label many inputs."""
+    path = tmp_path_factory.mktemp("tiny-llama")
+    tiny_model("llama", vocab_size=len(smollm2.tokenizer)).save_pretrained(path)
+    smollm2.tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def tasks(tmp_path_factory):
+    path, _ = ingest(tmp_path_factory.mktemp("tasks") / "arith.parquet", levels=[1, 4], n=5)
+    return path
+
+
+def _strip(record):
+    return {k: v for k, v in record.items() if k != "seconds"}
+
+
+def test_records_hold_what_the_diagnosis_needs(tiny_dir, tasks, tmp_path):
+    merged = label(str(tiny_dir), tasks, tmp_path / "labels", CONFIG, device="cpu")
+    records = [json.loads(line) for line in merged.open()]
+    assert [r["id"] for r in records] == [f"arith/test/L{lv}/s0/{i}" for lv in (1, 4) for i in range(5)]
+    r = records[0]
+    for key in ("task", "level", "model", "prompt_builder", "base_prediction", "base_correct", "evaluated",
+                "valid", "shortest", "compact", "compact_error", "evaluations", "seconds"):
+        assert key in r
+    assert r["prompt_builder"] == "chat-1shot-v1" and r["depth"] == 6
+    assert r["evaluations"] == len(r["evaluated"]) == 7  # base + 6 simulations
+    assert r["evaluated"][0]["program"] == "0-5"
+    manifest = json.loads((tmp_path / "labels" / "manifest.json").read_text())
+    assert manifest["inputs"] == 10
+
+
+def test_a_killed_run_resumes_with_nothing_lost_or_duplicated(tiny_dir, tasks, tmp_path):
+    out = tmp_path / "labels"
+    cmd = [str(Path(sys.executable).parent / "polar"), "label", "--model", str(tiny_dir), "--tasks", str(tasks),
+           "--out", str(out), "--simulations", "6", "--batch", "3", "--shots", "1", "--max-new-tokens", "6",
+           "--device", "cpu"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline:  # kill it once some, but not all, inputs are labeled
+        shards = list(out.glob("shard-*.jsonl"))
+        if shards and sum(s.read_text().count("\n") for s in shards) >= 3:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    first = list(read_records(out))
+    assert 3 <= len(first) < 10, "the run should have been killed half-way"
+    assert not (out / "labels.jsonl").exists()
+
+    merged = label(str(tiny_dir), tasks, out, CONFIG, device="cpu")
+    records = [json.loads(line) for line in merged.open()]
+    assert len(records) == len({r["id"] for r in records}) == 10
+    assert sum(1 for _ in read_records(out)) == 10
+    kept = {r["id"]: r for r in records}
+    assert all(_strip(kept[r["id"]]) == _strip(r) for r in first)  # what was done is kept as it was
+
+    straight = label(str(tiny_dir), tasks, tmp_path / "straight", CONFIG, device="cpu")
+    assert [_strip(json.loads(line)) for line in straight.open()] == [_strip(r) for r in records]
+
+
+def test_a_torn_last_line_is_repaired(tiny_dir, tasks, tmp_path):
+    out = tmp_path / "labels"
+    label(str(tiny_dir), tasks, out, CONFIG, limit=2, device="cpu")
+    shard = next(out.glob("shard-*.jsonl"))
+    whole = shard.read_text()
+    shard.write_text(whole + '{"id": "arith/test/L1/s0/2", "tas')  # killed mid-write
+    merged = label(str(tiny_dir), tasks, out, CONFIG, limit=3, device="cpu")
+    assert shard.read_text() == whole
+    assert [json.loads(line)["id"] for line in merged.open()][-1] == "arith/test/L1/s0/2"
+
+
+def test_other_settings_are_refused_on_resume(tiny_dir, tasks, tmp_path):
+    label(str(tiny_dir), tasks, tmp_path / "labels", CONFIG, limit=1, device="cpu")
+    other = LabelConfig(shots=1, max_new_tokens=6, search=SearchConfig(simulations=7, batch=3))
+    with pytest.raises(ValueError, match="other settings \\(config differ\\)"):
+        label(str(tiny_dir), tasks, tmp_path / "labels", other, limit=1, device="cpu")
+
+
+def test_rewards_equal_running_each_program_alone(smollm2):
+    """The search evaluates programs in batches with shared prefixes; a label is what a program does alone."""
+    from polar.tasks.schema import Example
+
+    example = Example("x/1", "What is 6 + 7?", "13", "arith", "1", "test")
+    shots = few_shot(1, 3, {example.question})
+    stops = stop_token_ids(smollm2.tokenizer)
+    record = label_one(smollm2, example, shots, LabelConfig(search=SearchConfig(simulations=12, batch=12)), stops)
+    ids = PromptBuilder("chat").encode(example.question, shots, smollm2.tokenizer)
+    for ev in record["evaluated"]:
+        alone = smollm2.executor.generate([ids], [ev["program"]], 50, stop_token_ids=stops)[0]
+        from polar.tasks.answers import extract_answer
+
+        assert extract_answer(alone.text, "number") == ev["prediction"], ev["program"]
