@@ -21,6 +21,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from polar.hf import Decoder, ProgramCache
 from polar.plan import Plan
+from polar.prefix import PrefixStore, prefill_shared
 from polar.programs import Program
 
 __all__ = ["Executor", "Generation", "Sampling", "Score"]
@@ -168,6 +169,7 @@ class Executor:
         sampling: Sampling = GREEDY,
         use_cache: bool = True,
         stop_token_ids: Sequence[int] = (),
+        prefix_store: PrefixStore | None = None,
     ) -> list[Generation]:
         """Generate from each prompt under each program.
 
@@ -176,7 +178,8 @@ class Executor:
         (kept in its tokens), or after ``max_new_tokens``; finished rows leave the batch. With
         ``use_cache=False`` the whole sequence is recomputed at every step (the slow reference semantics
         that cached decoding must reproduce). Programs over one shared prompt compute the prompt's
-        hidden states and KV entries once per distinct prefix of layer visits.
+        hidden states and KV entries once per distinct prefix of layer visits; a ``prefix_store`` keeps
+        them for later calls with the same prompt (see :mod:`polar.prefix`).
         """
         prompts, programs = _broadcast(prompts, programs)
         plan = self.plan(programs)
@@ -192,12 +195,12 @@ class Executor:
         lengths = torch.full((n_rows,), max_new_tokens, dtype=torch.long, device=self.device)
         done = torch.zeros(n_rows, dtype=torch.bool, device=self.device)
         active = torch.arange(n_rows, device=self.device)  # batch row -> original row
-        shared_prompt = use_cache and n_rows > 1 and all(p == prompts[0] for p in prompts)
+        shared_prompt = use_cache and (n_rows > 1 or prefix_store is not None) and all(p == prompts[0] for p in prompts)
         cache = ProgramCache(plan.n_slots) if use_cache and not shared_prompt else None
         step_input = ids
         for t in range(max_new_tokens):
             if t == 0 and shared_prompt:
-                logits, cache = self._prefill_shared(ids[:1], mask[:1], plan)
+                logits, cache = prefill_shared(self.decoder, ids[:1], mask[:1], plan, prefix_store)
             else:
                 logits = self.forward(step_input, mask, plan, cache, keep=1)
             token = _next_token(logits[:, -1], sampling, generator)  # (b,)
@@ -237,46 +240,6 @@ class Executor:
                 )
             )
         return out
-
-    def _prefill_shared(self, ids: torch.Tensor, mask: torch.Tensor, plan: Plan) -> tuple[torch.Tensor, ProgramCache]:
-        """Prefill one prompt (1, T) under every program of ``plan``, computing each distinct prefix of
-        layer visits once (a trie over the programs). Returns last-position logits (B, 1, V) and the
-        filled per-visit cache laid out as ``plan`` expects."""
-        dec = self.decoder
-        position_ids = (mask.long().cumsum(-1) - 1).clamp(min=0)  # (1, T)
-        embedded = dec.embed(ids)  # (1, T, C)
-        masks = dec.masks(embedded, mask, None, position_ids, plan.kinds)
-        rope = dec.position_embeddings(embedded, position_ids, plan.kinds)
-        programs = [p.layers for p in plan.programs]
-        hidden: dict[tuple[int, ...], torch.Tensor] = {(): embedded}
-        states: dict[tuple[int, ...], tuple[torch.Tensor, torch.Tensor]] = {}
-        finals: dict[tuple[int, ...], torch.Tensor] = {}
-        for j in range(max(len(p) for p in programs)):
-            level = list(dict.fromkeys(p[: j + 1] for p in programs if len(p) > j))  # distinct prefixes
-            by_layer: dict[int, list[tuple[int, ...]]] = {}
-            for prefix in level:
-                by_layer.setdefault(prefix[-1], []).append(prefix)
-            nxt: dict[tuple[int, ...], torch.Tensor] = {}
-            for layer, prefixes in by_layer.items():
-                kind = plan.layer_kinds[layer]
-                x = torch.cat([hidden[pre[:-1]] for pre in prefixes])  # (n, T, C)
-                tmp = ProgramCache(1)
-                y = dec.run_layer(layer, x, masks[kind], rope[kind], position_ids, tmp.select(0))
-                keys, values = tmp.layers[0].keys, tmp.layers[0].values  # (n, heads, T, head_dim)
-                for i, pre in enumerate(prefixes):
-                    nxt[pre] = y[i : i + 1]
-                    states[pre] = (keys[i : i + 1], values[i : i + 1])
-            for p in programs:
-                if len(p) == j + 1:
-                    finals[p] = nxt[p]
-            hidden = nxt
-        last = torch.cat([finals[p][:, -1:] for p in programs])  # (B, 1, C)
-        slots: list[tuple[torch.Tensor, torch.Tensor]] = []
-        for j, calls in enumerate(plan.steps):
-            for c in calls:
-                parts = [states[programs[r][: j + 1]] for r in c.members]
-                slots.append((torch.cat([k for k, _ in parts]), torch.cat([v for _, v in parts])))
-        return dec.logits(last), ProgramCache.from_states(slots)
 
     def decode(self, tokens: Sequence[int]) -> str | None:
         if self.tokenizer is None:

@@ -19,11 +19,12 @@ from pathlib import Path
 import pandas as pd
 from tqdm import tqdm
 
+from polar.prefix import PrefixStore
 from polar.programs import DEFAULT_K_MAX, CompactProgram, Program, ProgramError
 from polar.search import Evaluation, SearchConfig, search
 from polar.tasks import synthetic
 from polar.tasks.answers import extract_answer, is_equivalent
-from polar.tasks.prompts import PromptBuilder, stop_token_ids
+from polar.tasks.prompts import PromptBuilder, answer_line, stop_token_ids
 from polar.tasks.schema import Example
 
 __all__ = ["LabelConfig", "label", "merge_shards", "read_records"]
@@ -37,6 +38,7 @@ class LabelConfig:
     shots: int = 3  # few-shot examples in each prompt
     max_new_tokens: int = 50  # the reference reward's generation budget
     k_max: int = DEFAULT_K_MAX
+    prefix_store_mb: int = 1024  # memory for reusing prompt states across search rounds (speed only)
     search: SearchConfig = field(default_factory=SearchConfig)
 
     def to_dict(self) -> dict:
@@ -152,12 +154,13 @@ def label_one(backbone, example: Example, shots: list[tuple[str, str]], config: 
     builder = PromptBuilder(backbone.prompt_style)
     ids = builder.encode(example.question, shots, backbone.tokenizer)
     executor = backbone.executor
+    store = PrefixStore(config.prefix_store_mb << 20)  # prompt states per prefix, reused across rounds
 
     def evaluate(programs: Sequence[Program]) -> list[Evaluation]:
-        outs = executor.generate([ids], programs, config.max_new_tokens, stop_token_ids=stops)
+        outs = executor.generate([ids], programs, config.max_new_tokens, stop_token_ids=stops, prefix_store=store)
         evals = []
         for program, g in zip(programs, outs, strict=True):
-            prediction = extract_answer(g.text or "", example.answer_kind)
+            prediction = extract_answer(answer_line(g.text or ""), example.answer_kind)
             reward = float(is_equivalent(prediction, example.answer, example.answer_kind))
             evals.append(Evaluation(program.text, reward, len(program), prediction, g.text))
         return evals

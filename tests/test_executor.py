@@ -172,3 +172,19 @@ def test_prompts_that_stop_leave_the_batch(executor):
     batched = executor.generate(prompts, [LOOP], 16, stop_token_ids=STOPS)
     alone = [executor.generate([q], [LOOP], 16, stop_token_ids=STOPS)[0] for q in prompts]
     assert [g.tokens for g in batched] == [g.tokens for g in alone]
+
+
+def test_a_prefix_store_reused_across_calls_changes_nothing(executor):
+    from polar.prefix import PrefixStore
+
+    p = prompt(20, 9)
+    store = PrefixStore()
+    first = executor.generate([p], [LOOP, SKIP], 10, prefix_store=store)
+    assert store.nodes and store.hits == 0
+    later = executor.generate([p], [SKIP_LOOP, LOOP, Program.identity(DEPTH)], 10, prefix_store=store)
+    assert store.hits > 0  # the prefixes of LOOP and SKIP were not recomputed
+    assert [g.tokens for g in first + later] == [
+        executor.generate([p], [q], 10)[0].tokens for q in (LOOP, SKIP, SKIP_LOOP, LOOP, Program.identity(DEPTH))
+    ]
+    other = prompt(21, 9)  # another prompt empties the store
+    assert executor.generate([other], [LOOP], 10, prefix_store=store)[0].tokens == executor.generate([other], [LOOP], 10)[0].tokens

@@ -1,7 +1,6 @@
 """The label stage: records, resume after a real kill, and rewards that equal running each program alone."""
 
 import json
-import os
 import signal
 import subprocess
 import sys

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from transformers import PreTrainedTokenizerBase
 
-__all__ = ["PromptBuilder", "stop_token_ids"]
+__all__ = ["PromptBuilder", "answer_line", "stop_token_ids"]
 
 INSTRUCTION = "Answer with the final answer only."
 
@@ -55,3 +55,8 @@ def stop_token_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
         if "\n" in tokenizer.decode([token_id]):
             ids.append(token_id)
     return sorted(ids)
+
+
+def answer_line(text: str) -> str:
+    """The answer: the generated text up to its first newline (generation stops there anyway)."""
+    return text.split("\n", 1)[0]

@@ -1,0 +1,103 @@
+"""Search benchmark: programs evaluated per second by the label stage vs a one-program-at-a-time loop.
+
+Ours: the MCTS of `polar label`, which evaluates each round's programs together over the shared prompt
+(each prefix of layer visits computed once, and kept across rounds), stops a row at the end of its
+answer line and drops finished rows from the batch. Baseline: the reference code's loop, which runs
+one program at a time through `generate` with up to 50 new tokens, stopping only at EOS. Both run the
+same programs on the same inputs; the rewards must be identical (the answer is the first line).
+
+    .venv/bin/python bench/bench_search.py --out bench/results/search-cpu.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from polar.backbone import load
+from polar.label import LabelConfig, label_one
+from polar.search import SearchConfig
+from polar.tasks import synthetic
+from polar.tasks.answers import extract_answer, is_equivalent
+from polar.tasks.prompts import PromptBuilder, answer_line, stop_token_ids
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--levels", default="1,3,5")
+    parser.add_argument("--simulations", type=int, default=32)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--max-new-tokens", type=int, default=50)
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args()
+
+    backbone = load(args.model, device=args.device)
+    executor, stops = backbone.executor, stop_token_ids(backbone.tokenizer)
+    builder = PromptBuilder(backbone.prompt_style)
+    config = LabelConfig(
+        max_new_tokens=args.max_new_tokens, search=SearchConfig(simulations=args.simulations, batch=args.batch)
+    )
+    executor.generate([[1, 2, 3]], ["0-%d" % (executor.depth - 1)], 2)  # warm-up
+    ours_s = base_s = 0.0
+    programs = agree = 0
+    per_input = []
+    for level in [int(x) for x in args.levels.split(",")]:
+        example = synthetic.generate(level, 1, seed=1)[0]
+        shots = synthetic.few_shot(level, config.shots, {example.question})
+        start = time.perf_counter()
+        record = label_one(backbone, example, shots, config, stops)
+        t_ours = time.perf_counter() - start
+        ids = builder.encode(example.question, shots, backbone.tokenizer)
+        start = time.perf_counter()
+        baseline = []
+        for ev in record["evaluated"]:  # the reference loop: one program, up to 50 tokens, EOS only
+            g = executor.generate([ids], [ev["program"]], args.max_new_tokens)[0]
+            baseline.append(extract_answer(answer_line(g.text), example.answer_kind))
+        t_base = time.perf_counter() - start
+        same = [b == ev["prediction"] for b, ev in zip(baseline, record["evaluated"], strict=True)]
+        rewards_same = all(
+            is_equivalent(b, example.answer, "number") == (ev["reward"] > 0)
+            for b, ev in zip(baseline, record["evaluated"], strict=True)
+        )
+        n = len(record["evaluated"])
+        ours_s, base_s, programs, agree = ours_s + t_ours, base_s + t_base, programs + n, agree + sum(same)
+        per_input.append(
+            {
+                "level": level,
+                "programs": n,
+                "ours_s": round(t_ours, 2),
+                "baseline_s": round(t_base, 2),
+                "speedup": round(t_base / t_ours, 2),
+                "identical_rewards": rewards_same,
+                "prompt_tokens": len(ids),
+                "valid": len(record["valid"]),
+            }
+        )
+        print(json.dumps(per_input[-1]), flush=True)
+    results = {
+        "model": args.model,
+        "device": str(backbone.model.device),
+        "threads": torch.get_num_threads(),
+        "simulations": args.simulations,
+        "batch": args.batch,
+        "programs": programs,
+        "identical_predictions": f"{agree}/{programs}",
+        "ours_programs_per_s": programs / ours_s,
+        "baseline_programs_per_s": programs / base_s,
+        "speedup": base_s / ours_s,
+        "per_input": per_input,
+    }
+    print(json.dumps(results, indent=2))
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
