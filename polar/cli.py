@@ -301,5 +301,21 @@ def label_cmd(
     console.print(f"labels: {merged}")
 
 
+@app.command()
+def diagnose(
+    labels: Annotated[str, typer.Option(help="Folder with skip/, loop/ and joint/ label folders of one model.")],
+    out: Annotated[str, typer.Option(help="Report folder (report.md and PNG plots).")],
+) -> None:
+    """Write the diagnosis report (oracle accuracy, shorter programs, edited segments, layer heat map)."""
+    from polar.diagnose import diagnose as do_diagnose
+
+    command = "polar diagnose " + " ".join(sys.argv[2:]) if len(sys.argv) > 2 else None
+    try:
+        report = do_diagnose(labels, out, command=command)
+    except (FileNotFoundError, ValueError) as err:
+        _fail(str(err))
+    console.print(f"report: {report}")
+
+
 def main() -> None:  # pragma: no cover - entry point
     sys.exit(app())

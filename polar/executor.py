@@ -134,27 +134,20 @@ class Executor:
         hidden = dec.embed(input_ids)  # (B, q, C)
         masks = dec.masks(hidden, attention_mask, cache, position_ids, plan.kinds)
         rope = dec.position_embeddings(hidden, position_ids, plan.kinds)
-        for calls in plan.steps:
-            if len(calls) == 1 and calls[0].rows is None:  # every row visits the same layer
-                c = calls[0]
-                slot = cache.select(c.slot) if cache is not None else None
+        for c in plan.calls:
+            slot = cache.select(c.slot) if cache is not None else None
+            if c.rows is None:  # every row visits this layer now
                 hidden = dec.run_layer(c.layer, hidden, masks[c.kind], rope[c.kind], position_ids, slot)
                 continue
-            out = []
-            for c in calls:  # groups read the hidden states of the previous step, then all are written
-                slot = cache.select(c.slot) if cache is not None else None
-                h = dec.run_layer(
-                    c.layer,
-                    _rows(hidden, c.rows),
-                    _rows(masks[c.kind], c.rows),
-                    _rows(rope[c.kind], c.rows),
-                    _rows(position_ids, c.rows),
-                    slot,
-                )
-                out.append((c.rows, h))
-            hidden = hidden.clone()  # groups are disjoint row sets that all read the previous step
-            for rows, h in out:
-                hidden.index_copy_(0, rows, h)
+            h = dec.run_layer(  # some rows make this call; the others carry their hidden states
+                c.layer,
+                _rows(hidden, c.rows),
+                _rows(masks[c.kind], c.rows),
+                _rows(rope[c.kind], c.rows),
+                _rows(position_ids, c.rows),
+                slot,
+            )
+            hidden = hidden.index_copy(0, c.rows, h)
         if keep is not None:
             hidden = hidden[:, -keep:]
         return dec.logits(hidden)

@@ -71,14 +71,24 @@ class ProgramCache(Cache):
             layer.update(keys, values)
         return cache
 
-    def gather(self, sources: list[tuple[int, torch.Tensor]]) -> ProgramCache:
-        """A new cache whose slot ``i`` holds the rows ``sources[i][1]`` of old slot ``sources[i][0]``."""
-        return ProgramCache.from_states(
-            [
-                (self.layers[s].keys.index_select(0, idx), self.layers[s].values.index_select(0, idx))
-                for s, idx in sources
-            ]
-        )
+    def gather(self, sources: list[list[tuple[int, int]]]) -> ProgramCache:
+        """A new cache whose slot ``i`` stacks, per member, row ``pos`` of old slot ``slot`` for each
+        ``(slot, pos)`` in ``sources[i]``."""
+        states = []
+        for members in sources:
+            slots = {s for s, _ in members}
+            if len(slots) == 1:  # the common case: one old slot, some of its rows
+                layer = self.layers[members[0][0]]
+                idx = torch.tensor([p for _, p in members], device=layer.keys.device)
+                states.append((layer.keys.index_select(0, idx), layer.values.index_select(0, idx)))
+            else:
+                states.append(
+                    (
+                        torch.cat([self.layers[s].keys[p : p + 1] for s, p in members]),
+                        torch.cat([self.layers[s].values[p : p + 1] for s, p in members]),
+                    )
+                )
+        return ProgramCache.from_states(states)
 
     def update(self, key_states, value_states, layer_idx, *args, **kwargs):  # noqa: ARG002 - layer_idx ignored on purpose
         return self.layers[self._slot].update(key_states, value_states, *args, **kwargs)

@@ -87,8 +87,7 @@ def prefill_shared(
         hidden = nxt
     last = torch.cat([finals[p][:, -1:] for p in programs])  # (B, 1, C)
     slots: list[tuple[torch.Tensor, torch.Tensor]] = []
-    for j, calls in enumerate(plan.steps):
-        for c in calls:
-            parts = [states[programs[r][: j + 1]] for r in c.members]
-            slots.append((torch.cat([k for k, _ in parts]), torch.cat([v for _, v in parts])))
+    for c in plan.calls:
+        parts = [states[programs[r][: v + 1]] for r, v in zip(c.members, c.visits, strict=True)]
+        slots.append((torch.cat([k for k, _ in parts]), torch.cat([v for _, v in parts])))
     return dec.logits(last), ProgramCache.from_states(slots)

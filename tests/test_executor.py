@@ -116,9 +116,23 @@ def test_sampling_is_seeded(executor):
 
 def test_plan_groups_layer_calls(executor):
     plan = executor.plan([Program.parse("0-5"), Program.parse("0-5"), Program.parse("0-2,4-5")])
-    assert len(plan.steps) == 6
-    assert [len(s) for s in plan.steps] == [1, 1, 1, 2, 2, 1]  # step 5: rows 0-1 at layer 5, row 2 done
-    assert plan.n_slots == plan.layer_calls == 8
+    # Layers 0-2 for all rows, 3 for the two that visit it, then 4 and 5 for all again.
+    assert [(c.layer, c.members) for c in plan.calls] == [
+        (0, (0, 1, 2)),
+        (1, (0, 1, 2)),
+        (2, (0, 1, 2)),
+        (3, (0, 1)),
+        (4, (0, 1, 2)),
+        (5, (0, 1, 2)),
+    ]
+    assert plan.n_slots == plan.layer_calls == 6
+    loop = executor.plan([Program.parse("0-5"), LOOP])  # 0-3,2-3,4-5: the loop runs alone, then they rejoin
+    assert [(c.layer, c.members, c.visits) for c in loop.calls][3:7] == [
+        (3, (0, 1), (3, 3)),
+        (2, (1,), (4,)),
+        (3, (1,), (5,)),
+        (4, (0, 1), (4, 6)),
+    ]
 
 
 def test_bad_inputs_are_rejected(executor):
@@ -187,4 +201,7 @@ def test_a_prefix_store_reused_across_calls_changes_nothing(executor):
         executor.generate([p], [q], 10)[0].tokens for q in (LOOP, SKIP, SKIP_LOOP, LOOP, Program.identity(DEPTH))
     ]
     other = prompt(21, 9)  # another prompt empties the store
-    assert executor.generate([other], [LOOP], 10, prefix_store=store)[0].tokens == executor.generate([other], [LOOP], 10)[0].tokens
+    assert (
+        executor.generate([other], [LOOP], 10, prefix_store=store)[0].tokens
+        == executor.generate([other], [LOOP], 10)[0].tokens
+    )

@@ -45,8 +45,21 @@ def test_records_hold_what_the_diagnosis_needs(tiny_dir, tasks, tmp_path):
     records = [json.loads(line) for line in merged.open()]
     assert [r["id"] for r in records] == [f"arith/test/L{lv}/s0/{i}" for lv in (1, 4) for i in range(5)]
     r = records[0]
-    for key in ("task", "level", "model", "prompt_builder", "base_prediction", "base_correct", "evaluated",
-                "valid", "shortest", "compact", "compact_error", "evaluations", "seconds"):
+    for key in (
+        "task",
+        "level",
+        "model",
+        "prompt_builder",
+        "base_prediction",
+        "base_correct",
+        "evaluated",
+        "valid",
+        "shortest",
+        "compact",
+        "compact_error",
+        "evaluations",
+        "seconds",
+    ):
         assert key in r
     assert r["prompt_builder"] == "chat-1shot-v1" and r["depth"] == 6
     assert r["evaluations"] == len(r["evaluated"]) == 7  # base + 6 simulations
@@ -57,9 +70,26 @@ def test_records_hold_what_the_diagnosis_needs(tiny_dir, tasks, tmp_path):
 
 def test_a_killed_run_resumes_with_nothing_lost_or_duplicated(tiny_dir, tasks, tmp_path):
     out = tmp_path / "labels"
-    cmd = [str(Path(sys.executable).parent / "polar"), "label", "--model", str(tiny_dir), "--tasks", str(tasks),
-           "--out", str(out), "--simulations", "6", "--batch", "3", "--shots", "1", "--max-new-tokens", "6",
-           "--device", "cpu"]
+    cmd = [
+        str(Path(sys.executable).parent / "polar"),
+        "label",
+        "--model",
+        str(tiny_dir),
+        "--tasks",
+        str(tasks),
+        "--out",
+        str(out),
+        "--simulations",
+        "6",
+        "--batch",
+        "3",
+        "--shots",
+        "1",
+        "--max-new-tokens",
+        "6",
+        "--device",
+        "cpu",
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while time.time() < deadline:  # kill it once some, but not all, inputs are labeled
@@ -116,3 +146,19 @@ def test_rewards_equal_running_each_program_alone(smollm2):
         from polar.tasks.answers import extract_answer
 
         assert extract_answer(alone.text, "number") == ev["prediction"], ev["program"]
+
+
+def test_diagnosis_report_from_three_search_spaces(tiny_dir, tasks, tmp_path):
+    from polar.diagnose import diagnose
+
+    for space in ("skip", "loop", "joint"):
+        cfg = LabelConfig(shots=1, max_new_tokens=6, search=SearchConfig(space=space, simulations=6, batch=3))
+        label(str(tiny_dir), tasks, tmp_path / "labels" / space, cfg, limit=4, device="cpu")
+    report = diagnose(tmp_path / "labels", tmp_path / "report", command="polar diagnose ...")
+    text = report.read_text()
+    assert "| level | inputs | base | skip oracle | loop oracle | joint oracle |" in text
+    assert "| all | 4 |" in text and "polar diagnose ..." in text
+    for png in ("oracle_accuracy.png", "segment_lengths.png", "layer_heatmap.png"):
+        assert (tmp_path / "report" / png).stat().st_size > 1000
+    with pytest.raises(FileNotFoundError, match="joint"):
+        diagnose(tmp_path / "nothing", tmp_path / "r2")
