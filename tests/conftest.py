@@ -10,6 +10,17 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 sys.path.insert(0, str(Path(__file__).parent))  # for `tiny`
 
 
+def shared_data() -> Path:
+    """The public benchmark files, read where they lie (never copied into the repository)."""
+    candidates = [Path(__file__).resolve().parents[2] / "shared" / "data"]
+    if os.environ.get("POLAR_SHARED_DATA"):
+        candidates.append(Path(os.environ["POLAR_SHARED_DATA"]))
+    for path in candidates:
+        if path.is_dir():
+            return path
+    pytest.skip("shared benchmark data not found (set POLAR_SHARED_DATA)")
+
+
 @pytest.fixture(scope="session")
 def smollm2():
     """The bundled SmolLM2-135M-Instruct (converted under models/ on first use)."""

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
 from fractions import Fraction
-from pathlib import Path
 
 import pytest
+from conftest import shared_data
 
 from polar.tasks.answers import (
     extract_answer,
@@ -21,19 +20,8 @@ from polar.tasks.answers import (
 )
 
 
-def _shared_data() -> Path:
-    """The public benchmark files (never copied into the repository)."""
-    candidates = [Path(__file__).resolve().parents[2] / "shared" / "data"]
-    if os.environ.get("POLAR_SHARED_DATA"):
-        candidates.append(Path(os.environ["POLAR_SHARED_DATA"]))
-    for path in candidates:
-        if path.is_dir():
-            return path
-    pytest.skip("shared benchmark data not found (set POLAR_SHARED_DATA)")
-
-
 def _rows(relpath: str, limit: int | None = None) -> list[dict]:
-    path = _shared_data() / relpath
+    path = shared_data() / relpath
     if not path.exists():
         pytest.skip(f"{path} not present")
     with path.open(encoding="utf-8") as handle:

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
+from conftest import shared_data
 
 from polar.tasks.answers import is_equivalent
 from polar.tasks.benchmarks import BENCHMARKS, load_benchmark, records_from_rows
@@ -23,17 +23,6 @@ FILES = {
 }
 
 
-def _shared_data() -> Path:
-    """The public benchmark files (never copied into the repository)."""
-    candidates = [Path(__file__).resolve().parents[2] / "shared" / "data"]
-    if os.environ.get("POLAR_SHARED_DATA"):
-        candidates.append(Path(os.environ["POLAR_SHARED_DATA"]))
-    for path in candidates:
-        if path.is_dir():
-            return path
-    pytest.skip("shared benchmark data not found (set POLAR_SHARED_DATA)")
-
-
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory) -> Path:
     """A private `datasets` cache, so tests neither read nor grow the user's."""
@@ -41,7 +30,7 @@ def cache(tmp_path_factory) -> Path:
 
 
 def _file(relpath: str) -> Path:
-    path = _shared_data() / relpath
+    path = shared_data() / relpath
     if not path.exists():
         pytest.skip(f"{path} not present")
     return path
