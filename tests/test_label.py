@@ -162,3 +162,17 @@ def test_diagnosis_report_from_three_search_spaces(tiny_dir, tasks, tmp_path):
         assert (tmp_path / "report" / png).stat().st_size > 1000
     with pytest.raises(FileNotFoundError, match="joint"):
         diagnose(tmp_path / "nothing", tmp_path / "r2")
+
+
+def test_labels_a_real_benchmark_file(tiny_dir, tmp_path):
+    from conftest import shared_data
+
+    tasks, bad = ingest(
+        tmp_path / "gsm8k.parquet", task="gsm8k", source=str(shared_data() / "gsm8k/test.jsonl"), limit=4
+    )
+    assert not bad
+    merged = label(str(tiny_dir), tasks, tmp_path / "labels", CONFIG, limit=2, device="cpu")
+    records = [json.loads(line) for line in merged.open()]
+    assert [r["task"] for r in records] == ["gsm8k", "gsm8k"]
+    assert records[0]["answer"] == "18" and records[0]["answer_kind"] == "number"
+    assert records[0]["prompt_builder"] == "chat-1shot-v1"  # the shot is another question of the same file
