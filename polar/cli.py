@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -174,8 +175,6 @@ def convert(
     out: Annotated[str | None, typer.Option(help="Output folder (default: models/<name>).")] = None,
 ) -> None:
     """Convert a model once to a safetensors folder that loads in about a second."""
-    from pathlib import Path
-
     from polar.backbone import BUNDLED, ModelSpecError, models_dir
     from polar.backbone import convert as do_convert
     from polar.hf import UnsupportedModelError
@@ -259,8 +258,9 @@ def label_cmd(
     model: ModelOpt = "smollm2-135m",
     tasks: Annotated[str, typer.Option(help="Task file written by `polar ingest`.")] = "data/tasks/arith.parquet",
     out: Annotated[
-        str, typer.Option(help="Output folder: shards, labels.jsonl, manifest.json.")
-    ] = "data/labels/smollm2-135m/joint",
+        str | None,
+        typer.Option(help="Output folder: shards, labels.jsonl, manifest.json [default: data/labels/MODEL/SPACE]."),
+    ] = None,
     space: Annotated[str, typer.Option(help="Search space: skip, loop or joint.")] = "joint",
     simulations: Annotated[int, typer.Option(min=0, help="MCTS simulations per input.")] = 100,
     length_penalty: float = 5.0,
@@ -295,6 +295,8 @@ def label_cmd(
             seed=seed,
         )
         config = LabelConfig(shots=shots, max_new_tokens=max_new_tokens, search=search_cfg)
+        if out is None:
+            out = f"data/labels/{Path(model.rstrip('/')).name.removesuffix('.gguf')}/{space}"
         merged = label(model, tasks, out, config, limit=limit, worker=worker, device=device)
     except (ValueError, FileNotFoundError, ModelSpecError, UnsupportedModelError) as err:
         _fail(str(err))
