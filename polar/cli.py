@@ -259,7 +259,7 @@ def label_cmd(
     tasks: Annotated[str, typer.Option(help="Task file written by `polar ingest`.")] = "data/tasks/arith.parquet",
     out: Annotated[
         str | None,
-        typer.Option(help="Output folder: shards, labels.jsonl, manifest.json [default: data/labels/MODEL/SPACE]."),
+        typer.Option(help="Output folder: shards, labels.jsonl, manifest.json (default: data/labels/MODEL/SPACE)."),
     ] = None,
     space: Annotated[str, typer.Option(help="Search space: skip, loop or joint.")] = "joint",
     simulations: Annotated[int, typer.Option(min=0, help="MCTS simulations per input.")] = 100,
