@@ -104,15 +104,22 @@ def diagnose(labels_dir: str | Path, out_dir: str | Path, command: str | None = 
     _plot_heatmaps(skip_map, loop_map, levels, out_dir / "layer_heatmap.png")
     _plot_accuracy(acc, levels, out_dir / "oracle_accuracy.png")
 
+    settings = {
+        s: json.loads((labels_dir / s / "settings.json").read_text())
+        for s in runs
+        if (labels_dir / s / "settings.json").exists()
+    }
+    sims = sorted({v["config"]["search"]["simulations"] for v in settings.values()})
     lengths = [r["shortest_length"] for r in joint if r["shortest_length"]]
     seconds = sum(r["seconds"] for recs in runs.values() for r in recs)
     evaluations = sum(r["evaluations"] for recs in runs.values() for r in recs)
     lines = [
         f"# Diagnosis: {model} ({depth} layers)",
         "",
-        f"Search spaces: {', '.join(runs)}; {len(joint)} inputs; prompt builder `{joint[0]['prompt_builder']}`; "
-        f"{joint[0]['evaluations'] - 1 if joint else 0}-ish simulations per input. Search time: {seconds / 60:.1f} min for "
-        f"{evaluations} program evaluations over all spaces.",
+        f"Search spaces: {', '.join(runs)}; {len(joint)} inputs ({len(joint) // max(1, len(levels))} per level); "
+        f"prompt builder `{joint[0]['prompt_builder']}`; {'/'.join(map(str, sims)) or '?'} simulations per input "
+        f"(the reference uses 100). Search time: {seconds / 60:.1f} min for {evaluations} program evaluations over "
+        "all spaces (summed per input, as recorded in the labels).",
         "",
         "## Oracle accuracy per level",
         "",
@@ -149,8 +156,20 @@ def diagnose(labels_dir: str | Path, out_dir: str | Path, command: str | None = 
         "",
         "![layer heat map](layer_heatmap.png)",
     ]
+    steps = []
+    for space, st in settings.items():
+        manifest = Path(st["tasks"]).with_name(Path(st["tasks"]).stem + ".manifest.json")
+        if not steps and manifest.exists():
+            steps.append(f"# tasks: {st['tasks']} ({json.loads(manifest.read_text())['source']}, from polar ingest)")
+        search = st["config"]["search"]
+        steps.append(
+            f"polar label --model {st['model']} --tasks {st['tasks']} --space {space} "
+            f"--simulations {search['simulations']} --out {labels_dir / space}"
+        )
     if command:
-        lines += ["", "## Reproduce", "", "```bash", command.strip(), "```"]
+        steps.append(command.strip())
+    if steps:
+        lines += ["", "## Reproduce", "", "```bash", *steps, "```"]
     report = out_dir / "report.md"
     report.write_text("\n".join(lines) + "\n")
     return report

@@ -223,7 +223,8 @@ def label(
     ids = [e.id for e in examples]
     if len(set(ids)) != len(ids):
         raise ValueError(f"{tasks_path}: duplicate example ids; re-run `polar ingest`")
-    _check_settings(out_dir, {"model": model, "tasks": str(tasks_path), "config": config.to_dict()})
+    result_settings = {k: v for k, v in config.to_dict().items() if k != "prefix_store_mb"}  # speed only
+    _check_settings(out_dir, {"model": model, "tasks": str(tasks_path), "config": result_settings})
     writer = _ShardWriter(out_dir, worker)  # repairs torn shards before reading them
     done = {r["id"] for r in read_records(out_dir)}
     todo = [e for e in examples if e.id not in done]
