@@ -43,7 +43,7 @@ def main() -> None:
     config = LabelConfig(
         max_new_tokens=args.max_new_tokens, search=SearchConfig(simulations=args.simulations, batch=args.batch)
     )
-    executor.generate([[1, 2, 3]], ["0-%d" % (executor.depth - 1)], 2)  # warm-up
+    executor.generate([[1, 2, 3]], [f"0-{executor.depth - 1}"], 2)  # warm-up
     ours_s = base_s = 0.0
     programs = agree = 0
     per_input = []
