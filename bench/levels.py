@@ -1,6 +1,6 @@
 """Base accuracy of a model on each synthetic level (full depth, greedy): the levels' calibration.
 
-    .venv/bin/python bench/levels.py --model smollm2-135m --n 40
+.venv/bin/python bench/levels.py --model smollm2-135m --n 40
 """
 
 from __future__ import annotations
