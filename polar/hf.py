@@ -26,6 +26,7 @@ __all__ = [
     "Decoder",
     "ProgramCache",
     "UnsupportedModelError",
+    "check_model_type",
 ]
 
 FULL, SLIDING = "full_attention", "sliding_attention"
@@ -44,6 +45,15 @@ SUPPORTED_MODEL_TYPES = {
 
 class UnsupportedModelError(ValueError):
     """A model whose architecture the executor does not (yet) run."""
+
+
+def check_model_type(model_type: str | None, what: str) -> None:
+    """Raise UnsupportedModelError, naming the supported architectures, unless ``model_type`` is one."""
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        supported = ", ".join(f"{k} ({v})" for k, v in SUPPORTED_MODEL_TYPES.items())
+        raise UnsupportedModelError(
+            f"{what}: model type {model_type!r} is not supported; supported decoder-only architectures: {supported}"
+        )
 
 
 class ProgramCache(Cache):
@@ -116,13 +126,7 @@ class Decoder:
             UnsupportedModelError: the architecture is not one the executor supports.
         """
         config = model.config
-        model_type = getattr(config, "model_type", None)
-        if model_type not in SUPPORTED_MODEL_TYPES:
-            supported = ", ".join(f"{k} ({v})" for k, v in SUPPORTED_MODEL_TYPES.items())
-            raise UnsupportedModelError(
-                f"model type {model_type!r} ({type(model).__name__}) is not supported; supported decoder-only "
-                f"architectures: {supported}"
-            )
+        check_model_type(getattr(config, "model_type", None), type(model).__name__)
         if getattr(config, "use_bidirectional_attention", False) or not getattr(config, "is_causal", True):
             raise UnsupportedModelError(f"{type(model).__name__} is configured with bidirectional attention")
         base = model.get_decoder()
