@@ -23,7 +23,7 @@ from polar.label import LabelConfig, label_one
 from polar.search import SearchConfig
 from polar.tasks import synthetic
 from polar.tasks.answers import extract_answer, is_equivalent
-from polar.tasks.prompts import PromptBuilder, answer_line, stop_token_ids
+from polar.tasks.prompts import PROMPT_STYLES, PromptBuilder, answer_line, stop_token_ids
 
 
 def main() -> None:
@@ -34,14 +34,17 @@ def main() -> None:
     parser.add_argument("--simulations", type=int, default=32)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--max-new-tokens", type=int, default=50)
+    parser.add_argument("--prompt", default="plain", choices=PROMPT_STYLES)
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
 
     backbone = load(args.model, device=args.device)
     executor, stops = backbone.executor, stop_token_ids(backbone.tokenizer)
-    builder = PromptBuilder(backbone.prompt_style)
+    builder = PromptBuilder(args.prompt)
     config = LabelConfig(
-        max_new_tokens=args.max_new_tokens, search=SearchConfig(simulations=args.simulations, batch=args.batch)
+        prompt=args.prompt,
+        max_new_tokens=args.max_new_tokens,
+        search=SearchConfig(simulations=args.simulations, batch=args.batch),
     )
     executor.generate([[1, 2, 3]], [f"0-{executor.depth - 1}"], 2)  # warm-up
     ours_s = base_s = 0.0

@@ -1,6 +1,6 @@
 """Base accuracy of a model on each synthetic level (full depth, greedy): the levels' calibration.
 
-.venv/bin/python bench/levels.py --model smollm2-135m --n 40
+.venv/bin/python bench/levels.py --model smollm2-135m --n 40 [--prompt chat]
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from polar.backbone import load
 from polar.programs import Program
 from polar.tasks import synthetic
 from polar.tasks.answers import extract_answer, is_equivalent
-from polar.tasks.prompts import PromptBuilder, answer_line, stop_token_ids
+from polar.tasks.prompts import PROMPT_STYLES, PromptBuilder, answer_line, stop_token_ids
 
 
 def main() -> None:
@@ -21,11 +21,12 @@ def main() -> None:
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--n", type=int, default=40)
     parser.add_argument("--shots", type=int, default=3)
+    parser.add_argument("--prompt", default="plain", choices=PROMPT_STYLES)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     backbone = load(args.model, device=args.device)
-    builder, stops = PromptBuilder(backbone.prompt_style), stop_token_ids(backbone.tokenizer)
+    builder, stops = PromptBuilder(args.prompt), stop_token_ids(backbone.tokenizer)
     full = Program.identity(backbone.depth)
     results = {"model": args.model, "n": args.n, "shots": args.shots, "prompt_builder": builder.id(args.shots)}
     for level in synthetic.LEVELS:

@@ -267,6 +267,9 @@ def label_cmd(
     max_visits: Annotated[int, typer.Option(min=1)] = DEFAULT_MAX_VISITS,
     batch: Annotated[int, typer.Option(min=1, help="Programs evaluated together (rewards do not depend on it).")] = 16,
     shots: Annotated[int, typer.Option(min=0, help="Few-shot examples per prompt.")] = 3,
+    prompt: Annotated[
+        str, typer.Option(help="Prompt style: plain (Question/Answer blocks) or chat (the model's chat template).")
+    ] = "plain",
     max_new_tokens: int = 50,
     seed: int = 0,
     limit: Annotated[int | None, typer.Option(help="Label only the first N inputs.")] = None,
@@ -291,7 +294,7 @@ def label_cmd(
             batch=batch,
             seed=seed,
         )
-        config = LabelConfig(shots=shots, max_new_tokens=max_new_tokens, search=search_cfg)
+        config = LabelConfig(shots=shots, prompt=prompt, max_new_tokens=max_new_tokens, search=search_cfg)
         if out is None:
             out = f"data/labels/{Path(model.rstrip('/')).name.removesuffix('.gguf')}/{space}"
         merged = label(model, tasks, out, config, limit=limit, worker=worker, device=device)

@@ -36,6 +36,7 @@ MANIFEST = "manifest.json"
 @dataclass(frozen=True)
 class LabelConfig:
     shots: int = 3  # few-shot examples in each prompt
+    prompt: str = "plain"  # prompt style (polar.tasks.prompts): plain Question/Answer blocks, or chat turns
     max_new_tokens: int = 50  # the reference reward's generation budget
     k_max: int = DEFAULT_K_MAX
     prefix_store_mb: int = 1024  # memory for reusing prompt states across search rounds (speed only)
@@ -151,7 +152,7 @@ def _check_settings(out_dir: Path, settings: dict) -> None:
 # ----------------------------------------------------------------------------------------------- label
 def label_one(backbone, example: Example, shots: list[tuple[str, str]], config: LabelConfig, stops: list[int]) -> dict:
     """Search programs for one input and return its record."""
-    builder = PromptBuilder(backbone.prompt_style)
+    builder = PromptBuilder(config.prompt)
     ids = builder.encode(example.question, shots, backbone.tokenizer)
     executor = backbone.executor
     store = PrefixStore(config.prefix_store_mb << 20)  # prompt states per prefix, reused across rounds

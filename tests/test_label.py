@@ -61,7 +61,7 @@ def test_records_hold_what_the_diagnosis_needs(tiny_dir, tasks, tmp_path):
         "seconds",
     ):
         assert key in r
-    assert r["prompt_builder"] == "chat-1shot-v1" and r["depth"] == 6
+    assert r["prompt_builder"] == "plain-1shot-v1" and r["depth"] == 6
     assert r["evaluations"] == len(r["evaluated"]) == 7  # base + 6 simulations
     assert r["evaluated"][0]["program"] == "0-5"
     manifest = json.loads((tmp_path / "labels" / "manifest.json").read_text())
@@ -140,7 +140,7 @@ def test_rewards_equal_running_each_program_alone(smollm2):
     shots = few_shot(1, 3, {example.question})
     stops = stop_token_ids(smollm2.tokenizer)
     record = label_one(smollm2, example, shots, LabelConfig(search=SearchConfig(simulations=12, batch=12)), stops)
-    ids = PromptBuilder("chat").encode(example.question, shots, smollm2.tokenizer)
+    ids = PromptBuilder(LabelConfig().prompt).encode(example.question, shots, smollm2.tokenizer)
     for ev in record["evaluated"]:
         alone = smollm2.executor.generate([ids], [ev["program"]], 50, stop_token_ids=stops)[0]
         from polar.tasks.answers import extract_answer
@@ -175,4 +175,4 @@ def test_labels_a_real_benchmark_file(tiny_dir, tmp_path):
     records = [json.loads(line) for line in merged.open()]
     assert [r["task"] for r in records] == ["gsm8k", "gsm8k"]
     assert records[0]["answer"] == "18" and records[0]["answer_kind"] == "number"
-    assert records[0]["prompt_builder"] == "chat-1shot-v1"  # the shot is another question of the same file
+    assert records[0]["prompt_builder"] == "plain-1shot-v1"  # the shot is another question of the same file

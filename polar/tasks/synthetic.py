@@ -1,8 +1,10 @@
 """Graded synthetic arithmetic: the embedded default task, deterministic by seed.
 
-Five levels of rising difficulty for small models (DESIGN §5 measured the bundled ones on similar
-items): single-digit sums, single-digit products, two-digit sums, one-step word problems, two-step
-word problems. The same ``(level, n, seed)`` always gives the same questions.
+Five levels of rising difficulty for small models: continue a counting sequence, single-digit
+products, subtraction within 20, two-digit plus one-digit sums, and word problems of one or two
+steps. The levels were chosen by measuring the bundled models (``bench/levels.py``; figures in
+bench/README.md), so that their base accuracy falls from level 1 to level 5. The same
+``(level, n, seed)`` always gives the same questions.
 """
 
 from __future__ import annotations
@@ -23,23 +25,29 @@ _THINGS = ("apples", "pens", "books", "cards", "coins", "stamps", "marbles", "sh
 def _item(level: int, rng: random.Random) -> tuple[str, int]:
     """One (question, answer) pair of the given level."""
     if level == 1:
-        a, b = rng.randint(1, 9), rng.randint(1, 9)
-        return f"What is {a} + {b}?", a + b
+        a = rng.randint(1, 60)
+        return f"What number comes next: {a}, {a + 1}, {a + 2}, {a + 3}?", a + 4
     if level == 2:
         a, b = rng.randint(2, 9), rng.randint(2, 9)
         return f"What is {a} * {b}?", a * b
     if level == 3:
-        a, b = rng.randint(10, 99), rng.randint(10, 99)
-        return f"What is {a} + {b}?", a + b
-    name, other, thing = rng.choice(_NAMES), rng.choice(_NAMES), rng.choice(_THINGS)
-    while other == name:
-        other = rng.choice(_NAMES)
-    a, b = rng.randint(5, 20), rng.randint(2, 9)
+        a = rng.randint(2, 18)
+        b = rng.randint(1, min(a, 9))
+        return f"What is {a} - {b}?", a - b
     if level == 4:
-        if rng.random() < 0.5:
-            return f"{name} has {a} {thing}. {name} buys {b} more. How many {thing} does {name} have now?", a + b
-        return f"{name} has {a} {thing} and gives {b} to {other}. How many {thing} does {name} have now?", a - b
+        a, b = rng.randint(10, 99), rng.randint(2, 9)
+        return f"What is {a} + {b}?", a + b
     if level == 5:
+        name, other, thing = rng.choice(_NAMES), rng.choice(_NAMES), rng.choice(_THINGS)
+        while other == name:
+            other = rng.choice(_NAMES)
+        a, b = rng.randint(5, 20), rng.randint(2, 9)
+        kind = rng.randrange(3)
+        if kind == 0:
+            return f"{name} has {a} {thing}. {name} buys {b} more. How many {thing} does {name} have now?", a + b
+        if kind == 1:
+            b = rng.randint(2, min(9, a - 1))  # nobody gives away more than they have
+            return f"{name} has {a} {thing} and gives {b} to {other}. How many {thing} does {name} have now?", a - b
         c = rng.randint(2, min(9, a + b - 1))
         return (
             f"{name} has {a} {thing}. {name} buys {b} more, then gives {c} to {other}. "
