@@ -128,10 +128,27 @@ class Executor:
 
         Left padding is supported: positions come from the attention mask.
         """
+        hidden = self.hidden_states(input_ids, attention_mask, plan, cache)
+        if keep is not None:
+            hidden = hidden[:, -keep:]
+        return self.decoder.logits(hidden)
+
+    @torch.inference_mode()
+    def hidden_states(
+        self,
+        input_ids: torch.Tensor,  # (B, q)
+        attention_mask: torch.Tensor,  # (B, past + q)
+        plan: Plan | None,
+        cache: ProgramCache | None = None,
+    ) -> torch.Tensor:
+        """Hidden states (B, q, C) after each row's program, before the final norm (``plan=None``: the
+        token embeddings, as the model scales them)."""
         dec = self.decoder
         q = input_ids.shape[1]
-        position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -q:]  # (B, q)
         hidden = dec.embed(input_ids)  # (B, q, C)
+        if plan is None:
+            return hidden
+        position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -q:]  # (B, q)
         masks = dec.masks(hidden, attention_mask, cache, position_ids, plan.kinds)
         rope = dec.position_embeddings(hidden, position_ids, plan.kinds)
         for c in plan.calls:
@@ -148,9 +165,7 @@ class Executor:
                 slot,
             )
             hidden = hidden.index_copy(0, c.rows, h)
-        if keep is not None:
-            hidden = hidden[:, -keep:]
-        return dec.logits(hidden)
+        return hidden
 
     # ------------------------------------------------------------------------------------- generation
     @torch.inference_mode()

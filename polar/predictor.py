@@ -1,0 +1,143 @@
+"""The program predictor: from an input's token vectors to a ranked list of compact programs.
+
+Network (DESIGN §3): the frozen embedder's token vectors are projected to ``d``; ``D`` learned layer
+queries cross-attend over them; a Transformer encoder mixes information along the layer axis; two
+heads give, per layer, a boundary logit (a segment starts here) and three op logits (skip, keep,
+repeat; read at segment starts). Decoding thresholds the boundaries, splits segments longer than
+``k_max`` and runs a beam over the ops of the segments, giving a ranked list of distinct programs.
+
+Weights are saved as safetensors with a JSON config beside them (:func:`save`, :func:`load`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from polar.programs import DEFAULT_K_MAX, CompactProgram, Op, Program, ProgramError, Segment
+
+__all__ = ["OPS", "PredictorConfig", "ProgramPredictor", "decode", "load", "save"]
+
+OPS = (Op.SKIP, Op.KEEP, Op.REPEAT)  # index order of the op head
+WEIGHTS, CONFIG = "predictor.safetensors", "config.json"
+
+
+@dataclass(frozen=True)
+class PredictorConfig:
+    """Shape of the network (the paper's sizes by default) and the decoding settings."""
+
+    depth: int  # layers of the base model
+    embed_dim: int  # width of the embedder's vectors
+    d_model: int = 256
+    heads: int = 4
+    encoder_layers: int = 2
+    ff: int = 1024
+    dropout: float = 0.1
+    k_max: int = DEFAULT_K_MAX
+    threshold: float = 0.5  # boundary probability above which a segment starts
+    beam: int = 5
+    ops_per_segment: int = 2  # the beam tries the top ops of each segment
+    min_length_ratio: float = 0.55  # decoded programs stay within the search's length bounds
+    max_length_ratio: float = 1.2
+    meta: dict = field(default_factory=dict)  # provenance: base model, embedder, label hashes, training
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class ProgramPredictor(nn.Module):
+    def __init__(self, config: PredictorConfig) -> None:
+        super().__init__()
+        self.config = c = config
+        self.proj = nn.Linear(c.embed_dim, c.d_model)
+        self.queries = nn.Parameter(torch.randn(c.depth, c.d_model) * 0.02)  # one query per layer
+        self.cross = nn.MultiheadAttention(c.d_model, c.heads, dropout=c.dropout, batch_first=True)
+        self.norm = nn.LayerNorm(c.d_model)
+        block = nn.TransformerEncoderLayer(
+            c.d_model, c.heads, c.ff, c.dropout, batch_first=True, norm_first=True, activation="gelu"
+        )
+        self.encoder = nn.TransformerEncoder(block, c.encoder_layers, enable_nested_tensor=False)
+        self.boundary_head = nn.Linear(c.d_model, 1)
+        self.op_head = nn.Linear(c.d_model, len(OPS))
+
+    def forward(self, tokens: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Boundary logits (B, D) and op logits (B, D, 3) from token vectors (B, T, E) and mask (B, T)."""
+        keys = self.proj(tokens)  # (B, T, d)
+        q = self.queries.expand(tokens.shape[0], -1, -1)  # (B, D, d)
+        h, _ = self.cross(q, keys, keys, key_padding_mask=mask == 0, need_weights=False)  # (B, D, d)
+        h = self.encoder(self.norm(q + h))  # (B, D, d)
+        return self.boundary_head(h).squeeze(-1), self.op_head(h)
+
+    def n_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+# ------------------------------------------------------------------------------------------ decoding
+def decode(boundary_logits: torch.Tensor, op_logits: torch.Tensor, config: PredictorConfig, k: int) -> list[Program]:
+    """The ``k`` best distinct programs for one input, best first.
+
+    Args:
+        boundary_logits: (D,) logits of "a segment starts at this layer".
+        op_logits: (D, 3) op logits; those at segment starts are read.
+        config: threshold, ``k_max``, beam width, ops tried per segment and length bounds.
+        k: programs wanted. Fewer come back only when fewer admissible ones exist.
+    """
+    depth = config.depth
+    starts = [0] + [i for i in range(1, depth) if torch.sigmoid(boundary_logits[i]) > config.threshold]
+    spans = []
+    for a, b in zip(starts, [*starts[1:], depth], strict=True):
+        spans += [(s, min(config.k_max, b - s)) for s in range(a, b, config.k_max)]  # split long segments
+    logp = torch.log_softmax(op_logits.float(), dim=-1)  # (D, 3)
+    lo, hi = math.ceil(config.min_length_ratio * depth), math.floor(config.max_length_ratio * depth)
+    width = max(config.beam, k)
+    beams: list[tuple[float, tuple[int, ...]]] = [(0.0, ())]
+    for i, (start, _) in enumerate(spans):
+        top = torch.topk(logp[start], config.ops_per_segment).indices.tolist()
+        grown = [(score + logp[start, o].item(), ops + (o,)) for score, ops in beams for o in top]
+        remaining_max = sum(2 * n for _, n in spans[i + 1 :])
+        grown = [b for b in grown if lo <= _length(spans, b[1]) + remaining_max and _length(spans, b[1]) <= hi]
+        beams = sorted(grown, key=lambda b: -b[0])[:width] or beams
+    out: list[Program] = []
+    for _, ops in sorted(beams, key=lambda b: -b[0]):
+        if not lo <= _length(spans, ops) <= hi:
+            continue
+        try:
+            compact = CompactProgram(tuple(Segment(s, n, OPS[o]) for (s, n), o in zip(spans, ops, strict=True)))
+        except ProgramError:
+            continue  # every segment skipped
+        out.append(compact.to_program())
+    if not out:
+        out.append(Program.identity(depth))  # nothing admissible decoded: fall back to the full model
+    return out[:k]
+
+
+def _length(spans: list[tuple[int, int]], ops: tuple[int, ...]) -> int:
+    return sum(n * OPS[o].times for (_, n), o in zip(spans, ops, strict=False))
+
+
+# ------------------------------------------------------------------------------------------ save/load
+def save(model: ProgramPredictor, out_dir: str | Path) -> Path:
+    """Write ``predictor.safetensors`` and ``config.json`` into ``out_dir``."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, out_dir / WEIGHTS)
+    (out_dir / CONFIG).write_text(json.dumps(model.config.to_dict(), indent=2) + "\n")
+    return out_dir
+
+
+def load(path: str | Path, device: str | torch.device = "cpu") -> ProgramPredictor:
+    """Load a predictor saved by :func:`save` (a folder with its two files)."""
+    path = Path(path)
+    missing = [f for f in (WEIGHTS, CONFIG) if not (path / f).exists()]
+    if missing:
+        raise FileNotFoundError(f"{path} is not a predictor folder: {', '.join(missing)} missing (run `polar train`)")
+    config = PredictorConfig(**json.loads((path / CONFIG).read_text()))
+    model = ProgramPredictor(config)
+    model.load_state_dict(load_file(path / WEIGHTS))
+    return model.to(device).eval()

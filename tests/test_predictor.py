@@ -1,0 +1,140 @@
+"""The predictor: network shape, beam decoding, save/load, training targets and a training run that learns."""
+
+import json
+
+import pytest
+import torch
+from tiny import tiny_model
+
+from polar.backbone import Backbone
+from polar.predictor import OPS, PredictorConfig, ProgramPredictor, decode, load, save
+from polar.programs import CompactProgram, Program
+from polar.train import TrainConfig, _targets_of, load_targets, split_by_question, train
+
+
+def _logits_for(compact: CompactProgram, confident: float = 6.0) -> tuple[torch.Tensor, torch.Tensor]:
+    b = torch.full((compact.depth,), -confident)
+    o = torch.zeros(compact.depth, 3)
+    for i, (z, op) in enumerate(zip(compact.boundaries(), compact.ops(), strict=True)):
+        b[i] = confident if z else -confident
+        if op is not None:
+            o[i, OPS.index(op)] = confident
+    return b, o
+
+
+def test_paper_sized_network():
+    config = PredictorConfig(depth=30, embed_dim=576)
+    model = ProgramPredictor(config).eval()
+    b, o = model(torch.randn(3, 11, 576), torch.ones(3, 11, dtype=torch.long))
+    assert b.shape == (3, 30) and o.shape == (3, 30, 3)
+    assert 1.8e6 < model.n_parameters() < 2.4e6  # the paper's ~2.1M
+
+
+def test_padding_does_not_change_the_output():
+    model = ProgramPredictor(PredictorConfig(depth=6, embed_dim=8, d_model=16, ff=32)).eval()
+    x = torch.randn(1, 5, 8)
+    padded = torch.cat([x, torch.randn(1, 3, 8)], dim=1)
+    mask = torch.tensor([[1] * 5 + [0] * 3])
+    for a, b in zip(model(x, torch.ones(1, 5)), model(padded, mask), strict=True):
+        torch.testing.assert_close(a, b)
+
+
+def test_decode_recovers_a_confident_program_and_ranks_alternatives():
+    compact = CompactProgram.parse("keep(0-3) repeat(4-5) skip(6) keep(7-9)")
+    config = PredictorConfig(depth=10, embed_dim=8)
+    b, o = _logits_for(compact)
+    o[4, OPS.index("keep")] = 5.0  # second choice for the repeat segment
+    programs = decode(b, o, config, k=3)
+    assert programs[0] == compact.to_program()
+    assert programs[1] == CompactProgram.parse("keep(0-3) keep(4-5) skip(6) keep(7-9)").to_program()
+    assert len({p.layers for p in programs}) == 3
+
+
+def test_decode_splits_long_segments_and_keeps_length_bounds():
+    depth = 12
+    config = PredictorConfig(depth=depth, embed_dim=8, min_length_ratio=0.55, max_length_ratio=1.2)
+    b = torch.full((depth,), -5.0)  # no boundary: one 12-layer segment, split into 3 of k_max = 4
+    o = torch.zeros(depth, 3)
+    o[:, OPS.index("repeat")] = 3.0  # repeating everything would give 24 layers: out of bounds
+    o[:, OPS.index("keep")] = 2.0
+    programs = decode(b, o, config, k=5)
+    for p in programs:
+        assert 7 <= len(p) <= 14 and p.visits().most_common(1)[0][1] <= 2
+    assert programs[0] == Program.identity(depth)  # repeating even one 4-layer block gives 16 > 14 layers
+
+
+def test_decode_falls_back_to_full_depth_when_nothing_is_admissible():
+    config = PredictorConfig(depth=4, embed_dim=8, ops_per_segment=1)
+    b, o = torch.full((4,), -5.0), torch.zeros(4, 3)
+    o[:, OPS.index("skip")] = 5.0
+    assert decode(b, o, config, k=2) == [Program.identity(4)]
+
+
+def test_save_and_load_round_trip(tmp_path):
+    model = ProgramPredictor(PredictorConfig(depth=6, embed_dim=8, d_model=16, ff=32, meta={"x": 1})).eval()
+    save(model, tmp_path / "p")
+    again = load(tmp_path / "p")
+    x, m = torch.randn(2, 4, 8), torch.ones(2, 4)
+    for a, b in zip(model(x, m), again(x, m), strict=True):
+        torch.testing.assert_close(a, b)
+    assert again.config.meta == {"x": 1}
+    with pytest.raises(FileNotFoundError, match="run `polar train`"):
+        load(tmp_path / "nothing")
+
+
+def test_targets_weight_full_depth_down_and_drop_inexpressible():
+    config = TrainConfig(full_weight=0.3)
+    valid = ["0-5", "0-2,4-5", "0-3,0-1"]  # the last runs layers out of order: no compact form
+    targets = _targets_of("q", valid, 6, config)
+    assert len(targets) == 2
+    weights = sorted(t.weight for t in targets)
+    assert weights == pytest.approx([0.3 / 1.3, 1 / 1.3])
+    assert _targets_of("q", ["0-5"], 6, config)[0].weight == 1.0  # full depth alone keeps its weight
+    assert _targets_of("q", [], 6, config) == []
+
+
+def test_split_by_question_never_leaks():
+    config = TrainConfig()
+    targets = [t for i in range(20) for t in _targets_of(f"q{i}", ["0-5", "0-4"], 6, config)]
+    train_t, val_t = split_by_question(targets, 0.25, seed=0)
+    assert not {t.question for t in train_t} & {t.question for t in val_t}
+    assert len({t.question for t in val_t}) == 5
+
+
+def test_broken_label_file_names_the_line(tmp_path):
+    path = tmp_path / "labels.jsonl"
+    path.write_text('{"question": "q", "depth": 6, "valid": ["0-5"], "model": "m"}\nnot json\n')
+    with pytest.raises(ValueError, match="labels.jsonl:2: not a label record"):
+        load_targets([path], TrainConfig())
+    with pytest.raises(FileNotFoundError, match="run `polar label` first"):
+        load_targets([tmp_path / "missing.jsonl"], TrainConfig())
+
+
+@pytest.mark.slow  # the bundled tokenizer
+def test_training_learns_programs_that_depend_on_the_question(tmp_path, smollm2):
+    """Two kinds of question, each with its own program: the trained predictor tells them apart."""
+    backbone = Backbone(tiny_model("llama", vocab_size=len(smollm2.tokenizer)), smollm2.tokenizer, "tiny", False)
+    records = []
+    for i in range(24):
+        add = i % 2 == 0
+        records.append(
+            {
+                "question": f"What is {i} + {i + 1}?" if add else f"Name the colour number {i}.",
+                "depth": 6,
+                "model": "tiny",
+                "valid": ["0-2,4-5"] if add else ["0-3,3-5"],
+            }
+        )
+    path = tmp_path / "labels.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    config = TrainConfig(embedder="backbone:1", epochs=60, batch=8, lr=2e-3, d_model=32, dropout=0.0)
+    out = train([path], tmp_path / "predictor", config, backbone=backbone, device="cpu")
+    model = load(out)
+    assert model.config.meta["embedder"] == "backbone:1" and len(model.config.meta["labels_sha256"]) == 64
+    assert (out / "history.json").exists() and model.config.meta["best"]["epoch"] >= 1
+    from polar.embedder import load_embedder
+
+    x, mask = load_embedder("backbone:1", backbone)(["What is 30 + 31?", "Name the colour number 31."])
+    b, o = model(x, mask)
+    assert decode(b[0], o[0], model.config, 1)[0] == Program.parse("0-2,4-5")
+    assert decode(b[1], o[1], model.config, 1)[0] == Program.parse("0-3,3-5")
