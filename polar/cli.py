@@ -319,5 +319,110 @@ def diagnose(
     console.print(f"report: {report}")
 
 
+@app.command(name="train")
+def train_cmd(
+    labels: Annotated[list[str], typer.Option(help="Merged label files (labels.jsonl) of one base model; repeatable.")],
+    out: Annotated[str, typer.Option(help="Output folder: predictor.safetensors, config.json, history.json.")],
+    model: Annotated[
+        str | None, typer.Option("--model", "-m", help="Base model spec (default: the one named in the labels).")
+    ] = None,
+    embedder: Annotated[
+        str, typer.Option(help="backbone:N (the base model's hidden states after N layers), minilm, or an encoder.")
+    ] = "backbone:2",
+    epochs: Annotated[int, typer.Option(min=1)] = 10,
+    lr: float = 5e-4,
+    batch: Annotated[int, typer.Option(min=1)] = 128,
+    full_weight: Annotated[
+        float, typer.Option(help="Weight of the full-depth target where a shorter one exists.")
+    ] = 0.3,
+    val_fraction: float = 0.2,
+    seed: int = 0,
+    device: DeviceOpt = "auto",
+) -> None:
+    """Train the program predictor on label files; keeps the checkpoint with the best validation loss."""
+    from polar.backbone import ModelSpecError
+    from polar.embedder import EmbedderError
+    from polar.train import TrainConfig, train
+
+    config = TrainConfig(
+        embedder=embedder,
+        epochs=epochs,
+        lr=lr,
+        batch=batch,
+        full_weight=full_weight,
+        val_fraction=val_fraction,
+        seed=seed,
+    )
+    try:
+        path = train(labels, out, config, base_model=model, device=device)
+    except (ValueError, FileNotFoundError, ModelSpecError, EmbedderError) as err:
+        _fail(str(err))
+    meta = json.loads((path / "config.json").read_text())["meta"]
+    console.print(
+        f"predictor: {path} (best epoch {meta['best']['epoch']}, validation loss {meta['best']['val_loss']:.3f}; "
+        f"{meta['data']['inputs_with_targets']}/{meta['data']['inputs']} inputs had a valid program)"
+    )
+
+
+@app.command(name="evaluate")
+def evaluate_cmd(
+    predictor: Annotated[str, typer.Option(help="Predictor folder written by `polar train`.")],
+    tasks: Annotated[str, typer.Option(help="Task file of the inputs to evaluate on (held out from training).")],
+    out: Annotated[str, typer.Option(help="Output folder: metrics.json, results.jsonl, report.md, plot.")],
+    model: Annotated[
+        str | None, typer.Option("--model", "-m", help="Base model (default: the predictor's base model).")
+    ] = None,
+    other: Annotated[
+        list[str] | None, typer.Option(help="Another predictor to compare, as NAME=FOLDER (repeatable).")
+    ] = None,
+    oracle_labels: Annotated[
+        str | None, typer.Option(help="labels.jsonl of the same inputs: the search oracle as upper bound.")
+    ] = None,
+    k: Annotated[int, typer.Option(min=1, help="pass@1..k.")] = 5,
+    prompt: Annotated[str, typer.Option(help="Prompt style: plain or chat (use the labels' style).")] = "plain",
+    shots: Annotated[int, typer.Option(min=0)] = 3,
+    temperature: Annotated[float, typer.Option(help="Base model's sampling temperature for its pass@k.")] = 0.7,
+    limit: Annotated[int | None, typer.Option(help="Evaluate only the first N inputs.")] = None,
+    seed: int = 0,
+    device: DeviceOpt = "auto",
+) -> None:
+    """Run the predictor's programs on the model against baselines; write the report and metrics."""
+    from polar.backbone import ModelSpecError
+    from polar.evaluate import EvalConfig, evaluate
+    from polar.predictor import load as load_predictor
+    from polar.report import write_report
+
+    try:
+        others = dict(_name_path(o) for o in other or [])
+        spec = model or load_predictor(predictor).config.meta.get("base_model")
+        if not spec:
+            raise ValueError(f"{predictor} does not record its base model; pass --model")
+        config = EvalConfig(k=k, shots=shots, prompt=prompt, temperature=temperature, seed=seed)
+        metrics = evaluate(spec, predictor, tasks, out, config, others, oracle_labels, limit=limit, device=device)
+    except (ValueError, FileNotFoundError, ModelSpecError) as err:
+        _fail(str(err))
+    report = write_report(metrics, command="polar evaluate " + " ".join(sys.argv[2:]))
+    m = json.loads(metrics.read_text())
+    table = Table(title=f"{spec}: {m['inputs']} inputs")
+    for col in ("method", "pass@1", "95% CI", "layers / D"):
+        table.add_column(col)
+    for name, r in m["methods"].items():
+        table.add_row(
+            name,
+            f"{100 * r['pass@1']:.1f}%",
+            f"{100 * r['ci95'][0]:.0f}-{100 * r['ci95'][1]:.0f}%",
+            f"{r['layers_ratio']:.2f}",
+        )
+    console.print(table)
+    console.print(f"report: {report}")
+
+
+def _name_path(text: str) -> tuple[str, str]:
+    name, sep, path = text.partition("=")
+    if not sep or not name or not path:
+        raise ValueError(f"--other {text!r}: write NAME=FOLDER, e.g. skip-only=models/predictors/m/skip")
+    return name, path
+
+
 def main() -> None:  # pragma: no cover - entry point
     sys.exit(app())

@@ -1,0 +1,252 @@
+"""The evaluate stage: run predicted programs on the model and compare them with baselines, honestly.
+
+Every program is run on the model here; nothing is scored from the search's records (the reference
+code's shortcut). pass@1 comes first, with a 95% Wilson interval and an exact McNemar test against
+base greedy on the same inputs; pass@k of the predictor's top-k programs is compared with the base
+model's own pass@k from ``k`` samples. Baselines: base greedy, base sampling, ShortGPT with as many
+layers removed as the predictor skips on average, random programs of the predictor's lengths, other
+predictors (e.g. trained on skip-only or loop-only labels) and, given label files of the same
+inputs, the search oracle as an upper bound. Writes ``metrics.json`` and ``results.jsonl``; the
+report (``report.md``, plot) comes from :mod:`polar.report`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from polar import predictor as P
+from polar.baselines import block_influence, random_program, shortgpt_program
+from polar.embedder import load_embedder
+from polar.executor import Sampling
+from polar.label import read_examples, shots_for
+from polar.programs import Program
+from polar.tasks.answers import extract_answer, is_equivalent
+from polar.tasks.prompts import PromptBuilder, answer_line, stop_token_ids
+
+__all__ = ["EvalConfig", "evaluate", "mcnemar_p", "pass_at_k", "wilson"]
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    k: int = 5  # pass@1..k
+    shots: int = 3
+    prompt: str = "plain"
+    max_new_tokens: int = 50
+    temperature: float = 0.7  # base model's sampling for its own pass@k
+    top_p: float = 0.95
+    seed: int = 0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# ------------------------------------------------------------------------------------------ statistics
+def wilson(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval of a proportion."""
+    if n == 0:
+        return (0.0, 1.0)
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def mcnemar_p(a: Sequence[bool], b: Sequence[bool]) -> float:
+    """Two-sided exact McNemar test of paired outcomes (binomial test on the discordant pairs)."""
+    n01 = sum(1 for x, y in zip(a, b, strict=True) if not x and y)
+    n10 = sum(1 for x, y in zip(a, b, strict=True) if x and not y)
+    n = n01 + n10
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, i) for i in range(min(n01, n10) + 1)) / 2**n
+    return min(1.0, 2 * tail)
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k from ``n`` samples of which ``c`` are correct (Chen et al., 2021)."""
+    if n - c < k:
+        return 1.0
+    return 1.0 - math.comb(n - c, k) / math.comb(n, k)
+
+
+# ------------------------------------------------------------------------------------------ evaluation
+def _predict(model: P.ProgramPredictor, embedder, questions: list[str], k: int) -> tuple[list[list[Program]], float]:
+    """Top-k programs per question and the predictor's seconds per input (embedder + network + decode)."""
+    start = time.perf_counter()
+    x, mask = embedder(questions)
+    with torch.no_grad():
+        b, o = model(x.to(next(model.parameters()).device), mask.to(x.device))
+    ranked = [P.decode(b[i].cpu(), o[i].cpu(), model.config, k) for i in range(len(questions))]
+    return ranked, (time.perf_counter() - start) / max(len(questions), 1)
+
+
+def evaluate(
+    model: str,
+    predictor_dir: str | Path,
+    tasks_path: str | Path,
+    out_dir: str | Path,
+    config: EvalConfig = EvalConfig(),
+    others: Mapping[str, str | Path] | None = None,
+    oracle_labels: str | Path | None = None,
+    limit: int | None = None,
+    device: str = "auto",
+    backbone=None,
+) -> Path:
+    """Evaluate a predictor on the inputs of ``tasks_path``; returns ``out_dir/metrics.json``.
+
+    Args:
+        model: base model spec (must be the one the predictor was trained for).
+        predictor_dir: folder written by ``polar train``.
+        others: more predictors to compare, by name (e.g. ``{"skip-only": dir}``): their top-1 runs.
+        oracle_labels: ``labels.jsonl`` of the same inputs: the search oracle's accuracy as upper bound.
+    """
+    from polar.backbone import load
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    examples = read_examples(tasks_path)[:limit]
+    if not examples:
+        raise ValueError(f"{tasks_path} holds no examples")
+    backbone = backbone or load(model, device=device)
+    executor, depth, tok = backbone.executor, backbone.executor.depth, backbone.tokenizer
+    predictors = {"predictor": P.load(predictor_dir, device=executor.device)}
+    for name, path in (others or {}).items():
+        predictors[name] = P.load(path, device=executor.device)
+    for name, pred in predictors.items():
+        if pred.config.depth != depth:
+            raise ValueError(f"{name} was trained for a {pred.config.depth}-layer model; {model} has {depth} layers")
+    builder, stops = PromptBuilder(config.prompt), stop_token_ids(tok)
+    prompts = [builder.encode(e.question, shots_for(e, examples, config.shots), tok) for e in examples]
+    questions = [e.question for e in examples]
+
+    ranked, overhead = {}, {}
+    embedders = {}
+    for name, pred in predictors.items():
+        spec = pred.config.meta.get("embedder", "backbone:2")
+        embedders.setdefault(spec, load_embedder(spec, backbone=backbone, device=executor.device))
+        ranked[name], overhead[name] = _predict(pred, embedders[spec], questions, config.k)
+    top1_lengths = [len(r[0]) for r in ranked["predictor"]]
+    n_remove = max(1, round(depth - sum(top1_lengths) / len(top1_lengths)))
+    shortgpt = shortgpt_program(block_influence(backbone, prompts), n_remove)
+    rng = random.Random(config.seed)
+    full = Program.identity(depth)
+
+    def correct(text: str | None, example) -> bool:
+        prediction = extract_answer(answer_line(text or ""), example.answer_kind)
+        return bool(is_equivalent(prediction, example.answer, example.answer_kind))
+
+    rows, gen_seconds = [], []
+    for i, (example, ids) in enumerate(tqdm(list(zip(examples, prompts, strict=True)), desc="evaluate", unit="input")):
+        top = ranked["predictor"][i]
+        start = time.perf_counter()  # the top-1 program alone: its time is the denominator of the overhead
+        first = executor.generate([ids], [top[0]], config.max_new_tokens, stop_token_ids=stops)[0]
+        gen_seconds.append(time.perf_counter() - start)
+        static = {
+            "base": full,
+            "shortgpt": shortgpt,
+            "random": random_program(depth, len(top[0]), rng),
+            **{name: ranked[name][i][0] for name in predictors if name != "predictor"},
+        }
+        batch = [*top[1:], *static.values()]
+        outs = executor.generate([ids], batch, config.max_new_tokens, stop_token_ids=stops) if batch else []
+        topk_ok = [correct(first.text, example)] + [correct(g.text, example) for g in outs[: len(top) - 1]]
+        static_ok = {name: correct(g.text, example) for name, g in zip(static, outs[len(top) - 1 :], strict=True)}
+        sampling = Sampling(temperature=config.temperature, top_p=config.top_p, seed=config.seed + i)
+        samples = executor.generate([ids] * config.k, [full], config.max_new_tokens, sampling, stop_token_ids=stops)
+        rows.append(
+            {
+                "id": example.id,
+                "level": example.level,
+                "answer": example.answer,
+                "programs": [p.text for p in top],
+                "top1_length": len(top[0]),
+                "top1_text": first.text,
+                "topk_correct": topk_ok,
+                **{f"{name}_correct": ok for name, ok in static_ok.items()},
+                **{f"{name}_program": static[name].text for name in static if name != "base"},
+                "samples_correct": [correct(g.text, example) for g in samples],
+            }
+        )
+    with (out_dir / "results.jsonl").open("w") as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
+    metrics = _metrics(rows, depth, predictors, overhead, gen_seconds, shortgpt, config, oracle_labels, examples)
+    metrics |= {"model": model, "tasks": str(tasks_path), "predictor": str(predictor_dir), "config": config.to_dict()}
+    path = out_dir / "metrics.json"
+    path.write_text(json.dumps(metrics, indent=2) + "\n")
+    return path
+
+
+def _metrics(rows, depth, predictors, overhead, gen_seconds, shortgpt, config, oracle_labels, examples) -> dict:
+    n = len(rows)
+    pred_ok = [r["topk_correct"][0] for r in rows]
+    base_ok = [r["base_correct"] for r in rows]
+
+    def method(ok: Sequence[bool], layers: float) -> dict:
+        lo, hi = wilson(sum(ok), n)
+        return {
+            "pass@1": sum(ok) / n,
+            "correct": sum(ok),
+            "ci95": [lo, hi],
+            "avg_layers": layers,
+            "layers_ratio": layers / depth,
+            "p_vs_base": mcnemar_p(base_ok, ok),
+        }
+
+    avg_len = sum(r["top1_length"] for r in rows) / n
+    methods = {
+        "base greedy": method(base_ok, depth),
+        "predictor": method(pred_ok, avg_len),
+        f"ShortGPT (-{depth - len(shortgpt)} layers)": method([r["shortgpt_correct"] for r in rows], len(shortgpt)),
+        "random (predictor's lengths)": method([r["random_correct"] for r in rows], avg_len),
+    }
+    for name in predictors:
+        if name != "predictor":
+            lengths = [len(Program.parse(r[f"{name}_program"])) for r in rows]
+            methods[name] = method([r[f"{name}_correct"] for r in rows], sum(lengths) / n)
+    if oracle_labels is not None:
+        oracle = {}
+        for line in Path(oracle_labels).read_text().splitlines():
+            record = json.loads(line)
+            oracle[record["id"]] = (bool(record["valid"]), record["shortest_length"] or depth)
+        missing = [e.id for e in examples if e.id not in oracle]
+        if missing:
+            raise ValueError(f"{oracle_labels} has no label for {len(missing)} evaluated inputs (first: {missing[0]})")
+        ok = [oracle[e.id][0] for e in examples]
+        methods["search oracle (upper bound)"] = method(ok, sum(oracle[e.id][1] for e in examples) / n)
+    k = config.k
+    pass_k = {
+        "predictor": [sum(any(r["topk_correct"][:j]) for r in rows) / n for j in range(1, k + 1)],
+        "base sampling": [
+            sum(pass_at_k(len(r["samples_correct"]), sum(r["samples_correct"]), j) for r in rows) / n
+            for j in range(1, k + 1)
+        ],
+    }
+    per_level: dict[str, dict] = {}
+    for r in rows:
+        lv = per_level.setdefault(r["level"], {"inputs": 0, "base": 0, "predictor": 0})
+        lv["inputs"] += 1
+        lv["base"] += r["base_correct"]
+        lv["predictor"] += r["topk_correct"][0]
+    mean_overhead = overhead["predictor"]
+    mean_gen = sum(gen_seconds) / n
+    return {
+        "inputs": n,
+        "depth": depth,
+        "methods": methods,
+        "pass_at_k": pass_k,
+        "per_level": per_level,
+        "identity_share": sum(r["programs"][0] == Program.identity(depth).text for r in rows) / n,
+        "predictor_ms": 1000 * mean_overhead,
+        "predictor_share_of_generation": mean_overhead / mean_gen if mean_gen else None,
+        "gap_pass@1_vs_base": (sum(pred_ok) - sum(base_ok)) / n,
+    }

@@ -1,0 +1,108 @@
+"""Evaluation: statistics, baselines, and label -> train -> evaluate -> report on a tiny model."""
+
+import json
+import math
+import random
+
+import pytest
+from tiny import tiny_model
+
+from polar.backbone import Backbone
+from polar.baselines import block_influence, random_program, shortgpt_program
+from polar.evaluate import EvalConfig, evaluate, mcnemar_p, pass_at_k, wilson
+from polar.programs import Program
+
+
+def test_wilson_interval_known_values():
+    lo, hi = wilson(8, 10)
+    assert lo == pytest.approx(0.4902, abs=1e-3) and hi == pytest.approx(0.9433, abs=1e-3)
+    assert wilson(0, 20)[0] == 0.0 and wilson(0, 0) == (0.0, 1.0)
+
+
+def test_mcnemar_exact():
+    base = [True] * 10 + [False] * 10
+    same = list(base)
+    assert mcnemar_p(base, same) == 1.0
+    better = [True] * 10 + [True] * 8 + [False] * 2  # 8 discordant pairs, all one way
+    assert mcnemar_p(base, better) == pytest.approx(2 / 2**8)
+
+
+def test_pass_at_k_unbiased():
+    assert pass_at_k(5, 0, 1) == 0.0 and pass_at_k(5, 5, 1) == 1.0
+    assert pass_at_k(5, 1, 1) == pytest.approx(0.2)
+    assert pass_at_k(5, 2, 2) == pytest.approx(1 - math.comb(3, 2) / math.comb(5, 2))
+    assert pass_at_k(5, 4, 2) == 1.0
+
+
+def test_shortgpt_removes_the_least_influential_layers():
+    influence = [0.5, 0.1, 0.3, 0.05, 0.4, float("inf")]
+    assert shortgpt_program(influence, 2) == Program((0, 2, 4, 5))
+    assert shortgpt_program(influence, 0) == Program.identity(6)
+    assert len(shortgpt_program(influence, 99)) == 1  # never an empty program
+
+
+@pytest.mark.parametrize("length", [4, 6, 7, 8])
+def test_random_programs_have_the_asked_length(length):
+    rng = random.Random(0)
+    for _ in range(20):
+        p = random_program(6, length, rng)
+        assert len(p) == length and max(p.visits().values()) <= 2
+        if length == 6:
+            assert p != Program.identity(6)
+
+
+def test_block_influence_on_a_tiny_model():
+    backbone = Backbone(tiny_model("llama"), None, "tiny", False)
+    influence = block_influence(backbone, [[5, 6, 7, 8], [9, 10, 11]])
+    assert len(influence) == 6 and influence[-1] == float("inf")
+    assert all(0 <= x <= 2 for x in influence[:-1])
+
+
+@pytest.mark.slow  # the bundled tokenizer
+def test_label_train_evaluate_report(tmp_path, smollm2):
+    """The whole chain on a tiny model: every number in the report comes from running programs."""
+    from polar.ingest import ingest
+    from polar.label import LabelConfig, label
+    from polar.report import write_report
+    from polar.search import SearchConfig
+    from polar.train import TrainConfig, train
+
+    model_dir = tmp_path / "tiny"
+    tiny_model("llama", vocab_size=len(smollm2.tokenizer)).save_pretrained(model_dir)
+    smollm2.tokenizer.save_pretrained(model_dir)
+    tasks, _ = ingest(tmp_path / "t.parquet", levels=[1, 2], n=6)
+    cfg = LabelConfig(shots=1, max_new_tokens=4, search=SearchConfig(simulations=8, batch=8))
+    labels = label(str(model_dir), tasks, tmp_path / "labels", cfg, device="cpu")
+    # Random weights rarely answer right: give every input a valid program so that training has targets.
+    records = [json.loads(line) for line in labels.open()]
+    for r in records:
+        r["valid"] = r["valid"] or ["0-2,4-5"]
+    labels.write_text("".join(json.dumps(r) + "\n" for r in records))
+    pred_dir = train(
+        [labels], tmp_path / "pred", TrainConfig(embedder="backbone:1", epochs=2, d_model=32), device="cpu"
+    )
+    metrics_path = evaluate(
+        str(model_dir),
+        pred_dir,
+        tasks,
+        tmp_path / "eval",
+        EvalConfig(k=3, shots=1, max_new_tokens=4),
+        others={"same again": pred_dir},
+        oracle_labels=labels,
+        device="cpu",
+    )
+    m = json.loads(metrics_path.read_text())
+    assert m["inputs"] == 12 and m["depth"] == 6
+    methods = m["methods"]
+    assert {"base greedy", "predictor", "random (predictor's lengths)", "same again"} <= set(methods)
+    assert any(name.startswith("ShortGPT") for name in methods)
+    assert methods["search oracle (upper bound)"]["pass@1"] == 1.0
+    assert methods["same again"]["correct"] == methods["predictor"]["correct"]  # same programs, run again
+    assert len(m["pass_at_k"]["predictor"]) == 3 and m["pass_at_k"]["predictor"] == sorted(m["pass_at_k"]["predictor"])
+    assert 0 <= m["identity_share"] <= 1 and m["predictor_ms"] > 0
+    rows = [json.loads(line) for line in (tmp_path / "eval" / "results.jsonl").open()]
+    base_correct = [r for r in records if r["base_correct"]]
+    assert sum(r["base_correct"] for r in rows) == len(base_correct)  # base greedy agrees with the labels
+    report = write_report(metrics_path, command="polar evaluate ...").read_text()
+    assert "| predictor |" in report and "at pass@1" in report
+    assert (tmp_path / "eval" / "accuracy_vs_layers.png").stat().st_size > 1000
