@@ -219,6 +219,15 @@ def _levels(text: str) -> list[int]:
         raise typer.BadParameter(f"levels must look like '1-5' or '1,3', got {text!r}") from None
 
 
+def _level_names(text: str) -> tuple[str, ...]:
+    """Level names from '1-3', '1,4' or names such as 'train,test' (ranges of numbers expand)."""
+    out: list[str] = []
+    for item in (x.strip() for x in text.split(",") if x.strip()):
+        a, sep, b = item.partition("-")
+        out += [str(i) for i in range(int(a), int(b) + 1)] if sep and a.isdigit() and b.isdigit() else [item]
+    return tuple(out)
+
+
 @app.command()
 def ingest(
     out: Annotated[

@@ -27,6 +27,7 @@ from tqdm import tqdm
 from polar.embedder import DEFAULT_EMBEDDER, load_embedder
 from polar.predictor import OPS, PredictorConfig, ProgramPredictor, save
 from polar.programs import DEFAULT_K_MAX, CompactProgram, Program, ProgramError
+from polar.search import SPACES
 
 __all__ = ["Target", "TrainConfig", "load_targets", "split_by_question", "train"]
 
@@ -45,6 +46,12 @@ class TrainConfig:
     d_model: int = 256
     encoder_layers: int = 2
     dropout: float = 0.1
+    space: str = "joint"  # keep valid programs of this space: skip (no repeats), loop (no skips) or joint (all)
+    levels: tuple[str, ...] = ()  # train on inputs of these levels only (empty: all), for out-of-distribution tests
+
+    def __post_init__(self) -> None:
+        if self.space not in SPACES:
+            raise ValueError(f"space must be one of {SPACES}, got {self.space!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -82,13 +89,29 @@ def load_targets(label_files: Sequence[str | Path], config: TrainConfig) -> tupl
                 raise ValueError(f"{path}:{n}: not a label record ({err})") from err
             if depth is not None and (d, record.get("model")) != (depth, model):
                 raise ValueError(f"{path}:{n}: labels of {record.get('model')} ({d} layers) mixed with {model}")
-            depth, model, inputs = d, record.get("model"), inputs + 1
-            chosen = _targets_of(record["question"], valid, d, config)
+            depth, model = d, record.get("model")
+            if config.levels and str(record.get("level")) not in config.levels:
+                continue
+            inputs += 1
+            chosen = _targets_of(record["question"], [v for v in valid if _in_space(v, d, config.space)], d, config)
             used += bool(chosen)
             targets += chosen
     if not targets:
-        raise ValueError("no input in the label files has a valid program expressible in compact form")
+        raise ValueError(
+            f"no input in the label files has a valid {config.space} program expressible in compact form"
+            + (f" at levels {', '.join(config.levels)}" if config.levels else "")
+        )
     return targets, {"depth": depth, "model": model, "inputs": inputs, "inputs_with_targets": used}
+
+
+def _in_space(text: str, depth: int, space: str) -> bool:
+    """Whether a program belongs to a search space: skip-only programs repeat nothing, loop-only skip nothing."""
+    visits = Program.parse(text).visits()
+    if space == "skip":
+        return max(visits.values()) <= 1
+    if space == "loop":
+        return len(visits) == depth
+    return True
 
 
 def _targets_of(question: str, valid: Sequence[str], depth: int, config: TrainConfig) -> list[Target]:

@@ -138,3 +138,20 @@ def test_training_learns_programs_that_depend_on_the_question(tmp_path, smollm2)
     b, o = model(x, mask)
     assert decode(b[0], o[0], model.config, 1)[0] == Program.parse("0-2,4-5")
     assert decode(b[1], o[1], model.config, 1)[0] == Program.parse("0-3,3-5")
+
+
+def test_space_and_level_filters(tmp_path):
+    records = [
+        {"question": "a", "level": "1", "depth": 6, "model": "m", "valid": ["0-2,4-5", "0-3,3-5"]},
+        {"question": "b", "level": "2", "depth": 6, "model": "m", "valid": ["0-3,3-5"]},
+    ]
+    path = tmp_path / "labels.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    skip, summary = load_targets([path], TrainConfig(space="skip"))
+    assert [t.question for t in skip] == ["a"] and summary["inputs_with_targets"] == 1
+    loop, _ = load_targets([path], TrainConfig(space="loop"))
+    assert [t.question for t in loop] == ["a", "b"] and all(sum(t.boundaries) >= 2 for t in loop)
+    level2, summary = load_targets([path], TrainConfig(levels=("2",)))
+    assert [t.question for t in level2] == ["b"] and summary["inputs"] == 1
+    with pytest.raises(ValueError, match="no input .* valid skip program .* at levels 2"):
+        load_targets([path], TrainConfig(space="skip", levels=("2",)))
