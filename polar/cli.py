@@ -328,6 +328,32 @@ def diagnose(
     console.print(f"report: {report}")
 
 
+@app.command(name="validate")
+def validate_cmd(
+    labels: Annotated[str, typer.Option(help="Label folder written by `polar label` (labels.jsonl, settings.json).")],
+    out: Annotated[str, typer.Option(help="Output folder: validation.json and the Data Docs HTML (gx/).")],
+    reference: Annotated[
+        str | None,
+        typer.Option(help="JSON of the last accepted labels' distributions for this base model (drift check)."),
+    ] = None,
+    min_valid_share: Annotated[float, typer.Option(help="Least share of inputs with a valid program.")] = 0.2,
+    max_kl: Annotated[float, typer.Option(help="Drift bound (KL, nats) of op and length distributions.")] = 0.5,
+    accept: Annotated[bool, typer.Option(help="Make passing labels the new reference.")] = True,
+) -> None:
+    """Check label files with a great-expectations suite; exit 1 (and keep the reference) when they fail."""
+    from polar.validation import ValidateConfig, ValidationFailed, validate
+
+    try:
+        summary = validate(labels, out, ValidateConfig(min_valid_share, max_kl), reference, accept)
+    except ValidationFailed as err:
+        _fail(str(err), code=1)
+    except (ValueError, FileNotFoundError) as err:
+        _fail(str(err))
+    checks = sum(len(v) for v in summary["results"].values())
+    drift = "with" if summary["drift_checked"] else "without (no reference yet)"
+    console.print(f"labels valid: {checks} expectations passed, {drift} drift check; Data Docs: {summary['data_docs']}")
+
+
 @app.command(name="train")
 def train_cmd(
     labels: Annotated[list[str], typer.Option(help="Merged label files (labels.jsonl) of one base model; repeatable.")],

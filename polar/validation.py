@@ -1,0 +1,266 @@
+"""The validate stage: a great-expectations suite over label files, the gate before training.
+
+Three tables are validated, each with its own suite:
+
+* ``records`` (one row per input): schema and types, a compact form that expands back to the
+  shortest program, and the share of inputs with at least one valid program above a floor;
+* ``programs`` (one row per valid program): layer indices inside ``[0, D)``, lengths inside the
+  search's bounds, no layer visited more than the limit;
+* ``segments`` (one row per segment of the shortest programs' compact forms): the op distribution, and
+  the distribution of shortest lengths over D, each within a KL-divergence bound of the last labels
+  accepted for the same base model (``reference``). A passing run becomes the new reference.
+
+Results go to ``validation.json`` and to great-expectations Data Docs (HTML) under ``out_dir/gx``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from polar.programs import CompactProgram, Program, ProgramError
+
+__all__ = ["ValidateConfig", "ValidationFailed", "label_tables", "validate"]
+
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+LENGTH_BINS = (0.0, 0.7, 0.8, 0.9, 0.95, 1.0, 1.05, 1.1, 10.0)  # shortest length / D
+
+
+class ValidationFailed(RuntimeError):
+    """The labels failed their suite: training must not start."""
+
+
+@dataclass(frozen=True)
+class ValidateConfig:
+    min_valid_share: float = 0.2  # share of inputs with at least one valid program
+    max_kl: float = 0.5  # drift bound (nats) of op and length distributions against the reference
+    holdout: float = 0.05  # weight given to values the reference never saw, so that they do not make the KL infinite
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _read(labels_dir: Path) -> tuple[list[dict], dict]:
+    merged, settings = labels_dir / "labels.jsonl", labels_dir / "settings.json"
+    for path in (merged, settings):
+        if not path.exists():
+            raise FileNotFoundError(f"{path} not found: label {labels_dir} to the end with `polar label` first")
+    records = []
+    for n, line in enumerate(merged.read_text().splitlines(), 1):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{merged}:{n}: broken record ({err})") from err
+    return records, json.loads(settings.read_text())
+
+
+def label_tables(records: list[dict]) -> dict[str, pd.DataFrame]:
+    """The three tables the suites check (see the module docstring)."""
+    rows, programs, segments = [], [], []
+    for r in records:
+        compact, roundtrip = r.get("compact"), None
+        if compact is not None:
+            try:
+                roundtrip = CompactProgram.parse(compact).to_program() == Program.parse(r["shortest"])
+            except (ProgramError, TypeError, KeyError):
+                roundtrip = False
+            for seg in CompactProgram.parse(compact).segments if roundtrip else ():
+                segments.append({"op": seg.op.value, "length": seg.length})
+        depth = r.get("depth")
+        rows.append(
+            {
+                "id": r.get("id"),
+                "level": str(r.get("level")),
+                "model": r.get("model"),
+                "depth": depth,
+                "base_correct": r.get("base_correct"),
+                "has_valid": bool(r.get("valid")),
+                "compact_roundtrip": roundtrip,
+                "length_bin": _length_bin(r.get("shortest_length"), depth),
+            }
+        )
+        for text in r.get("valid") or []:
+            try:
+                layers = Program.parse(text).layers
+            except ProgramError:
+                layers = (-1,)  # unparseable: fails the index check with the text in the report
+            programs.append(
+                {
+                    "id": r.get("id"),
+                    "program": text,
+                    "length": len(layers),
+                    "min_layer": min(layers),
+                    "max_layer": max(layers),
+                    "max_visits": max(layers.count(i) for i in set(layers)),
+                }
+            )
+    return {"records": pd.DataFrame(rows), "programs": pd.DataFrame(programs), "segments": pd.DataFrame(segments)}
+
+
+def _length_bin(length: int | None, depth: int | None) -> str:
+    if length is None or not depth:
+        return "none"
+    ratio = length / depth
+    for lo, hi in zip(LENGTH_BINS, LENGTH_BINS[1:], strict=False):
+        if lo <= ratio < hi:
+            return f"{lo:.2f}-{hi:.2f}"
+    return "other"
+
+
+def _distribution(values: pd.Series) -> dict[str, float]:
+    counts = values.value_counts(normalize=True)
+    return {str(k): float(v) for k, v in counts.items()}
+
+
+def _partition(reference: dict[str, float]) -> dict:
+    keys = sorted(reference)
+    total = sum(reference.values())
+    return {"values": keys, "weights": [reference[k] / total for k in keys]}
+
+
+def _suites(tables: dict[str, pd.DataFrame], settings: dict, config: ValidateConfig, reference: dict | None):
+    import great_expectations as gx
+
+    E = gx.expectations
+    search = settings["config"]["search"]
+    depth = int(tables["records"]["depth"].iloc[0])
+    lo, hi = math.ceil(search["min_length_ratio"] * depth), math.floor(search["max_length_ratio"] * depth)
+    suites = {
+        "records": [
+            *[E.ExpectColumnToExist(column=c) for c in ("id", "level", "model", "depth", "base_correct", "has_valid")],
+            E.ExpectColumnValuesToNotBeNull(column="id"),
+            E.ExpectColumnValuesToBeUnique(column="id"),
+            E.ExpectColumnValuesToBeInSet(column="depth", value_set=[depth]),
+            E.ExpectColumnValuesToBeInSet(column="model", value_set=[settings["model"]]),
+            E.ExpectColumnValuesToBeInSet(column="base_correct", value_set=[True, False]),
+            E.ExpectColumnValuesToBeInSet(column="compact_roundtrip", value_set=[True]),  # nulls: no compact form
+            E.ExpectColumnMeanToBeBetween(column="has_valid", min_value=config.min_valid_share, max_value=1.0),
+        ],
+        "programs": [
+            E.ExpectColumnValuesToBeBetween(column="min_layer", min_value=0, max_value=depth - 1),
+            E.ExpectColumnValuesToBeBetween(column="max_layer", min_value=0, max_value=depth - 1),
+            E.ExpectColumnValuesToBeBetween(column="length", min_value=lo, max_value=hi),
+            E.ExpectColumnValuesToBeBetween(column="max_visits", min_value=1, max_value=search["max_visits"]),
+        ],
+        "segments": [
+            E.ExpectColumnValuesToBeInSet(column="op", value_set=["skip", "keep", "repeat"]),
+            E.ExpectColumnValuesToBeBetween(column="length", min_value=1, max_value=settings["config"]["k_max"]),
+        ],
+    }
+    if reference is not None:
+        for table, column in (("segments", "op"), ("records", "length_bin")):
+            suites[table].append(
+                E.ExpectColumnKLDivergenceToBeLessThan(
+                    column=column,
+                    partition_object=_partition(reference[column]),
+                    threshold=config.max_kl,
+                    tail_weight_holdout=config.holdout,
+                )
+            )
+    return suites
+
+
+def validate(
+    labels_dir: str | Path,
+    out_dir: str | Path,
+    config: ValidateConfig = ValidateConfig(),
+    reference: str | Path | None = None,
+    accept: bool = True,
+) -> dict:
+    """Run the suites on ``labels_dir`` and write ``validation.json`` and Data Docs into ``out_dir``.
+
+    Args:
+        reference: JSON of the op and length distributions of the last accepted labels for the same
+            base model; absent on the first run (no drift check). Rewritten when the suites pass and
+            ``accept`` is set.
+
+    Returns:
+        The summary written to ``validation.json``.
+
+    Raises:
+        ValidationFailed: a suite failed (the message names the failed expectations and the report).
+    """
+    import great_expectations as gx
+
+    logging.getLogger("great_expectations").setLevel(logging.ERROR)
+    labels_dir, out_dir = Path(labels_dir), Path(out_dir)
+    records, settings = _read(labels_dir)
+    if not records:
+        raise ValueError(f"{labels_dir}/labels.jsonl holds no records")
+    tables = label_tables(records)
+    ref = json.loads(Path(reference).read_text()) if reference and Path(reference).exists() else None
+    context = gx.get_context(mode="file", project_root_dir=out_dir)
+    source = context.data_sources.add_or_update_pandas("labels")
+    failures, results = [], {}
+    for name, expectations in _suites(tables, settings, config, ref).items():
+        if tables[name].empty:
+            tables[name] = pd.DataFrame({c: pd.Series(dtype=object) for c in _columns(name)})
+        asset = source.add_dataframe_asset(name) if name not in source.get_asset_names() else source.get_asset(name)
+        batch_def = asset.add_batch_definition_whole_dataframe(f"{name}-all")
+        suite = context.suites.add_or_update(gx.ExpectationSuite(name=f"labels-{name}", expectations=expectations))
+        definition = context.validation_definitions.add_or_update(
+            gx.ValidationDefinition(name=f"labels-{name}", data=batch_def, suite=suite)
+        )
+        checkpoint = context.checkpoints.add_or_update(
+            gx.Checkpoint(
+                name=f"labels-{name}",
+                validation_definitions=[definition],
+                actions=[gx.checkpoint.UpdateDataDocsAction(name="docs")],
+                result_format="SUMMARY",
+            )
+        )
+        run = checkpoint.run(batch_parameters={"dataframe": tables[name]})
+        for result in run.run_results.values():
+            for r in result.results:
+                cfg = r.expectation_config
+                entry = {
+                    "table": name,
+                    "expectation": cfg.type,
+                    "column": cfg.kwargs.get("column"),
+                    "success": r.success,
+                }
+                observed = r.result.get("observed_value")
+                entry["observed"] = observed if isinstance(observed, (int, float, str, type(None))) else str(observed)
+                entry["unexpected"] = [str(x) for x in r.result.get("partial_unexpected_list", [])[:5]]
+                results.setdefault(name, []).append(entry)
+                if not r.success:
+                    failures.append(entry)
+    docs = out_dir / "gx" / "uncommitted" / "data_docs" / "local_site" / "index.html"
+    summary = {
+        "labels": str(labels_dir),
+        "model": settings["model"],
+        "inputs": len(records),
+        "valid_programs": len(tables["programs"]),
+        "success": not failures,
+        "drift_checked": ref is not None,
+        "distributions": {
+            "op": _distribution(tables["segments"]["op"]) if len(tables["segments"]) else {},
+            "length_bin": _distribution(tables["records"]["length_bin"]),
+        },
+        "failures": failures,
+        "results": results,
+        "data_docs": str(docs),
+        "config": config.to_dict(),
+    }
+    (out_dir / "validation.json").write_text(json.dumps(summary, indent=2) + "\n")
+    if failures:
+        what = "; ".join(f"{f['table']}.{f['column']}: {f['expectation']}" for f in failures)
+        raise ValidationFailed(f"labels in {labels_dir} failed validation ({what}); see {docs}")
+    if accept and reference:
+        Path(reference).parent.mkdir(parents=True, exist_ok=True)
+        Path(reference).write_text(json.dumps(summary["distributions"], indent=2) + "\n")
+    return summary
+
+
+def _columns(name: str) -> tuple[str, ...]:
+    return {
+        "records": ("id", "level", "model", "depth", "base_correct", "has_valid", "compact_roundtrip", "length_bin"),
+        "programs": ("id", "program", "length", "min_layer", "max_layer", "max_visits"),
+        "segments": ("op", "length"),
+    }[name]
