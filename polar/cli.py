@@ -452,10 +452,57 @@ def evaluate_cmd(
     console.print(f"report: {report}")
 
 
+TrackingOpt = Annotated[
+    str | None,
+    typer.Option(help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow/mlflow.db)."),
+]
+
+
+@app.command(name="register")
+def register_cmd(
+    predictor: Annotated[str, typer.Option(help="Predictor folder written by `polar train`.")],
+    metrics: Annotated[str, typer.Option(help="metrics.json written by `polar evaluate` for this predictor.")],
+    artifact: Annotated[
+        list[str] | None, typer.Option(help="More files to attach (report, plots); repeatable.")
+    ] = None,
+    tag: Annotated[list[str] | None, typer.Option(help="Lineage tag KEY=VALUE on the version; repeatable.")] = None,
+    tracking_uri: TrackingOpt = None,
+) -> None:
+    """Log the predictor and its evaluation to MLflow and register a new version (alias: candidate)."""
+    from polar.registry import register
+
+    try:
+        tags = dict(_name_path(t) for t in tag or [])
+        info = register(predictor, metrics, tracking_uri, tags, artifact or [])
+    except (ValueError, FileNotFoundError, ConnectionError) as err:
+        _fail(str(err))
+    console.print(f"registered {info['name']} version {info['version']} (alias candidate; run {info['run_id']})")
+
+
+@app.command(name="promote")
+def promote_cmd(
+    name: Annotated[str, typer.Argument(help="Registered model, e.g. polar-smollm2-135m.")],
+    version: Annotated[str | None, typer.Option(help="Version to promote (default: the candidate).")] = None,
+    tolerance: Annotated[float, typer.Option(help="Largest pass@1 drop allowed against the current champion.")] = 0.02,
+    layer_budget: Annotated[float, typer.Option(help="Largest average layers / D allowed.")] = 1.0,
+    tracking_uri: TrackingOpt = None,
+) -> None:
+    """Move the champion alias to a version that passes the gates; exit 1 with the reasons if it does not."""
+    from polar.registry import Gates, promote
+
+    try:
+        decision = promote(name, version, Gates(tolerance, layer_budget), tracking_uri)
+    except (ValueError, ConnectionError) as err:
+        _fail(str(err))
+    if not decision["promoted"]:
+        _fail(f"{name} v{decision['version']} stays out: " + "; ".join(decision["reasons"]), code=1)
+    console.print(f"{name} v{decision['version']} is now @champion")
+
+
 def _name_path(text: str) -> tuple[str, str]:
     name, sep, path = text.partition("=")
     if not sep or not name or not path:
-        raise ValueError(f"--other {text!r}: write NAME=FOLDER, e.g. skip-only=models/predictors/m/skip")
+        raise ValueError(f"{text!r}: write NAME=VALUE, e.g. skip-only=models/predictors/m/skip")
     return name, path
 
 

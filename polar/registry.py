@@ -1,0 +1,184 @@
+"""MLflow tracking and model registry: register predictors, promote them through gates.
+
+The embedded default is a local SQLite store (``mlflow/mlflow.db``) with an artifact folder beside it
+(``mlflow/artifacts``); ``MLFLOW_TRACKING_URI`` or ``--tracking-uri`` points elsewhere (``http://host:5000``
+for a team server). One registered model per base model (``polar-<base>``). Each version carries tags
+for lineage (git commit, DVC hashes of its labels and data, the base model's hash) and starts with the
+alias ``candidate``; ``champion`` moves only through :func:`promote`'s gates.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+__all__ = ["Gates", "configure", "model_name", "promote", "register"]
+
+EXPERIMENT = "polar"
+DEFAULT_STORE = Path("mlflow")
+
+
+def default_tracking_uri() -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(DEFAULT_STORE / 'mlflow.db').resolve()}"
+
+
+def configure(tracking_uri: str | None = None) -> str:
+    """Point MLflow at ``tracking_uri`` (default: the local SQLite store), create the experiment once."""
+    import mlflow
+
+    uri = tracking_uri or default_tracking_uri()
+    if uri.startswith("sqlite:///"):
+        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(uri)
+    client = mlflow.MlflowClient()
+    try:
+        experiment = client.get_experiment_by_name(EXPERIMENT)
+        if experiment is None:
+            location = (DEFAULT_STORE / "artifacts").resolve().as_uri() if uri.startswith("sqlite:") else None
+            client.create_experiment(EXPERIMENT, artifact_location=location)
+    except Exception as err:  # MlflowException, connection errors: say which server and how to fix it
+        if "already exists" in str(err):
+            return uri
+        raise ConnectionError(
+            f"MLflow tracking server {uri} is not usable ({type(err).__name__}: {str(err)[:200]}); start it "
+            "(mlflow server --backend-store-uri sqlite:///mlflow/mlflow.db) or set MLFLOW_TRACKING_URI"
+        ) from err
+    mlflow.set_experiment(EXPERIMENT)
+    return uri
+
+
+def model_name(base_model: str) -> str:
+    return "polar-" + Path(base_model.rstrip("/")).name.removesuffix(".gguf").replace("/", "-")
+
+
+def git_commit(cwd: str | Path = ".") -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, check=True)
+        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=cwd, capture_output=True, text=True).stdout
+        return out.stdout.strip() + ("-dirty" if dirty.strip() else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def register(
+    predictor_dir: str | Path,
+    metrics_path: str | Path,
+    tracking_uri: str | None = None,
+    lineage: dict[str, str] | None = None,
+    artifacts: list[str | Path] = (),
+) -> dict:
+    """Log a trained predictor and its evaluation as one MLflow run and register a new version.
+
+    Args:
+        predictor_dir: folder written by ``polar train``.
+        metrics_path: ``metrics.json`` written by ``polar evaluate`` for this predictor.
+        lineage: extra version tags (DVC hashes of labels and data, base model hash, ...).
+        artifacts: more files to attach to the run (reports, plots).
+
+    Returns:
+        ``{"name", "version", "run_id", "model_uri"}`` of the new version (alias ``candidate``).
+    """
+    import mlflow
+
+    configure(tracking_uri)
+    predictor_dir = Path(predictor_dir)
+    config = json.loads((predictor_dir / "config.json").read_text())
+    metrics = json.loads(Path(metrics_path).read_text())
+    meta = config["meta"]
+    name = model_name(meta["base_model"])
+    methods = metrics["methods"]
+    flat = {
+        "pass1": methods["predictor"]["pass@1"],
+        "base_pass1": methods["base greedy"]["pass@1"],
+        "layers_ratio": methods["predictor"]["layers_ratio"],
+        "identity_share": metrics["identity_share"],
+        "predictor_ms": metrics["predictor_ms"],
+        **{f"pass{k + 1}_at_k": v for k, v in enumerate(metrics["pass_at_k"]["predictor"])},
+    }
+    tags = {
+        "git_commit": git_commit(),
+        "base_model": meta["base_model"],
+        "embedder": meta["embedder"],
+        "labels_sha256": meta["labels_sha256"],
+        **(lineage or {}),
+    }
+    with mlflow.start_run(run_name=f"register {name}") as run:
+        mlflow.log_params({f"train.{k}": v for k, v in meta["train"].items()})
+        mlflow.log_params({f"predictor.{k}": v for k, v in config.items() if k != "meta"})
+        mlflow.log_metrics(flat)
+        mlflow.set_tags(tags)
+        for path in [metrics_path, *artifacts]:
+            mlflow.log_artifact(str(path))
+        info = mlflow.pyfunc.log_model(
+            name="predictor",
+            python_model=str(Path(__file__).with_name("serving.py")),
+            artifacts={"predictor": str(predictor_dir)},
+            model_config={"base_model": meta["base_model"], "prompt": metrics["config"]["prompt"]},
+            registered_model_name=name,
+            pip_requirements=["polar"],
+        )
+    client = mlflow.MlflowClient()
+    version = str(info.registered_model_version)
+    for key, value in tags.items():
+        client.set_model_version_tag(name, version, key, str(value))
+    client.set_model_version_tag(name, version, "run_id", run.info.run_id)
+    client.set_registered_model_alias(name, "candidate", version)
+    return {"name": name, "version": version, "run_id": run.info.run_id, "model_uri": f"models:/{name}/{version}"}
+
+
+@dataclass(frozen=True)
+class Gates:
+    """What a candidate must show to become champion."""
+
+    tolerance: float = 0.02  # may trail the current champion's pass@1 by at most this much
+    layer_budget: float = 1.0  # average layers executed / D at most this
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def promote(name: str, version: str | None = None, gates: Gates = Gates(), tracking_uri: str | None = None) -> dict:
+    """Move ``champion`` to ``version`` (default: the ``candidate``) if it passes the gates.
+
+    Gates: pass@1 not below base greedy on the same inputs; not below the current champion's pass@1 by
+    more than ``tolerance``; average layers / D within ``layer_budget``. The decision and its reasons
+    are tagged on the version either way.
+
+    Returns:
+        ``{"promoted": bool, "version", "reasons": [...]}``.
+    """
+    import mlflow
+
+    configure(tracking_uri)
+    client = mlflow.MlflowClient()
+    try:
+        mv = (
+            client.get_model_version(name, version) if version else client.get_model_version_by_alias(name, "candidate")
+        )
+    except mlflow.exceptions.MlflowException as err:
+        raise ValueError(f"no version {version or '@candidate'} of registered model {name!r}: {err.message}") from err
+    metrics = client.get_run(mv.run_id).data.metrics
+    reasons = []
+    if metrics["pass1"] < metrics["base_pass1"]:
+        reasons.append(f"pass@1 {metrics['pass1']:.3f} below base greedy {metrics['base_pass1']:.3f}")
+    if metrics["layers_ratio"] > gates.layer_budget:
+        reasons.append(f"layers / D {metrics['layers_ratio']:.3f} above the budget {gates.layer_budget}")
+    try:
+        champion = client.get_model_version_by_alias(name, "champion")
+    except mlflow.exceptions.MlflowException:
+        champion = None
+    if champion is not None and champion.version != mv.version:
+        best = client.get_run(champion.run_id).data.metrics["pass1"]
+        if metrics["pass1"] < best - gates.tolerance:
+            reasons.append(
+                f"pass@1 {metrics['pass1']:.3f} below champion v{champion.version} ({best:.3f}) by more than "
+                f"{gates.tolerance}"
+            )
+    promoted = not reasons
+    if promoted:
+        client.set_registered_model_alias(name, "champion", mv.version)
+    client.set_model_version_tag(name, mv.version, "promotion", "champion" if promoted else "; ".join(reasons))
+    return {"promoted": promoted, "name": name, "version": str(mv.version), "reasons": reasons}

@@ -1,0 +1,90 @@
+"""The MLflow registry: versions with lineage tags, candidate/champion aliases through gates, pyfunc serving."""
+
+import json
+
+import pandas as pd
+import pytest
+from tiny import tiny_model
+
+from polar.predictor import PredictorConfig, ProgramPredictor, save
+from polar.registry import Gates, configure, promote, register
+
+
+def _metrics(path, pass1, base=0.3, layers=0.9):
+    path.write_text(
+        json.dumps(
+            {
+                "methods": {
+                    "predictor": {"pass@1": pass1, "layers_ratio": layers},
+                    "base greedy": {"pass@1": base, "layers_ratio": 1.0},
+                },
+                "identity_share": 0.1,
+                "predictor_ms": 2.0,
+                "pass_at_k": {"predictor": [pass1, pass1 + 0.1]},
+                "config": {"prompt": "plain"},
+            }
+        )
+    )
+    return path
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the default store lives in ./mlflow
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    return tmp_path
+
+
+def _predictor(path, base_model="tiny-model"):
+    meta = {"base_model": base_model, "embedder": "backbone:1", "labels_sha256": "ab" * 32, "train": {"epochs": 1}}
+    return save(ProgramPredictor(PredictorConfig(depth=6, embed_dim=64, d_model=16, ff=32, meta=meta)), path)
+
+
+def test_versions_aliases_and_gates(store):
+    import mlflow
+
+    pred = _predictor(store / "pred")
+    v1 = register(pred, _metrics(store / "m1.json", 0.40), lineage={"labels_dvc_md5": "123"})
+    v2 = register(pred, _metrics(store / "m2.json", 0.35))
+    assert (v1["name"], v1["version"], v2["version"]) == ("polar-tiny-model", "1", "2")
+    client = mlflow.MlflowClient()
+    assert str(client.get_model_version_by_alias("polar-tiny-model", "candidate").version) == "2"
+    tags = client.get_model_version("polar-tiny-model", "1").tags
+    assert tags["labels_dvc_md5"] == "123" and tags["embedder"] == "backbone:1" and len(tags["git_commit"]) >= 7
+
+    first = promote("polar-tiny-model", "1")
+    assert first["promoted"] and str(client.get_model_version_by_alias("polar-tiny-model", "champion").version) == "1"
+    second = promote("polar-tiny-model")  # the candidate, v2: 0.35 < 0.40 - 0.02
+    assert not second["promoted"] and "below champion v1" in second["reasons"][0]
+    assert str(client.get_model_version_by_alias("polar-tiny-model", "champion").version) == "1"
+    assert promote("polar-tiny-model", gates=Gates(tolerance=0.1))["promoted"]
+
+    v3 = register(pred, _metrics(store / "m3.json", 0.2, base=0.3, layers=1.1))
+    third = promote("polar-tiny-model", v3["version"], Gates(tolerance=1.0))
+    assert not third["promoted"] and len(third["reasons"]) == 2  # below base, over the layer budget
+    assert client.get_model_version("polar-tiny-model", v3["version"]).tags["promotion"].startswith("pass@1")
+    with pytest.raises(ValueError, match="no version 9"):
+        promote("polar-tiny-model", "9")
+
+
+def test_unreachable_server_is_a_clear_error(monkeypatch):
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
+    with pytest.raises(ConnectionError, match="127.0.0.1:9.*MLFLOW_TRACKING_URI"):
+        configure("http://127.0.0.1:9")
+
+
+@pytest.mark.slow  # the bundled tokenizer
+def test_pyfunc_model_answers_with_program_and_layers(store, smollm2):
+    import mlflow
+
+    model_dir = store / "tiny"
+    tiny_model("llama", vocab_size=len(smollm2.tokenizer)).save_pretrained(model_dir)
+    smollm2.tokenizer.save_pretrained(model_dir)
+    pred = _predictor(store / "pred", base_model=str(model_dir))
+    info = register(pred, _metrics(store / "m.json", 0.5))
+    promote(info["name"])
+    model = mlflow.pyfunc.load_model(f"models:/{info['name']}@champion")
+    out = model.predict(pd.DataFrame({"question": ["What is 2 + 3?", "What is 4 * 5?"]}))
+    assert list(out.columns) == ["text", "answer", "program", "layers", "depth"]
+    assert len(out) == 2 and (out["depth"] == 6).all() and out["layers"].between(4, 7).all()
