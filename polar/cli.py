@@ -283,6 +283,9 @@ def label_cmd(
     seed: int = 0,
     limit: Annotated[int | None, typer.Option(help="Label only the first N inputs.")] = None,
     worker: Annotated[str, typer.Option(help="Name of this worker's shards.")] = "0",
+    restart_on_change: Annotated[
+        bool, typer.Option(help="Start over when OUT holds labels made with other settings (instead of refusing).")
+    ] = False,
     device: DeviceOpt = "auto",
 ) -> None:
     """Search layer programs for every input of a task file. Resumable: run it again after a crash."""
@@ -306,7 +309,9 @@ def label_cmd(
         config = LabelConfig(shots=shots, prompt=prompt, max_new_tokens=max_new_tokens, search=search_cfg)
         if out is None:
             out = f"data/labels/{Path(model.rstrip('/')).name.removesuffix('.gguf')}/{space}"
-        merged = label(model, tasks, out, config, limit=limit, worker=worker, device=device)
+        merged = label(
+            model, tasks, out, config, limit=limit, worker=worker, device=device, restart_on_change=restart_on_change
+        )
     except (ValueError, FileNotFoundError, ModelSpecError, UnsupportedModelError) as err:
         _fail(str(err))
     console.print(f"labels: {merged}")
@@ -465,18 +470,36 @@ def register_cmd(
     artifact: Annotated[
         list[str] | None, typer.Option(help="More files to attach (report, plots); repeatable.")
     ] = None,
-    tag: Annotated[list[str] | None, typer.Option(help="Lineage tag KEY=VALUE on the version; repeatable.")] = None,
+    tag: Annotated[list[str] | None, typer.Option(help="More tags KEY=VALUE on the version; repeatable.")] = None,
+    promote: Annotated[bool, typer.Option(help="Then promote the new version if it passes the gates.")] = False,
+    tolerance: Annotated[float, typer.Option(help="Gate: largest pass@1 drop against the champion.")] = 0.02,
+    layer_budget: Annotated[float, typer.Option(help="Gate: largest average layers / D.")] = 1.0,
+    out: Annotated[str | None, typer.Option(help="Write the version and the promotion decision as JSON here.")] = None,
     tracking_uri: TrackingOpt = None,
 ) -> None:
-    """Log the predictor and its evaluation to MLflow and register a new version (alias: candidate)."""
-    from polar.registry import register
+    """Log the predictor and its evaluation to MLflow and register a new version (alias: candidate).
+
+    The version is tagged with the git commit and the DVC hashes (dvc.lock) of its base model, task
+    files, labels and weights, for `polar lineage`.
+    """
+    from polar.registry import Gates, register
+    from polar.registry import promote as do_promote
 
     try:
         tags = dict(_name_path(t) for t in tag or [])
         info = register(predictor, metrics, tracking_uri, tags, artifact or [])
+        if promote:
+            info["promotion"] = do_promote(info["name"], info["version"], Gates(tolerance, layer_budget), tracking_uri)
     except (ValueError, FileNotFoundError, ConnectionError) as err:
         _fail(str(err))
     console.print(f"registered {info['name']} version {info['version']} (alias candidate; run {info['run_id']})")
+    if promote:
+        decision = info["promotion"]
+        verdict = "now @champion" if decision["promoted"] else "not promoted: " + "; ".join(decision["reasons"])
+        console.print(f"{info['name']} v{info['version']} {verdict}")
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps(info, indent=2) + "\n")
 
 
 @app.command(name="promote")
@@ -497,6 +520,35 @@ def promote_cmd(
     if not decision["promoted"]:
         _fail(f"{name} v{decision['version']} stays out: " + "; ".join(decision["reasons"]), code=1)
     console.print(f"{name} v{decision['version']} is now @champion")
+
+
+@app.command(name="lineage")
+def lineage_cmd(
+    model_uri: Annotated[str, typer.Argument(help="models:/NAME/VERSION or models:/NAME@ALIAS.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    tracking_uri: TrackingOpt = None,
+) -> None:
+    """Walk a registered predictor back to its git commit and the DVC hashes of its inputs; check DVC has them."""
+    from polar.lineage import lineage
+
+    try:
+        info = lineage(model_uri, tracking_uri)
+    except (ValueError, ConnectionError) as err:
+        _fail(str(err))
+    if as_json:
+        console.print_json(json.dumps(info))
+    else:
+        console.print(
+            f"{info['name']} v{info['version']} {info['aliases']} <- run {info['run_id']} <- git {info['git_commit']}"
+        )
+        table = Table()
+        for col in ("input", "path", "md5", "in DVC"):
+            table.add_column(col)
+        for i in info["inputs"]:
+            table.add_row(i["role"], str(i["path"]), i["md5"], ", ".join(i["found_in"]) or "[red]missing[/]")
+        console.print(table)
+    if any(not i["found_in"] for i in info["inputs"]):
+        _fail("some inputs are not in the DVC cache or remote: `dvc pull` or re-run `dvc repro`", code=1)
 
 
 def _name_path(text: str) -> tuple[str, str]:

@@ -133,14 +133,23 @@ def merge_shards(out_dir: str | Path, ids: Sequence[str]) -> Path:
 SETTINGS = "settings.json"
 
 
-def _check_settings(out_dir: Path, settings: dict) -> None:
-    """Refuse to resume a folder labeled with other settings: records would not be comparable."""
+def _check_settings(out_dir: Path, settings: dict, restart_on_change: bool = False) -> None:
+    """Refuse to resume a folder labeled with other settings: records would not be comparable.
+
+    With ``restart_on_change`` (the pipeline's choice: DVC versions the old labels), the old shards are
+    removed and labeling starts over instead.
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / SETTINGS
     if path.exists():
         before = json.loads(path.read_text())
         if before != json.loads(json.dumps(settings)):
             changed = sorted(k for k in settings if before.get(k) != json.loads(json.dumps(settings[k])))
+            if restart_on_change:
+                for old in [*out_dir.glob("shard-*.jsonl"), out_dir / MERGED, out_dir / MANIFEST]:
+                    old.unlink(missing_ok=True)
+                path.write_text(json.dumps(settings, indent=2) + "\n")
+                return
             raise ValueError(
                 f"{out_dir} holds labels made with other settings ({', '.join(changed)} differ); "
                 "label into a new folder, or delete this one to start over"
@@ -212,8 +221,11 @@ def label(
     worker: str = "0",
     device: str = "auto",
     backbone=None,
+    restart_on_change: bool = False,
 ) -> Path:
     """Label every input of ``tasks_path`` (resuming from ``out_dir``), then merge the shards.
+
+    With ``restart_on_change``, labels made with other settings are removed instead of refused.
 
     Returns the merged ``labels.jsonl``.
     """
@@ -225,7 +237,8 @@ def label(
     if len(set(ids)) != len(ids):
         raise ValueError(f"{tasks_path}: duplicate example ids; re-run `polar ingest`")
     result_settings = {k: v for k, v in config.to_dict().items() if k != "prefix_store_mb"}  # speed only
-    _check_settings(out_dir, {"model": model, "tasks": str(tasks_path), "config": result_settings})
+    settings = {"model": model, "tasks": str(tasks_path), "config": result_settings}
+    _check_settings(out_dir, settings, restart_on_change)
     writer = _ShardWriter(out_dir, worker)  # repairs torn shards before reading them
     done = {r["id"] for r in read_records(out_dir)}
     todo = [e for e in examples if e.id not in done]

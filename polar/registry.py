@@ -15,6 +15,8 @@ import subprocess
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from polar.lineage import lineage_tags
+
 __all__ = ["Gates", "configure", "model_name", "promote", "register"]
 
 EXPERIMENT = "polar"
@@ -69,14 +71,17 @@ def register(
     tracking_uri: str | None = None,
     lineage: dict[str, str] | None = None,
     artifacts: list[str | Path] = (),
+    lock_path: str | Path = "dvc.lock",
 ) -> dict:
     """Log a trained predictor and its evaluation as one MLflow run and register a new version.
 
     Args:
         predictor_dir: folder written by ``polar train``.
         metrics_path: ``metrics.json`` written by ``polar evaluate`` for this predictor.
-        lineage: extra version tags (DVC hashes of labels and data, base model hash, ...).
+        lineage: extra version tags.
         artifacts: more files to attach to the run (reports, plots).
+        lock_path: ``dvc.lock`` whose hashes of the base model, task files, labels and predictor are
+            tagged on the version (``dvc.<role>.md5``; ``untracked`` for paths DVC does not track).
 
     Returns:
         ``{"name", "version", "run_id", "model_uri"}`` of the new version (alias ``candidate``).
@@ -98,7 +103,18 @@ def register(
         "predictor_ms": metrics["predictor_ms"],
         **{f"pass{k + 1}_at_k": v for k, v in enumerate(metrics["pass_at_k"]["predictor"])},
     }
+    label_dir = Path(meta["label_files"][0]).parent
+    settings = label_dir / "settings.json"
+    roles = {
+        "base_model": meta["base_model"],
+        "labels": label_dir,
+        "test_tasks": metrics["tasks"],
+        "predictor": predictor_dir,
+    }
+    if settings.exists():
+        roles["train_tasks"] = json.loads(settings.read_text())["tasks"]
     tags = {
+        **lineage_tags(roles, lock_path),
         "git_commit": git_commit(),
         "base_model": meta["base_model"],
         "embedder": meta["embedder"],

@@ -130,6 +130,10 @@ def test_other_settings_are_refused_on_resume(tiny_dir, tasks, tmp_path):
     other = LabelConfig(shots=1, max_new_tokens=6, search=SearchConfig(simulations=7, batch=3))
     with pytest.raises(ValueError, match="other settings \\(config differ\\)"):
         label(str(tiny_dir), tasks, tmp_path / "labels", other, limit=1, device="cpu")
+    merged = label(str(tiny_dir), tasks, tmp_path / "labels", other, limit=1, device="cpu", restart_on_change=True)
+    record = json.loads(merged.read_text())
+    assert record["evaluations"] == 8  # base + 7 simulations: labeled again with the new settings
+    assert json.loads((tmp_path / "labels" / "settings.json").read_text())["config"]["search"]["simulations"] == 7
 
 
 def test_rewards_equal_running_each_program_alone(smollm2):

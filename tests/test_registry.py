@@ -22,6 +22,7 @@ def _metrics(path, pass1, base=0.3, layers=0.9):
                 "predictor_ms": 2.0,
                 "pass_at_k": {"predictor": [pass1, pass1 + 0.1]},
                 "config": {"prompt": "plain"},
+                "tasks": "data/tasks/test.parquet",
             }
         )
     )
@@ -36,7 +37,13 @@ def store(tmp_path, monkeypatch):
 
 
 def _predictor(path, base_model="tiny-model"):
-    meta = {"base_model": base_model, "embedder": "backbone:1", "labels_sha256": "ab" * 32, "train": {"epochs": 1}}
+    meta = {
+        "base_model": base_model,
+        "embedder": "backbone:1",
+        "labels_sha256": "ab" * 32,
+        "label_files": ["labels/labels.jsonl"],
+        "train": {"epochs": 1},
+    }
     return save(ProgramPredictor(PredictorConfig(depth=6, embed_dim=64, d_model=16, ff=32, meta=meta)), path)
 
 
@@ -88,3 +95,28 @@ def test_pyfunc_model_answers_with_program_and_layers(store, smollm2):
     out = model.predict(pd.DataFrame({"question": ["What is 2 + 3?", "What is 4 * 5?"]}))
     assert list(out.columns) == ["text", "answer", "program", "layers", "depth"]
     assert len(out) == 2 and (out["depth"] == 6).all() and out["layers"].between(4, 7).all()
+
+
+def test_lineage_walks_back_to_dvc_hashes(store):
+    from polar.lineage import lineage
+
+    (store / ".dvc" / "cache" / "files" / "md5" / "aa").mkdir(parents=True)
+    (store / ".dvc" / "cache" / "files" / "md5" / "aa" / "11.dir").write_text("[]")
+    (store / ".dvc" / "config").write_text("")
+    (store / "dvc.lock").write_text(
+        "schema: '2.0'\nstages:\n  train:\n    outs:\n    - path: pred\n      md5: aa11.dir\n"
+        "  label:\n    outs:\n    - path: data/labels/m\n      md5: bb22.dir\n"
+    )
+    pred = _predictor(store / "pred")
+    cfg = json.loads((pred / "config.json").read_text())
+    cfg["meta"]["label_files"] = ["data/labels/m/labels.jsonl"]
+    (pred / "config.json").write_text(json.dumps(cfg))
+    info = register(pred, _metrics(store / "m.json", 0.4), lock_path=store / "dvc.lock")
+    walked = lineage(f"models:/{info['name']}/{info['version']}", repo=store)
+    assert walked["run_id"] == info["run_id"] and walked["aliases"] == ["candidate"]
+    by_role = {i["role"]: i for i in walked["inputs"]}
+    assert by_role["predictor"]["md5"] == "aa11.dir" and by_role["predictor"]["found_in"] == ["cache"]
+    assert by_role["labels"]["md5"] == "bb22.dir" and by_role["labels"]["found_in"] == []  # not in the cache
+    assert by_role["base_model"]["md5"] == "untracked"
+    with pytest.raises(ValueError, match="no such registered version"):
+        lineage("models:/polar-tiny-model/7", repo=store)
