@@ -422,6 +422,7 @@ def evaluate_cmd(
     prompt: Annotated[str, typer.Option(help="Prompt style: plain or chat (use the labels' style).")] = "plain",
     shots: Annotated[int, typer.Option(min=0)] = 3,
     temperature: Annotated[float, typer.Option(help="Base model's sampling temperature for its pass@k.")] = 0.7,
+    max_new_tokens: Annotated[int, typer.Option(min=1, help="Generation budget (use the labels' budget).")] = 50,
     limit: Annotated[int | None, typer.Option(help="Evaluate only the first N inputs.")] = None,
     seed: int = 0,
     device: DeviceOpt = "auto",
@@ -437,7 +438,9 @@ def evaluate_cmd(
         spec = model or load_predictor(predictor).config.meta.get("base_model")
         if not spec:
             raise ValueError(f"{predictor} does not record its base model; pass --model")
-        config = EvalConfig(k=k, shots=shots, prompt=prompt, temperature=temperature, seed=seed)
+        config = EvalConfig(
+            k=k, shots=shots, prompt=prompt, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed
+        )
         metrics = evaluate(spec, predictor, tasks, out, config, others, oracle_labels, limit=limit, device=device)
     except (ValueError, FileNotFoundError, ModelSpecError) as err:
         _fail(str(err))

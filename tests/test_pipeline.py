@@ -1,0 +1,99 @@
+"""End to end: the Prefect flow drives the DVC stages in a fresh git repository, on a tiny configuration.
+
+Uses the bundled SmolLM2 with small budgets (its base answers are right often enough for labels to
+exist). A second repository checks that a failing validation stops the chain before training and
+leaves the registry untouched.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+
+def _repo(tmp: Path, **overrides) -> Path:
+    repo = tmp / "repo"
+    repo.mkdir()
+    shutil.copytree(ROOT / "polar", repo / "polar", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "dvc.yaml", repo / "dvc.yaml")
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["base_models"] = {"smollm2-135m": {"spec": "smollm2-135m"}}
+    params["ingest"].update(levels="1-2", train_per_level=6, test_per_level=3)
+    params["label"].update(simulations=3, max_new_tokens=6, shots=1)
+    params["train"].update(epochs=3)
+    params["evaluate"].update(k=2)
+    for section, values in overrides.items():
+        params[section].update(values)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params))
+    bin_dir = Path(sys.executable).parent
+    for cmd in (["git", "init", "-q"], [str(bin_dir / "dvc"), "init", "-q"]):
+        subprocess.run(cmd, cwd=repo, check=True)
+    return repo
+
+
+RUNNER = """
+import json, sys
+sys.path.insert(0, sys.argv[1])
+from prefect.testing.utilities import prefect_test_harness
+from pipeline import pipeline
+with prefect_test_harness(server_startup_timeout=180):
+    print("OUTCOME", json.dumps(pipeline(cwd=sys.argv[2])))
+"""
+
+
+def _env(repo: Path, home: Path | None = None) -> dict:
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{repo}/mlflow/mlflow.db"}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    if home is not None:
+        env["PREFECT_HOME"] = str(home)  # runs never write into the user's home
+    return env
+
+
+def _run(repo: Path, home: Path) -> dict:
+    cmd = [sys.executable, "-c", RUNNER, str(ROOT / "flows"), str(repo)]
+    proc = subprocess.run(cmd, cwd=repo, env=_env(repo, home), capture_output=True, text=True)
+    line = [x for x in proc.stdout.splitlines() if x.startswith("OUTCOME ")]
+    assert line, proc.stdout[-3000:] + proc.stderr[-5000:]
+    return json.loads(line[-1].removeprefix("OUTCOME "))
+
+
+def test_pipeline_end_to_end_then_cached(tmp_path):
+    repo = _repo(tmp_path)
+    assert _run(repo, tmp_path / "prefect") == {"smollm2-135m": "registered"}
+    metrics = json.loads((repo / "reports/smollm2-135m/evaluation/metrics.json").read_text())
+    assert metrics["inputs"] == 6 and "predictor" in metrics["methods"]
+    registry = json.loads((repo / "reports/smollm2-135m/registry.json").read_text())
+    assert registry["name"] == "polar-smollm2-135m" and registry["version"] == "1"
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
+    assert {"label@smollm2-135m", "train@smollm2-135m", "register@smollm2-135m"} <= set(lock)
+    status = subprocess.run(
+        [str(Path(sys.executable).parent / "dvc"), "status"], cwd=repo, capture_output=True, text=True, check=True
+    )
+    assert "up to date" in status.stdout.lower() or status.stdout.strip() == "", status.stdout
+    lineage = subprocess.run(
+        [str(Path(sys.executable).parent / "polar"), "lineage", "models:/polar-smollm2-135m@candidate", "--json"],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        env=_env(repo),
+    )
+    info = json.loads(lineage.stdout)
+    roles = {i["role"]: i for i in info["inputs"]}
+    assert roles["labels"]["found_in"] == ["cache"] and roles["predictor"]["found_in"] == ["cache"], lineage.stdout
+
+
+def test_failing_validation_stops_before_training(tmp_path):
+    repo = _repo(tmp_path, validate={"min_valid_share": 1.01})
+    outcome = _run(repo, tmp_path / "prefect")
+    assert outcome == {"smollm2-135m": "stopped at validate@smollm2-135m"}
+    assert not (repo / "models/predictors").exists() and not (repo / "mlflow").exists()
+    report = json.loads((repo / "reports/smollm2-135m/validation/validation.json").read_text())
+    assert not report["success"] and (repo / report["data_docs"]).exists()
