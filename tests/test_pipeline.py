@@ -1,8 +1,7 @@
 """End to end: the Prefect flow drives the DVC stages in a fresh git repository, on a tiny configuration.
 
 Uses the bundled SmolLM2 with small budgets (its base answers are right often enough for labels to
-exist). A second repository checks that a failing validation stops the chain before training and
-leaves the registry untouched.
+exist). Then a stricter validation fails: the chain stops before training and the registry is left untouched.
 """
 
 import json
@@ -65,7 +64,7 @@ def _run(repo: Path, home: Path) -> dict:
     return json.loads(line[-1].removeprefix("OUTCOME "))
 
 
-def test_pipeline_end_to_end_then_cached(tmp_path):
+def test_pipeline_end_to_end_cached_then_gated(tmp_path):
     repo = _repo(tmp_path)
     assert _run(repo, tmp_path / "prefect") == {"smollm2-135m": "registered"}
     metrics = json.loads((repo / "reports/smollm2-135m/evaluation/metrics.json").read_text())
@@ -89,11 +88,20 @@ def test_pipeline_end_to_end_then_cached(tmp_path):
     roles = {i["role"]: i for i in info["inputs"]}
     assert roles["labels"]["found_in"] == ["cache"] and roles["predictor"]["found_in"] == ["cache"], lineage.stdout
 
-
-def test_failing_validation_stops_before_training(tmp_path):
-    repo = _repo(tmp_path, validate={"min_valid_share": 1.01})
-    outcome = _run(repo, tmp_path / "prefect")
-    assert outcome == {"smollm2-135m": "stopped at validate@smollm2-135m"}
-    assert not (repo / "models/predictors").exists() and not (repo / "mlflow").exists()
+    # A stricter validation now fails: the chain stops there; no retraining, no new registry version.
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["validate"]["min_valid_share"] = 1.01
+    (repo / "params.yaml").write_text(yaml.safe_dump(params))
+    weights = repo / "models/predictors/smollm2-135m/predictor.safetensors"
+    before = weights.stat().st_mtime_ns
+    assert _run(repo, tmp_path / "prefect") == {"smollm2-135m": "stopped at validate@smollm2-135m"}
+    assert weights.stat().st_mtime_ns == before
     report = json.loads((repo / "reports/smollm2-135m/validation/validation.json").read_text())
-    assert not report["success"] and (repo / report["data_docs"]).exists()
+    assert not report["success"] and Path(report["data_docs"]).exists()
+    versions = subprocess.run(
+        [sys.executable, "-c", "import mlflow; print(len(mlflow.MlflowClient().search_model_versions()))"],
+        env=_env(repo),
+        capture_output=True,
+        text=True,
+    )
+    assert versions.stdout.strip().splitlines()[-1] == "1", versions.stderr[-2000:]
