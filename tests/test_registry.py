@@ -120,3 +120,49 @@ def test_lineage_walks_back_to_dvc_hashes(store):
     assert by_role["base_model"]["md5"] == "untracked"
     with pytest.raises(ValueError, match="no such registered version"):
         lineage("models:/polar-tiny-model/7", repo=store)
+
+
+@pytest.mark.slow  # the bundled tokenizer; a real `mlflow models serve` on loopback
+def test_mlflow_models_serve_answers_http(store, smollm2):
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+    from pathlib import Path
+
+    model_dir = store / "tiny"
+    tiny_model("llama", vocab_size=len(smollm2.tokenizer)).save_pretrained(model_dir)
+    smollm2.tokenizer.save_pretrained(model_dir)
+    info = register(_predictor(store / "pred", base_model=str(model_dir)), _metrics(store / "m.json", 0.5))
+    assert promote(info["name"])["promoted"]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{store / 'mlflow' / 'mlflow.db'}"}
+    mlflow_bin = str(Path(sys.executable).with_name("mlflow"))
+    cmd = [mlflow_bin, "models", "serve", "-m", f"models:/{info['name']}@champion", "--env-manager", "local"]
+    server = subprocess.Popen(
+        [*cmd, "-h", "127.0.0.1", "-p", str(port)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    try:
+        deadline = time.time() + 180
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2)
+                break
+            except OSError:
+                assert server.poll() is None, server.stdout.read().decode()[-3000:]
+                assert time.time() < deadline, "mlflow models serve did not start in 180 s"
+                time.sleep(1)
+        body = json.dumps({"dataframe_split": {"columns": ["question"], "data": [["What is 2 + 3?"]]}}).encode()
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/invocations", data=body, headers={"Content-Type": "application/json"}
+        )
+        answer = json.loads(urllib.request.urlopen(request, timeout=120).read())
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    (row,) = answer["predictions"]
+    assert row["depth"] == 6 and 4 <= row["layers"] <= 7 and row["program"]
