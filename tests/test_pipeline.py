@@ -49,7 +49,7 @@ with prefect_test_harness(server_startup_timeout=180):
 
 
 def _env(repo: Path, home: Path | None = None) -> dict:
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{repo}/mlflow/mlflow.db"}
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{repo}/mlflow/mlflow.db", "DVC_NO_ANALYTICS": "1"}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     if home is not None:
         env["PREFECT_HOME"] = str(home)  # runs never write into the user's home
