@@ -286,6 +286,9 @@ def label_cmd(
     restart_on_change: Annotated[
         bool, typer.Option(help="Start over when OUT holds labels made with other settings (instead of refusing).")
     ] = False,
+    shard: Annotated[
+        str | None, typer.Option(help="K/N: label only every N-th input from the K-th (one of N workers on OUT).")
+    ] = None,
     device: DeviceOpt = "auto",
 ) -> None:
     """Search layer programs for every input of a task file. Resumable: run it again after a crash."""
@@ -309,12 +312,31 @@ def label_cmd(
         config = LabelConfig(shots=shots, prompt=prompt, max_new_tokens=max_new_tokens, search=search_cfg)
         if out is None:
             out = f"data/labels/{Path(model.rstrip('/')).name.removesuffix('.gguf')}/{space}"
+        shard_kn = _shard(shard) if shard else None
         merged = label(
-            model, tasks, out, config, limit=limit, worker=worker, device=device, restart_on_change=restart_on_change
+            model,
+            tasks,
+            out,
+            config,
+            limit=limit,
+            worker=worker,
+            device=device,
+            restart_on_change=restart_on_change,
+            shard=shard_kn,
         )
     except (ValueError, FileNotFoundError, ModelSpecError, UnsupportedModelError) as err:
         _fail(str(err))
-    console.print(f"labels: {merged}")
+    if merged is None:
+        console.print(f"shard {shard} done; other shards still label into {out} (the last one merges)")
+    else:
+        console.print(f"labels: {merged}")
+
+
+def _shard(text: str) -> tuple[int, int]:
+    k, sep, n = text.partition("/")
+    if not sep or not k.isdigit() or not n.isdigit():
+        raise ValueError(f"--shard {text!r}: write K/N, e.g. 0/4")
+    return int(k), int(n)
 
 
 @app.command()

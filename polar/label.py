@@ -97,7 +97,7 @@ def read_records(out_dir: str | Path) -> Iterator[dict]:
 class _ShardWriter:
     def __init__(self, out_dir: Path, worker: str) -> None:
         out_dir.mkdir(parents=True, exist_ok=True)
-        for shard in out_dir.glob("shard-*.jsonl"):
+        for shard in out_dir.glob(f"shard-{worker}-*.jsonl"):  # never another worker's: it may be writing
             _repair(shard)
         n = len(list(out_dir.glob(f"shard-{worker}-*.jsonl")))
         self.path = out_dir / f"shard-{worker}-{n:04d}.jsonl"
@@ -222,13 +222,18 @@ def label(
     device: str = "auto",
     backbone=None,
     restart_on_change: bool = False,
-) -> Path:
+    shard: tuple[int, int] | None = None,
+) -> Path | None:
     """Label every input of ``tasks_path`` (resuming from ``out_dir``), then merge the shards.
 
-    With ``restart_on_change``, labels made with other settings are removed instead of refused.
+    With ``restart_on_change``, labels made with other settings are removed instead of refused. With
+    ``shard=(k, n)`` only inputs ``k, k+n, k+2n, ...`` are labeled (one worker of ``n`` sharing
+    ``out_dir``); the merge happens when every input is labeled, by whichever run finds them all done.
 
-    Returns the merged ``labels.jsonl``.
+    Returns the merged ``labels.jsonl``, or None when other shards still have inputs to label.
     """
+    if shard is not None and not 0 <= shard[0] < shard[1]:
+        raise ValueError(f"shard {shard[0]}/{shard[1]}: write K/N with 0 <= K < N")
     from polar.backbone import load
 
     out_dir = Path(out_dir)
@@ -239,14 +244,21 @@ def label(
     result_settings = {k: v for k, v in config.to_dict().items() if k != "prefix_store_mb"}  # speed only
     settings = {"model": model, "tasks": str(tasks_path), "config": result_settings}
     _check_settings(out_dir, settings, restart_on_change)
-    writer = _ShardWriter(out_dir, worker)  # repairs torn shards before reading them
+    if shard is not None and worker == "0":
+        worker = f"{shard[0]}of{shard[1]}"
+    writer = _ShardWriter(out_dir, worker)  # repairs this worker's torn shards before reading them
     done = {r["id"] for r in read_records(out_dir)}
-    todo = [e for e in examples if e.id not in done]
+    mine = examples if shard is None else examples[shard[0] :: shard[1]]
+    todo = [e for e in mine if e.id not in done]
     if todo:
         backbone = backbone or load(model, device=device)
         stops = stop_token_ids(backbone.tokenizer)
         bar = tqdm(
-            todo, desc=f"label {model} [{config.search.space}]", unit="input", initial=len(done), total=len(examples)
+            todo,
+            desc=f"label {model} [{config.search.space}]" + (f" shard {shard[0]}/{shard[1]}" if shard else ""),
+            unit="input",
+            initial=len(mine) - len(todo),
+            total=len(mine),
         )
         try:
             for example in bar:
@@ -256,6 +268,8 @@ def label(
         finally:
             writer.close()
             bar.close()
+    if shard is not None and not {e.id for e in examples} <= {r["id"] for r in read_records(out_dir)}:
+        return None  # other shards are still at work; the last one to finish merges
     merged = merge_shards(out_dir, ids)
     manifest = {
         "model": model,

@@ -180,3 +180,15 @@ def test_labels_a_real_benchmark_file(tiny_dir, tmp_path):
     assert [r["task"] for r in records] == ["gsm8k", "gsm8k"]
     assert records[0]["answer"] == "18" and records[0]["answer_kind"] == "number"
     assert records[0]["prompt_builder"] == "plain-1shot-v1"  # the shot is another question of the same file
+
+
+def test_sharded_workers_merge_to_the_same_labels(tiny_dir, tasks, tmp_path):
+    whole = label(str(tiny_dir), tasks, tmp_path / "whole", CONFIG, device="cpu")
+    out = tmp_path / "sharded"
+    assert label(str(tiny_dir), tasks, out, CONFIG, device="cpu", shard=(1, 3)) is None
+    assert label(str(tiny_dir), tasks, out, CONFIG, device="cpu", shard=(0, 3)) is None
+    merged = label(str(tiny_dir), tasks, out, CONFIG, device="cpu", shard=(2, 3))
+    assert [_strip(json.loads(x)) for x in merged.open()] == [_strip(json.loads(x)) for x in whole.open()]
+    assert sorted(p.name for p in out.glob("shard-*.jsonl")) == [f"shard-{k}of3-0000.jsonl" for k in range(3)]
+    with pytest.raises(ValueError, match="0 <= K < N"):
+        label(str(tiny_dir), tasks, out, CONFIG, device="cpu", shard=(3, 3))
