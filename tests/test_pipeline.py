@@ -97,7 +97,7 @@ def test_pipeline_end_to_end_cached_then_gated(tmp_path):
     assert _run(repo, tmp_path / "prefect") == {"smollm2-135m": "stopped at validate@smollm2-135m"}
     assert weights.stat().st_mtime_ns == before
     report = json.loads((repo / "reports/smollm2-135m/validation/validation.json").read_text())
-    assert not report["success"] and Path(report["data_docs"]).exists()
+    assert not report["success"] and (repo / report["data_docs"]).exists()
     versions = subprocess.run(
         [sys.executable, "-c", "import mlflow; print(len(mlflow.MlflowClient().search_model_versions()))"],
         env=_env(repo),
