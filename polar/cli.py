@@ -397,6 +397,12 @@ def train_cmd(
     full_weight: Annotated[
         float, typer.Option(help="Weight of the full-depth target where a shorter one exists.")
     ] = 0.3,
+    space: Annotated[
+        str, typer.Option(help="Learn only valid programs of this space: skip (no repeats), loop (no skips), joint.")
+    ] = "joint",
+    levels: Annotated[
+        str | None, typer.Option(help="Train on these levels only, e.g. 1-3 (out-of-distribution tests).")
+    ] = None,
     val_fraction: float = 0.2,
     seed: int = 0,
     device: DeviceOpt = "auto",
@@ -406,16 +412,18 @@ def train_cmd(
     from polar.embedder import EmbedderError
     from polar.train import TrainConfig, train
 
-    config = TrainConfig(
-        embedder=embedder,
-        epochs=epochs,
-        lr=lr,
-        batch=batch,
-        full_weight=full_weight,
-        val_fraction=val_fraction,
-        seed=seed,
-    )
     try:
+        config = TrainConfig(
+            embedder=embedder,
+            epochs=epochs,
+            lr=lr,
+            batch=batch,
+            full_weight=full_weight,
+            val_fraction=val_fraction,
+            seed=seed,
+            space=space,
+            levels=_level_names(levels) if levels else (),
+        )
         path = train(labels, out, config, base_model=model, device=device)
     except (ValueError, FileNotFoundError, ModelSpecError, EmbedderError) as err:
         _fail(str(err))
