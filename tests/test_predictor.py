@@ -155,3 +155,15 @@ def test_space_and_level_filters(tmp_path):
     assert [t.question for t in level2] == ["b"] and summary["inputs"] == 1
     with pytest.raises(ValueError, match="no input .* valid skip program .* at levels 2"):
         load_targets([path], TrainConfig(space="skip", levels=("2",)))
+
+
+def test_train_cli_names_missing_labels(tmp_path):
+    from typer.testing import CliRunner
+
+    from polar.cli import app
+
+    args = ["train", "--labels", str(tmp_path / "none.jsonl"), "--out", str(tmp_path / "p"), "--space", "skip"]
+    result = CliRunner().invoke(app, [*args, "--levels", "1-3"])
+    assert result.exit_code == 2 and "run `polar label` first" in " ".join(result.output.split())
+    bad = CliRunner().invoke(app, [*args[:-2], "--space", "both"])
+    assert bad.exit_code == 2 and "space must be one of" in " ".join(bad.output.split())
