@@ -389,8 +389,11 @@ def train_cmd(
         str | None, typer.Option("--model", "-m", help="Base model spec (default: the one named in the labels).")
     ] = None,
     embedder: Annotated[
-        str, typer.Option(help="backbone:N (the base model's hidden states after N layers), minilm, or an encoder.")
-    ] = "backbone:2",
+        str,
+        typer.Option(
+            help="minilm (all-MiniLM-L6-v2), backbone:N (the base model's hidden states after N layers), or an encoder folder / hub id."
+        ),
+    ] = "minilm",
     epochs: Annotated[int, typer.Option(min=1)] = 10,
     lr: float = 5e-4,
     batch: Annotated[int, typer.Option(min=1)] = 128,

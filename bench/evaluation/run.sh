@@ -18,9 +18,9 @@ polar ingest --n "$ntrain" --seed 0 --split train --out "data/tasks/arith-train-
 polar label --model "$model" --tasks "data/tasks/arith-train-$ntrain.parquet" --space joint --simulations "$sims" --out "$labels"
 polar train --labels "$labels/labels.jsonl" --embedder backbone:2 --out "$preds/joint"
 polar train --labels "$labels/labels.jsonl" --embedder minilm --out "$preds/joint-minilm"
-polar train --labels "$labels/labels.jsonl" --space skip --out "$preds/skip-only"
-polar train --labels "$labels/labels.jsonl" --space loop --out "$preds/loop-only"
-polar train --labels "$labels/labels.jsonl" --levels 1-3 --out "$preds/joint-levels-1-3"
+polar train --labels "$labels/labels.jsonl" --embedder backbone:2 --space skip --out "$preds/skip-only"
+polar train --labels "$labels/labels.jsonl" --embedder backbone:2 --space loop --out "$preds/loop-only"
+polar train --labels "$labels/labels.jsonl" --embedder backbone:2 --levels 1-3 --out "$preds/joint-levels-1-3"
 polar evaluate --predictor "$preds/joint" --tasks "data/tasks/arith-diag-$ntest.parquet" --oracle-labels "$oracle" \
   --other minilm-embedder="$preds/joint-minilm" --other skip-only="$preds/skip-only" --other loop-only="$preds/loop-only" \
   --out "bench/evaluation/$model"
