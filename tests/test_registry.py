@@ -141,6 +141,8 @@ def test_mlflow_models_serve_answers_http(store, smollm2):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{store / 'mlflow' / 'mlflow.db'}"}
+    # The server runs `uvicorn` by name: the environment's scripts must be on PATH, as in an activated venv.
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     mlflow_bin = str(Path(sys.executable).with_name("mlflow"))
     cmd = [mlflow_bin, "models", "serve", "-m", f"models:/{info['name']}@champion", "--env-manager", "local"]
     server = subprocess.Popen(
