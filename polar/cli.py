@@ -406,6 +406,9 @@ def train_cmd(
     levels: Annotated[
         str | None, typer.Option(help="Train on these levels only, e.g. 1-3 (out-of-distribution tests).")
     ] = None,
+    max_targets: Annotated[
+        int, typer.Option(min=1, help="Valid programs per input used as targets, shortest first.")
+    ] = 8,
     val_fraction: float = 0.2,
     seed: int = 0,
     device: DeviceOpt = "auto",
@@ -426,6 +429,7 @@ def train_cmd(
             seed=seed,
             space=space,
             levels=_level_names(levels) if levels else (),
+            max_targets=max_targets,
         )
         path = train(labels, out, config, base_model=model, device=device)
     except (ValueError, FileNotFoundError, ModelSpecError, EmbedderError) as err:
