@@ -168,3 +168,61 @@ def test_mlflow_models_serve_answers_http(store, smollm2):
         server.wait(timeout=30)
     (row,) = answer["predictions"]
     assert row["depth"] == 6 and 4 <= row["layers"] <= 7 and row["program"]
+
+
+@pytest.mark.slow  # a real `mlflow server` on loopback
+def test_register_and_promote_through_a_real_tracking_server(store):
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+    from pathlib import Path
+
+    import mlflow
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mlflow_bin = str(Path(sys.executable).with_name("mlflow"))
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    server = subprocess.Popen(
+        [
+            mlflow_bin,
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{store / 'server.db'}",
+            "--artifacts-destination",
+            str(store / "server-artifacts"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 180
+        while True:
+            try:
+                urllib.request.urlopen(f"{uri}/health", timeout=2)
+                break
+            except OSError:
+                assert server.poll() is None, server.stdout.read().decode()[-3000:]
+                assert time.time() < deadline, "mlflow server did not start in 180 s"
+                time.sleep(1)
+        pred = _predictor(store / "pred")
+        info = register(pred, _metrics(store / "m.json", 0.4), tracking_uri=uri)
+        assert promote(info["name"], tracking_uri=uri)["promoted"]
+        client = mlflow.MlflowClient(uri)
+        assert str(client.get_model_version_by_alias(info["name"], "champion").version) == info["version"]
+        assert not (store / "mlflow").exists()  # nothing fell back to the local store
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
