@@ -105,3 +105,12 @@ def test_pipeline_end_to_end_cached_then_gated(tmp_path):
         text=True,
     )
     assert versions.stdout.strip().splitlines()[-1] == "1", versions.stderr[-2000:]
+
+
+def test_unknown_base_model_is_refused_before_any_stage():
+    sys.path.insert(0, str(ROOT / "flows"))
+    from pipeline import base_models, pipeline
+
+    assert base_models(ROOT) == list(yaml.safe_load((ROOT / "params.yaml").read_text())["base_models"])
+    with pytest.raises(ValueError, match="unknown base models \\['nope'\\]: params.yaml lists"):
+        pipeline.fn(models=["nope"], cwd=str(ROOT))
