@@ -114,3 +114,13 @@ def test_unknown_base_model_is_refused_before_any_stage():
     assert base_models(ROOT) == list(yaml.safe_load((ROOT / "params.yaml").read_text())["base_models"])
     with pytest.raises(ValueError, match="unknown base models \\['nope'\\]: params.yaml lists"):
         pipeline.fn(models=["nope"], cwd=str(ROOT))
+
+
+def test_scheduled_retraining_deployment_follows_params():
+    sys.path.insert(0, str(ROOT / "flows"))
+    from serve import DEPLOYMENT, retraining_deployment
+
+    deployment = retraining_deployment(ROOT)
+    cron = yaml.safe_load((ROOT / "params.yaml").read_text())["schedule"]["cron"]
+    assert deployment.name == DEPLOYMENT and deployment.schedules[0].schedule.cron == cron
+    assert deployment.parameters["cwd"] == str(ROOT)
