@@ -12,8 +12,8 @@ from pathlib import Path
 from polar.backbone import load
 from polar.programs import Program
 from polar.tasks import synthetic
-from polar.tasks.answers import extract_answer, is_equivalent
-from polar.tasks.prompts import PROMPT_STYLES, PromptBuilder, answer_line, stop_token_ids
+from polar.tasks.answers import grade
+from polar.tasks.prompts import PROMPT_STYLES, PromptBuilder, stop_token_ids
 
 
 def main() -> None:
@@ -38,10 +38,7 @@ def main() -> None:
         outs = []
         for i in range(0, len(prompts), 8):  # batches of 8 prompts
             outs += backbone.executor.generate(prompts[i : i + 8], [full], 50, stop_token_ids=stops)
-        correct = sum(
-            is_equivalent(extract_answer(answer_line(g.text), "number"), e.answer, "number")
-            for g, e in zip(outs, examples, strict=True)
-        )
+        correct = sum(grade(g.text, e.answer, e.answer_kind)[1] for g, e in zip(outs, examples, strict=True))
         results[f"level_{level}"] = f"{correct}/{args.n}"
         print(level, f"{correct}/{args.n}", repr(outs[0].text), flush=True)
     print(json.dumps(results))

@@ -31,7 +31,7 @@ def block_influence(backbone, prompts: Sequence[Sequence[int]], batch: int = 8) 
     depth = executor.depth
     sums, count = torch.zeros(depth - 1, dtype=torch.float64), 0
     for i in range(0, len(prompts), batch):
-        ids, mask = executor._pad_left(prompts[i : i + batch])
+        ids, mask = executor.pad_left(prompts[i : i + batch])
         states = backbone.model(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states
         real = mask.bool()  # (B, T)
         for layer in range(depth - 1):

@@ -85,7 +85,7 @@ def _backbone_embedder(spec: str, backbone) -> Embedder:
     plan = executor.plan([list(range(n_layers))]) if n_layers else None
 
     def encode(texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        ids, mask = executor._pad_left([tokenizer(t)["input_ids"] for t in texts])
+        ids, mask = executor.pad_left([tokenizer(t)["input_ids"] for t in texts])
         hidden = executor.hidden_states(ids, mask, plan)  # (B, T, C), left-padded
         return hidden, mask
 

@@ -29,8 +29,8 @@ from polar.embedder import load_embedder
 from polar.executor import Sampling
 from polar.label import read_examples, shots_for
 from polar.programs import Program
-from polar.tasks.answers import extract_answer, is_equivalent
-from polar.tasks.prompts import PromptBuilder, answer_line, stop_token_ids
+from polar.tasks.answers import grade
+from polar.tasks.prompts import PromptBuilder, stop_token_ids
 
 __all__ = ["EvalConfig", "evaluate", "mcnemar_p", "pass_at_k", "wilson"]
 
@@ -131,7 +131,7 @@ def evaluate(
     ranked, overhead = {}, {}
     embedders = {}
     for name, pred in predictors.items():
-        spec = pred.config.meta.get("embedder", "backbone:2")
+        spec = pred.config.meta["embedder"]
         embedders.setdefault(spec, load_embedder(spec, backbone=backbone, device=executor.device))
         ranked[name], overhead[name] = _predict(pred, embedders[spec], questions, config.k)
     top1_lengths = [len(r[0]) for r in ranked["predictor"]]
@@ -141,8 +141,7 @@ def evaluate(
     full = Program.identity(depth)
 
     def correct(text: str | None, example) -> bool:
-        prediction = extract_answer(answer_line(text or ""), example.answer_kind)
-        return bool(is_equivalent(prediction, example.answer, example.answer_kind))
+        return grade(text, example.answer, example.answer_kind)[1]
 
     rows, gen_seconds = [], []
     for i, (example, ids) in enumerate(tqdm(list(zip(examples, prompts, strict=True)), desc="evaluate", unit="input")):
@@ -156,10 +155,15 @@ def evaluate(
             "random": random_program(depth, len(top[0]), rng),
             **{name: ranked[name][i][0] for name in predictors if name != "predictor"},
         }
-        batch = [*top[1:], *static.values()]
+        # Each distinct program runs once (the identity is often both top-1 and base); a program's greedy
+        # text does not depend on what else is in the batch.
+        batch = list(dict.fromkeys(p for p in [*top[1:], *static.values()] if p != top[0]))
         outs = executor.generate([ids], batch, config.max_new_tokens, stop_token_ids=stops) if batch else []
-        topk_ok = [correct(first.text, example)] + [correct(g.text, example) for g in outs[: len(top) - 1]]
-        static_ok = {name: correct(g.text, example) for name, g in zip(static, outs[len(top) - 1 :], strict=True)}
+        ok = {top[0]: correct(first.text, example)} | {
+            p: correct(g.text, example) for p, g in zip(batch, outs, strict=True)
+        }
+        topk_ok = [ok[p] for p in top]
+        static_ok = {name: ok[p] for name, p in static.items()}
         sampling = Sampling(temperature=config.temperature, top_p=config.top_p, seed=config.seed + i)
         samples = executor.generate([ids] * config.k, [full], config.max_new_tokens, sampling, stop_token_ids=stops)
         rows.append(

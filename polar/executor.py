@@ -193,7 +193,7 @@ class Executor:
         plan = self.plan(programs)
         all_programs = plan.programs  # the plan shrinks as rows finish
         start = time.perf_counter()
-        ids, mask = self._pad_left(prompts)
+        ids, mask = self.pad_left(prompts)
         n_rows = ids.shape[0]
         generator = None
         if not sampling.greedy:
@@ -275,7 +275,7 @@ class Executor:
             raise ValueError("an empty continuation has no score")
         plan = self.plan(programs)
         full = [list(p) + list(c) for p, c in zip(prompts, continuations, strict=True)]
-        ids, mask = self._pad_left(full)
+        ids, mask = self.pad_left(full)
         longest = max(len(c) for c in continuations)
         logits = self.forward(ids, mask, plan, keep=longest + 1)  # (B, longest + 1, V)
         logp = torch.log_softmax(logits[:, :-1], dim=-1)  # position i predicts token i + 1
@@ -296,7 +296,7 @@ class Executor:
         return out
 
     # ---------------------------------------------------------------------------------------- helpers
-    def _pad_left(self, seqs: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    def pad_left(self, seqs: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         if any(len(s) == 0 for s in seqs):
             raise ValueError("empty prompt: give at least one token")
         width = max(len(s) for s in seqs)

@@ -23,8 +23,8 @@ from polar.prefix import PrefixStore
 from polar.programs import DEFAULT_K_MAX, CompactProgram, Program, ProgramError
 from polar.search import Evaluation, SearchConfig, search
 from polar.tasks import synthetic
-from polar.tasks.answers import extract_answer, is_equivalent
-from polar.tasks.prompts import PromptBuilder, answer_line, stop_token_ids
+from polar.tasks.answers import grade
+from polar.tasks.prompts import PromptBuilder, stop_token_ids
 from polar.tasks.schema import Example
 
 __all__ = ["LabelConfig", "label", "merge_shards", "read_records"]
@@ -170,9 +170,8 @@ def label_one(backbone, example: Example, shots: list[tuple[str, str]], config: 
         outs = executor.generate([ids], programs, config.max_new_tokens, stop_token_ids=stops, prefix_store=store)
         evals = []
         for program, g in zip(programs, outs, strict=True):
-            prediction = extract_answer(answer_line(g.text or ""), example.answer_kind)
-            reward = float(is_equivalent(prediction, example.answer, example.answer_kind))
-            evals.append(Evaluation(program.text, reward, len(program), prediction, g.text))
+            prediction, ok = grade(g.text, example.answer, example.answer_kind)
+            evals.append(Evaluation(program.text, float(ok), len(program), prediction, g.text))
         return evals
 
     start = time.perf_counter()

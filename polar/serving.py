@@ -27,9 +27,8 @@ class PolarModel(PythonModel):
         self.predictor = load_predictor(context.artifacts["predictor"])
         meta = self.predictor.config.meta
         self.backbone = load(config.get("base_model") or meta["base_model"], device=config.get("device", "auto"))
-        self.embedder = load_embedder(meta.get("embedder", "backbone:2"), backbone=self.backbone)
+        self.embedder = load_embedder(meta["embedder"], backbone=self.backbone)
         self.prompt = config.get("prompt", "plain")
-        self.shots = int(config.get("shots", 0))
         self.max_new_tokens = int(config.get("max_new_tokens", 50))
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:  # noqa: ARG002

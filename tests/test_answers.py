@@ -291,3 +291,11 @@ def test_degenerate_inputs(text):
     assert normalize_number(text) is None
     assert not is_equivalent(text, "", "math")
     assert not is_equivalent(text, "5", "number")
+
+
+def test_grade_reads_the_answer_line_only():
+    from polar.tasks.answers import grade
+
+    assert grade(" 12\nQuestion: What is 3 + 4?\nAnswer: 7", "12", "number") == ("12", True)
+    assert grade(" 7\n12", "12", "number") == ("7", False)
+    assert grade(None, "12", "number")[1] is False

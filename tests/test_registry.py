@@ -36,6 +36,30 @@ def store(tmp_path, monkeypatch):
     return tmp_path
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_until_up(server, url: str, what: str, seconds: int = 180) -> None:
+    """Poll ``url`` until the server answers; fail with its output if it exits or takes too long."""
+    import time
+    import urllib.request
+
+    deadline = time.time() + seconds
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            return
+        except OSError:
+            assert server.poll() is None, server.stdout.read().decode()[-3000:]
+            assert time.time() < deadline, f"{what} did not start in {seconds} s"
+            time.sleep(1)
+
+
 def _predictor(path, base_model="tiny-model"):
     meta = {
         "base_model": base_model,
@@ -48,8 +72,14 @@ def _predictor(path, base_model="tiny-model"):
 
 
 def test_versions_aliases_and_gates(store):
+    import subprocess
+
     import mlflow
 
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.com"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "commit", "-q", "--allow-empty", "-m", "x"], check=True)
+    head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
     pred = _predictor(store / "pred")
     v1 = register(pred, _metrics(store / "m1.json", 0.40), lineage={"labels_dvc_md5": "123"})
     v2 = register(pred, _metrics(store / "m2.json", 0.35))
@@ -57,7 +87,8 @@ def test_versions_aliases_and_gates(store):
     client = mlflow.MlflowClient()
     assert str(client.get_model_version_by_alias("polar-tiny-model", "candidate").version) == "2"
     tags = client.get_model_version("polar-tiny-model", "1").tags
-    assert tags["labels_dvc_md5"] == "123" and tags["embedder"] == "backbone:1" and len(tags["git_commit"]) >= 7
+    assert tags["labels_dvc_md5"] == "123" and tags["embedder"] == "backbone:1"
+    assert tags["git_commit"] == head + "-dirty"  # the predictor folder is not committed
 
     first = promote("polar-tiny-model", "1")
     assert first["promoted"] and str(client.get_model_version_by_alias("polar-tiny-model", "champion").version) == "1"
@@ -102,7 +133,9 @@ def test_lineage_walks_back_to_dvc_hashes(store):
 
     (store / ".dvc" / "cache" / "files" / "md5" / "aa").mkdir(parents=True)
     (store / ".dvc" / "cache" / "files" / "md5" / "aa" / "11.dir").write_text("[]")
-    (store / ".dvc" / "config").write_text("")
+    (store / ".dvc" / "config").write_text("[core]\n    remote = local\n['remote \"local\"']\n    url = ../remote\n")
+    (store / "remote" / "files" / "md5" / "bb").mkdir(parents=True)
+    (store / "remote" / "files" / "md5" / "bb" / "22.dir").write_text("[]")
     (store / "dvc.lock").write_text(
         "schema: '2.0'\nstages:\n  train:\n    outs:\n    - path: pred\n      md5: aa11.dir\n"
         "  label:\n    outs:\n    - path: data/labels/m\n      md5: bb22.dir\n"
@@ -116,7 +149,8 @@ def test_lineage_walks_back_to_dvc_hashes(store):
     assert walked["run_id"] == info["run_id"] and walked["aliases"] == ["candidate"]
     by_role = {i["role"]: i for i in walked["inputs"]}
     assert by_role["predictor"]["md5"] == "aa11.dir" and by_role["predictor"]["found_in"] == ["cache"]
-    assert by_role["labels"]["md5"] == "bb22.dir" and by_role["labels"]["found_in"] == []  # not in the cache
+    assert by_role["labels"]["md5"] == "bb22.dir" and by_role["labels"]["found_in"] == ["remote local"]
+    assert by_role["test_tasks"]["found_in"] == []  # untracked: found nowhere
     assert by_role["base_model"]["md5"] == "untracked"
     with pytest.raises(ValueError, match="no such registered version"):
         lineage("models:/polar-tiny-model/7", repo=store)
@@ -125,10 +159,8 @@ def test_lineage_walks_back_to_dvc_hashes(store):
 @pytest.mark.slow  # the bundled tokenizer; a real `mlflow models serve` on loopback
 def test_mlflow_models_serve_answers_http(store, smollm2):
     import os
-    import socket
     import subprocess
     import sys
-    import time
     import urllib.request
     from pathlib import Path
 
@@ -137,9 +169,7 @@ def test_mlflow_models_serve_answers_http(store, smollm2):
     smollm2.tokenizer.save_pretrained(model_dir)
     info = register(_predictor(store / "pred", base_model=str(model_dir)), _metrics(store / "m.json", 0.5))
     assert promote(info["name"])["promoted"]
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = _free_port()
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{store / 'mlflow' / 'mlflow.db'}"}
     # The server runs `uvicorn` by name: the environment's scripts must be on PATH, as in an activated venv.
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
@@ -149,15 +179,7 @@ def test_mlflow_models_serve_answers_http(store, smollm2):
         [*cmd, "-h", "127.0.0.1", "-p", str(port)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
     )
     try:
-        deadline = time.time() + 180
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2)
-                break
-            except OSError:
-                assert server.poll() is None, server.stdout.read().decode()[-3000:]
-                assert time.time() < deadline, "mlflow models serve did not start in 180 s"
-                time.sleep(1)
+        _wait_until_up(server, f"http://127.0.0.1:{port}/ping", "mlflow models serve")
         body = json.dumps({"dataframe_split": {"columns": ["question"], "data": [["What is 2 + 3?"]]}}).encode()
         request = urllib.request.Request(
             f"http://127.0.0.1:{port}/invocations", data=body, headers={"Content-Type": "application/json"}
@@ -173,18 +195,13 @@ def test_mlflow_models_serve_answers_http(store, smollm2):
 @pytest.mark.slow  # a real `mlflow server` on loopback
 def test_register_and_promote_through_a_real_tracking_server(store):
     import os
-    import socket
     import subprocess
     import sys
-    import time
-    import urllib.request
     from pathlib import Path
 
     import mlflow
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = _free_port()
     mlflow_bin = str(Path(sys.executable).with_name("mlflow"))
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     server = subprocess.Popen(
@@ -208,15 +225,7 @@ def test_register_and_promote_through_a_real_tracking_server(store):
     )
     uri = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + 180
-        while True:
-            try:
-                urllib.request.urlopen(f"{uri}/health", timeout=2)
-                break
-            except OSError:
-                assert server.poll() is None, server.stdout.read().decode()[-3000:]
-                assert time.time() < deadline, "mlflow server did not start in 180 s"
-                time.sleep(1)
+        _wait_until_up(server, f"{uri}/health", "mlflow server")
         pred = _predictor(store / "pred")
         info = register(pred, _metrics(store / "m.json", 0.4), tracking_uri=uri)
         assert promote(info["name"], tracking_uri=uri)["promoted"]

@@ -13,8 +13,10 @@ from fractions import Fraction
 from polar.tasks.schema import ANSWER_KINDS
 
 __all__ = [
+    "answer_line",
     "extract_answer",
     "format_number",
+    "grade",
     "gsm8k_reference",
     "is_equivalent",
     "last_boxed",
@@ -385,3 +387,14 @@ def gsm8k_reference(solution: str) -> str | None:
 def math_reference(solution: str) -> str | None:
     """The MATH answer: the last ``\\boxed{}`` of the solution, or None."""
     return last_boxed(solution) or None
+
+
+def answer_line(text: str) -> str:
+    """The answer: the generated text up to its first newline (generation stops there anyway)."""
+    return text.split("\n", 1)[0]
+
+
+def grade(text: str | None, reference: str, kind: str) -> tuple[str | None, bool]:
+    """The answer extracted from a generation's answer line, and whether it equals ``reference``."""
+    prediction = extract_answer(answer_line(text or ""), kind)
+    return prediction, bool(is_equivalent(prediction, reference, kind))
