@@ -16,11 +16,16 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from polar.lineage import lineage_tags
+from polar.servers import check_reachable
 
 __all__ = ["Gates", "configure", "model_name", "promote", "register"]
 
 EXPERIMENT = "polar"
 DEFAULT_STORE = Path("mlflow")
+_SERVER_FIX = (
+    "start it (mlflow server --backend-store-uri sqlite:///mlflow/mlflow.db --port 5000), point "
+    "MLFLOW_TRACKING_URI or --tracking-uri at a running one, or unset both for the local SQLite store"
+)
 
 
 def default_tracking_uri() -> str:
@@ -34,6 +39,8 @@ def configure(tracking_uri: str | None = None) -> str:
     uri = tracking_uri or default_tracking_uri()
     if uri.startswith("sqlite:///"):
         Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    if uri.startswith(("http://", "https://")):
+        check_reachable(uri.rstrip("/") + "/health", "MLflow tracking server", _SERVER_FIX)
     mlflow.set_tracking_uri(uri)
     client = mlflow.MlflowClient()
     try:
@@ -45,8 +52,7 @@ def configure(tracking_uri: str | None = None) -> str:
         if "already exists" in str(err):
             return uri
         raise ConnectionError(
-            f"MLflow tracking server {uri} is not usable ({type(err).__name__}: {str(err)[:200]}); start it "
-            "(mlflow server --backend-store-uri sqlite:///mlflow/mlflow.db) or set MLFLOW_TRACKING_URI"
+            f"MLflow tracking server {uri} is not usable ({type(err).__name__}: {str(err)[:200]}); {_SERVER_FIX}"
         ) from err
     mlflow.set_experiment(EXPERIMENT)
     return uri
