@@ -2,10 +2,12 @@
 
 The flow drives ``dvc repro`` stage by stage (so caching, ``dvc.lock`` and lineage stay with DVC):
 convert, ingest, label, validate, train, evaluate, register, for every base model in params.yaml
-(or those given). A failing validation stops that model's chain before training; the registry is
-left untouched. The evaluation tables become Markdown artifacts (``evaluation-<model>``).
+(or those given), then ``dvc push`` to the default remote. A failing validation stops that model's
+chain before training; the registry is left untouched. The evaluation tables become Markdown
+artifacts (``evaluation-<model>``). One run at a time per repository: a second run (a schedule firing
+during a manual run) waits for the first, then finds DVC's stages up to date.
 
-    python flows/pipeline.py                        # every model, Prefect's temporary local server
+    polar pipeline                                  # every model, Prefect's temporary local server
     python flows/pipeline.py --models smollm2-135m
 """
 
@@ -14,12 +16,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import yaml
+from filelock import FileLock, Timeout
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
@@ -37,20 +42,59 @@ class StageFailed(RuntimeError):
     pass
 
 
+def _stream(proc: subprocess.Popen, log, every: float = 15.0) -> list[str]:
+    """Log a child's output as it comes: every finished line, and its progress bar (``\\r`` updates)
+    at most once per ``every`` seconds. Returns the finished lines."""
+    lines, pending, progress, last = [], "", None, 0.0
+    while chunk := os.read(proc.stdout.fileno(), 65536).decode(errors="replace"):
+        pending += chunk
+        *parts, pending = re.split(r"(\r|\n)", pending)
+        for text, sep in zip(parts[::2], parts[1::2], strict=True):
+            if not text.strip():
+                continue
+            if sep == "\n":
+                lines.append(text)
+                log(text)
+            else:
+                progress = text
+        if progress and time.monotonic() - last > every:
+            log(progress.strip())
+            progress, last = None, time.monotonic()
+    if pending.strip():
+        lines.append(pending)
+        log(pending)
+    proc.wait()
+    return lines
+
+
 @task(retries=1, retry_delay_seconds=5, task_run_name="dvc repro {stage}")
 def repro(stage: str, cwd: str = str(ROOT)) -> str:
-    """Run one DVC stage (and anything stale before it); the stage's output goes to the flow's log."""
+    """Run one DVC stage (and anything stale before it), logging its output as it runs."""
     logger = get_run_logger()
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
-    proc = subprocess.run(
-        [_dvc(), "repro", "--single-item", stage], cwd=cwd, env=env, capture_output=True, text=True, check=False
+    proc = subprocess.Popen(
+        [_dvc(), "repro", "--single-item", stage], cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
     )
-    for line in (proc.stdout + proc.stderr).splitlines()[-40:]:
-        logger.info(line)
+    lines = _stream(proc, logger.info)
     if proc.returncode != 0:
-        tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-15:])
+        tail = "\n".join(lines[-15:])
         raise StageFailed(f"dvc repro {stage} failed (exit {proc.returncode}):\n{tail}")
     return stage
+
+
+@task(retries=1, retry_delay_seconds=5)
+def push(cwd: str = str(ROOT)) -> bool:
+    """Push DVC's cache to the default remote (lineage checks against it); False when none is configured."""
+    logger = get_run_logger()
+    remote = subprocess.run([_dvc(), "remote", "default"], cwd=cwd, capture_output=True, text=True, check=False)
+    if remote.returncode != 0 or not remote.stdout.strip():
+        logger.warning("no default DVC remote: outputs stay in the local cache (dvc remote add -d NAME URL)")
+        return False
+    proc = subprocess.run([_dvc(), "push"], cwd=cwd, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise StageFailed(f"dvc push to {remote.stdout.strip()} failed:\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
+    logger.info(proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else "dvc push: nothing to push")
+    return True
 
 
 @task
@@ -76,8 +120,15 @@ def base_models(cwd: str | Path = ROOT) -> list[str]:
     return list(params["base_models"])
 
 
+def _repo_lock(cwd: str | Path) -> FileLock:
+    """The lock that keeps pipeline runs in one repository one at a time (beside DVC's own lock)."""
+    path = Path(cwd) / ".dvc" / "tmp" / "polar-pipeline.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return FileLock(path)
+
+
 @flow(name="polar-pipeline", log_prints=True)
-def pipeline(models: list[str] | None = None, cwd: str = str(ROOT)) -> dict[str, str]:
+def pipeline(models: list[str] | None = None, cwd: str = str(ROOT), push_outputs: bool = True) -> dict[str, str]:
     """Run the pipeline for ``models`` (default: every base model in params.yaml).
 
     Returns each model's outcome: ``registered``, or the stage where its chain stopped.
@@ -86,20 +137,31 @@ def pipeline(models: list[str] | None = None, cwd: str = str(ROOT)) -> dict[str,
     unknown = sorted(set(models or []) - set(known))
     if unknown:
         raise ValueError(f"unknown base models {unknown}: params.yaml lists {known}")
-    outcome = {}
-    for split in ("train", "test"):
-        repro(f"ingest@{split}", cwd)
-    for model in models or known:
-        try:
-            for stage in PER_MODEL:
-                repro(f"{stage}@{model}", cwd)
-        except StageFailed as err:
-            outcome[model] = f"stopped at {str(err).split()[2]}"
-            get_run_logger().error(str(err))
-            continue
-        evaluation_artifact(model, cwd)
-        outcome[model] = "registered"
-    return outcome
+    lock = _repo_lock(cwd)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        get_run_logger().info("another pipeline run holds %s: waiting for it to finish", lock.lock_file)
+        lock.acquire()
+    try:
+        outcome = {}
+        for split in ("train", "test"):
+            repro(f"ingest@{split}", cwd)
+        for model in models or known:
+            try:
+                for stage in PER_MODEL:
+                    repro(f"{stage}@{model}", cwd)
+            except StageFailed as err:
+                outcome[model] = f"stopped at {str(err).split()[2]}"
+                get_run_logger().error(str(err))
+                continue
+            evaluation_artifact(model, cwd)
+            outcome[model] = "registered"
+        if push_outputs:
+            push(cwd)
+        return outcome
+    finally:
+        lock.release()
 
 
 def main() -> None:

@@ -591,6 +591,76 @@ def lineage_cmd(
         _fail("some inputs are not in the DVC cache or remote: `dvc pull` or re-run `dvc repro`", code=1)
 
 
+@app.command(name="pipeline")
+def pipeline_cmd(
+    model: Annotated[
+        list[str] | None,
+        typer.Option("--model", "-m", help="Base model of params.yaml to run (repeatable; default: all)."),
+    ] = None,
+    push: Annotated[bool, typer.Option(help="dvc push the outputs to the default remote at the end.")] = True,
+) -> None:
+    """The main job: ingest, label, validate, train, evaluate and register every base model of params.yaml.
+
+    Runs the Prefect flow of flows/pipeline.py over the DVC stages of dvc.yaml, from the project root:
+    stages DVC finds up to date are skipped. Uses $PREFECT_API_URL when set, else a temporary local
+    Prefect server; MLflow's $MLFLOW_TRACKING_URI when set, else mlflow/mlflow.db. Exit 1 when a
+    model's chain stops (e.g. its labels fail validation).
+    """
+    from polar.pipeline import check_prefect, load_flows, project_root, summary
+
+    try:
+        root = project_root()
+        prefect_url = check_prefect()
+        flows = load_flows()
+        outcome = flows.pipeline(models=model or None, cwd=str(root), push_outputs=push)
+    except (ValueError, FileNotFoundError, ConnectionError) as err:
+        _fail(str(err))
+    for name, result in outcome.items():
+        _print_summary(summary(root, name), result, root)
+    console.print("\n[bold]Where to look[/]")
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow/mlflow.db"
+    ui = f"{uri}" if uri.startswith("http") else f"mlflow ui --backend-store-uri {uri}  (then http://127.0.0.1:5000)"
+    console.print(f"  MLflow UI        {ui}")
+    console.print(
+        f"  Prefect runs     {prefect_url or 'on a temporary server, gone with it: `prefect server start` keeps them'}"
+    )
+    console.print("  stage outputs    dvc status; dvc metrics show; dvc plots show")
+    if any(result != "registered" for result in outcome.values()):
+        raise typer.Exit(1)
+
+
+def _print_summary(info: dict, result: str, root: Path) -> None:
+    console.print(f"\n[bold]{info['model']}[/]: {result}")
+    if "metrics" in info:
+        m = info["metrics"]
+        table = Table(title=f"{m['inputs']} test inputs, D = {m['depth']}")
+        for col in ("method", "pass@1", "95% CI", "avg layers", "p vs base"):
+            table.add_column(col)
+        for method, row in m["methods"].items():
+            lo, hi = row["ci95"]
+            table.add_row(
+                method,
+                f"{row['pass@1']:.1%}",
+                f"{lo:.0%}-{hi:.0%}",
+                f"{row['avg_layers']:.1f}",
+                f"{row['p_vs_base']:.3g}",
+            )
+        console.print(table)
+        console.print(f"  report           {info['report'].relative_to(root)}")
+    if "validation" in info:
+        console.print(f"  Data Docs        {info['validation']['data_docs']}")
+    if "registry" in info:
+        reg = info["registry"]
+        decision = reg.get("promotion", {})
+        alias = (
+            "@champion"
+            if decision.get("promoted")
+            else "@candidate (not champion: " + "; ".join(decision.get("reasons", [])) + ")"
+        )
+        console.print(f"  registry         {reg['name']} v{reg['version']} {alias}")
+        console.print(f"  lineage          polar lineage models:/{reg['name']}/{reg['version']}")
+
+
 def _name_path(text: str) -> tuple[str, str]:
     name, sep, path = text.partition("=")
     if not sep or not name or not path:

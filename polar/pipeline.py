@@ -1,0 +1,74 @@
+"""`polar pipeline`: run the Prefect pipeline flow (flows/pipeline.py) on this DVC project and sum it up.
+
+The flow itself lives in ``flows/`` (orchestration beside the library, as Prefect projects lay it out);
+this module finds it, checks the servers it needs, and reads back what the stages wrote for the summary.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+from pathlib import Path
+from types import ModuleType
+
+from polar.servers import check_reachable
+
+__all__ = ["check_prefect", "load_flows", "project_root", "summary"]
+
+FLOWS = Path(__file__).resolve().parents[1] / "flows"
+
+
+def project_root(cwd: str | Path = ".") -> Path:
+    """The DVC project to run: ``cwd`` when it has dvc.yaml and params.yaml."""
+    root = Path(cwd).resolve()
+    missing = [name for name in ("dvc.yaml", "params.yaml") if not (root / name).exists()]
+    if missing:
+        raise FileNotFoundError(
+            f"{root} has no {' or '.join(missing)}: run `polar pipeline` from the root of a polar checkout"
+        )
+    return root
+
+
+def load_flows(name: str = "pipeline") -> ModuleType:
+    """Import ``flows/<name>.py`` of this checkout."""
+    path = FLOWS / f"{name}.py"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: polar must be installed from a checkout (pip install -e .)")
+    if str(FLOWS) not in __import__("sys").path:
+        __import__("sys").path.insert(0, str(FLOWS))  # the flows import one another by name
+    spec = importlib.util.spec_from_file_location(f"polar_flows_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def check_prefect() -> str | None:
+    """The Prefect API in use, checked to answer; None for Prefect's temporary local server."""
+    from prefect.settings import PREFECT_API_URL
+
+    url = os.environ.get("PREFECT_API_URL") or PREFECT_API_URL.value()
+    if not url:
+        return None
+    check_reachable(
+        url.rstrip("/") + "/health",
+        "Prefect server",
+        "start it (prefect server start), or unset PREFECT_API_URL (prefect config unset PREFECT_API_URL) "
+        "to run on a temporary local server",
+    )
+    return url
+
+
+def summary(root: Path, model: str) -> dict:
+    """What the stages wrote for ``model``: evaluation metrics, validation, registry (those that exist)."""
+    out = {"model": model}
+    base = root / "reports" / model
+    for key, path in (
+        ("metrics", base / "evaluation" / "metrics.json"),
+        ("validation", base / "validation" / "validation.json"),
+        ("registry", base / "registry.json"),
+    ):
+        if path.exists():
+            out[key] = json.loads(path.read_text())
+    out["report"] = base / "evaluation" / "report.md"
+    return out
