@@ -27,6 +27,10 @@ import yaml
 from filelock import FileLock, Timeout
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
+from prefect.runtime import flow_run
+
+from polar.registry import PARENT_ENV
+from polar.tracking import end_pipeline_run, log_stage, start_pipeline_run
 
 ROOT = Path(__file__).resolve().parents[1]
 PER_MODEL = ("convert", "label", "validate", "train", "evaluate", "register")
@@ -55,6 +59,7 @@ def _stream(proc: subprocess.Popen, log, every: float = 15.0) -> list[str]:
             if sep == "\n":
                 lines.append(text)
                 log(text)
+                progress = None  # a finished bar's last state is that line
             else:
                 progress = text
         if progress and time.monotonic() - last > every:
@@ -72,6 +77,7 @@ def repro(stage: str, cwd: str = str(ROOT)) -> str:
     """Run one DVC stage (and anything stale before it), logging its output as it runs."""
     logger = get_run_logger()
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    env.setdefault("COLUMNS", "160")  # the stages' tables and messages, unwrapped in the log
     proc = subprocess.Popen(
         [_dvc(), "repro", "--single-item", stage], cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
     )
@@ -143,25 +149,37 @@ def pipeline(models: list[str] | None = None, cwd: str = str(ROOT), push_outputs
     except Timeout:
         get_run_logger().info("another pipeline run holds %s: waiting for it to finish", lock.lock_file)
         lock.acquire()
+    outcome = None
     try:
+        run_id = start_pipeline_run(cwd, f"pipeline {flow_run.name}", {"prefect.flow_run_id": str(flow_run.id)})
+        os.environ[PARENT_ENV] = run_id  # `polar register` nests its run under this one
+        get_run_logger().info("MLflow run %s (experiment polar)", run_id)
         outcome = {}
         for split in ("train", "test"):
             repro(f"ingest@{split}", cwd)
         for model in models or known:
-            try:
-                for stage in PER_MODEL:
-                    repro(f"{stage}@{model}", cwd)
-            except StageFailed as err:
-                outcome[model] = f"stopped at {str(err).split()[2]}"
-                get_run_logger().error(str(err))
-                continue
-            evaluation_artifact(model, cwd)
-            outcome[model] = "registered"
+            outcome[model] = run_model(model, cwd)
         if push_outputs:
             push(cwd)
         return outcome
     finally:
+        os.environ.pop(PARENT_ENV, None)
+        end_pipeline_run(outcome)
         lock.release()
+
+
+def run_model(model: str, cwd: str) -> str:
+    """One base model's chain, each stage's outputs logged to the pipeline's MLflow run; returns its outcome."""
+    for stage in PER_MODEL:
+        try:
+            repro(f"{stage}@{model}", cwd)
+        except StageFailed as err:
+            get_run_logger().error(str(err))
+            log_stage(cwd, model, stage)  # e.g. the failed validation's report
+            return f"stopped at {stage}@{model}"
+        log_stage(cwd, model, stage)
+    evaluation_artifact(model, cwd)
+    return "registered"
 
 
 def main() -> None:

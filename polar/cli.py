@@ -289,9 +289,21 @@ def label_cmd(
     shard: Annotated[
         str | None, typer.Option(help="K/N: label only every N-th input from the K-th (one of N workers on OUT).")
     ] = None,
+    pool: Annotated[
+        str,
+        typer.Option(
+            help="Prefect work pool to label on, one flow run per shard (e.g. gpu; needs PREFECT_API_URL and "
+            "workers: prefect worker start --pool gpu --limit 1). Empty: label in this process."
+        ),
+    ] = "",
+    shards: Annotated[int, typer.Option(min=0, help="With --pool: number of shards (0: one per online worker).")] = 0,
     device: DeviceOpt = "auto",
 ) -> None:
-    """Search layer programs for every input of a task file. Resumable: run it again after a crash."""
+    """Search layer programs for every input of a task file. Resumable: run it again after a crash.
+
+    With --pool, the inputs are split into shards labeled by the pool's workers (one GPU each) and
+    merged here when all are done.
+    """
     from polar.backbone import ModelSpecError
     from polar.hf import UnsupportedModelError
     from polar.label import LabelConfig, label
@@ -312,6 +324,14 @@ def label_cmd(
         config = LabelConfig(shots=shots, prompt=prompt, max_new_tokens=max_new_tokens, search=search_cfg)
         if out is None:
             out = f"data/labels/{Path(model.rstrip('/')).name.removesuffix('.gguf')}/{space}"
+        if pool:
+            if shard:
+                raise ValueError("--shard and --pool do not mix: --pool makes the shards itself (--shards N)")
+            from polar.dispatch import label_on_pool
+
+            merged = label_on_pool(model, tasks, out, config, pool, shards, limit, device, restart_on_change)
+            console.print(f"labels: {merged}")
+            return
         shard_kn = _shard(shard) if shard else None
         merged = label(
             model,
@@ -324,8 +344,10 @@ def label_cmd(
             restart_on_change=restart_on_change,
             shard=shard_kn,
         )
-    except (ValueError, FileNotFoundError, ModelSpecError, UnsupportedModelError) as err:
+    except (ValueError, FileNotFoundError, ModelSpecError, UnsupportedModelError, ConnectionError) as err:
         _fail(str(err))
+    except RuntimeError as err:  # shard runs on the pool failed; what they labeled is kept
+        _fail(str(err), code=1)
     if merged is None:
         console.print(f"shard {shard} done; other shards still label into {out} (the last one merges)")
     else:
@@ -608,6 +630,8 @@ def pipeline_cmd(
     """
     from polar.pipeline import check_prefect, load_flows, project_root, summary
 
+    # The temporary server's telemetry heartbeat races the flow for its SQLite file ("database is locked").
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     try:
         root = project_root()
         prefect_url = check_prefect()
@@ -648,7 +672,7 @@ def _print_summary(info: dict, result: str, root: Path) -> None:
         console.print(table)
         console.print(f"  report           {info['report'].relative_to(root)}")
     if "validation" in info:
-        console.print(f"  Data Docs        {info['validation']['data_docs']}")
+        console.print(f"  Data Docs        {info['validation']['data_docs']}", soft_wrap=True)
     if "registry" in info:
         reg = info["registry"]
         decision = reg.get("promotion", {})

@@ -9,14 +9,17 @@ When every input is labeled, the shards are merged into ``labels.jsonl`` in inpu
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import pandas as pd
+from filelock import FileLock, Timeout
 from tqdm import tqdm
 
 from polar.prefix import PrefixStore
@@ -27,7 +30,7 @@ from polar.tasks.answers import grade
 from polar.tasks.prompts import PromptBuilder, stop_token_ids
 from polar.tasks.schema import Example
 
-__all__ = ["LabelConfig", "label", "merge_shards", "read_records"]
+__all__ = ["LabelConfig", "finish", "label", "merge_shards", "prepare", "read_examples", "read_records"]
 
 MERGED = "labels.jsonl"
 MANIFEST = "manifest.json"
@@ -44,6 +47,11 @@ class LabelConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> LabelConfig:
+        """The inverse of :meth:`to_dict` (a shard run on a worker gets its settings this way)."""
+        return cls(**{**data, "search": SearchConfig(**data.get("search", {}))})
 
 
 def read_examples(path: str | Path) -> list[Example]:
@@ -122,7 +130,7 @@ def merge_shards(out_dir: str | Path, ids: Sequence[str]) -> Path:
     missing = [i for i in ids if i not in records]
     if missing:
         raise ValueError(f"{len(missing)} inputs are not labeled yet (first: {missing[0]}); run `polar label` again")
-    tmp = out_dir / f".{MERGED}.tmp"
+    tmp = out_dir / f".{MERGED}.{os.getpid()}.tmp"  # two shards finishing at once each merge whole
     with tmp.open("w") as f:
         for i in ids:
             f.write(json.dumps(records[i]) + "\n")
@@ -240,35 +248,70 @@ def label(
     ids = [e.id for e in examples]
     if len(set(ids)) != len(ids):
         raise ValueError(f"{tasks_path}: duplicate example ids; re-run `polar ingest`")
-    result_settings = {k: v for k, v in config.to_dict().items() if k != "prefix_store_mb"}  # speed only
-    settings = {"model": model, "tasks": str(tasks_path), "config": result_settings}
-    _check_settings(out_dir, settings, restart_on_change)
+    prepare(model, tasks_path, out_dir, config, restart_on_change)
     if shard is not None and worker == "0":
         worker = f"{shard[0]}of{shard[1]}"
-    writer = _ShardWriter(out_dir, worker)  # repairs this worker's torn shards before reading them
-    done = {r["id"] for r in read_records(out_dir)}
-    mine = examples if shard is None else examples[shard[0] :: shard[1]]
-    todo = [e for e in mine if e.id not in done]
-    if todo:
-        backbone = backbone or load(model, device=device)
-        stops = stop_token_ids(backbone.tokenizer)
-        bar = tqdm(
-            todo,
-            desc=f"label {model} [{config.search.space}]" + (f" shard {shard[0]}/{shard[1]}" if shard else ""),
-            unit="input",
-            initial=len(mine) - len(todo),
-            total=len(mine),
-        )
-        try:
-            for example in bar:
-                record = label_one(backbone, example, shots_for(example, examples, config.shots), config, stops)
-                writer.write(record)
-                bar.set_postfix(valid=len(record["valid"]), base=int(record["base_correct"]))
-        finally:
-            writer.close()
-            bar.close()
+    lock = _worker_lock(out_dir, worker)
+    try:
+        writer = _ShardWriter(out_dir, worker)  # repairs this worker's torn shards before reading them
+        done = {r["id"] for r in read_records(out_dir)}
+        mine = examples if shard is None else examples[shard[0] :: shard[1]]
+        todo = [e for e in mine if e.id not in done]
+        if todo:
+            backbone = backbone or load(model, device=device)
+            stops = stop_token_ids(backbone.tokenizer)
+            bar = tqdm(
+                todo,
+                desc=f"label {model} [{config.search.space}]" + (f" shard {shard[0]}/{shard[1]}" if shard else ""),
+                unit="input",
+                initial=len(mine) - len(todo),
+                total=len(mine),
+            )
+            try:
+                for example in bar:
+                    record = label_one(backbone, example, shots_for(example, examples, config.shots), config, stops)
+                    writer.write(record)
+                    bar.set_postfix(valid=len(record["valid"]), base=int(record["base_correct"]))
+            finally:
+                writer.close()
+                bar.close()
+    finally:
+        lock.release()
     if shard is not None and not {e.id for e in examples} <= {r["id"] for r in read_records(out_dir)}:
         return None  # other shards are still at work; the last one to finish merges
+    return finish(model, tasks_path, out_dir, config, ids)
+
+
+def _worker_lock(out_dir: Path, worker: str) -> FileLock:
+    """Hold the right to write ``worker``'s shards of ``out_dir`` (two writers would interleave records).
+
+    The lock file lives in the temporary folder, not in ``out_dir``, which DVC hashes.
+    """
+    key = hashlib.sha1(str(out_dir.resolve()).encode()).hexdigest()[:16]
+    path = Path(tempfile.gettempdir()) / "polar-locks" / f"{key}-{worker}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(path)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise ValueError(
+            f"another `polar label` is writing worker {worker!r}'s shards in {out_dir}: wait for it to finish, "
+            "or give this run another --worker (or --shard)"
+        ) from None
+    return lock
+
+
+def prepare(
+    model: str, tasks_path: str | Path, out_dir: str | Path, config: LabelConfig, restart_on_change: bool = False
+) -> None:
+    """Create ``out_dir`` for these settings, or check that what it holds was made with them."""
+    result_settings = {k: v for k, v in config.to_dict().items() if k != "prefix_store_mb"}  # speed only
+    settings = {"model": model, "tasks": str(tasks_path), "config": result_settings}
+    _check_settings(Path(out_dir), settings, restart_on_change)
+
+
+def finish(model: str, tasks_path: str | Path, out_dir: str | Path, config: LabelConfig, ids: Sequence[str]) -> Path:
+    """Merge the shards of ``out_dir`` into ``labels.jsonl`` (in the order of ``ids``) and write the manifest."""
     merged = merge_shards(out_dir, ids)
     manifest = {
         "model": model,
@@ -277,5 +320,5 @@ def label(
         "config": config.to_dict(),
         "base_correct": sum(json.loads(line)["base_correct"] for line in merged.open()),
     }
-    (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    (Path(out_dir) / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     return merged

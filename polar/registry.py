@@ -22,21 +22,23 @@ __all__ = ["Gates", "configure", "model_name", "promote", "register"]
 
 EXPERIMENT = "polar"
 DEFAULT_STORE = Path("mlflow")
+PARENT_ENV = "POLAR_PIPELINE_RUN_ID"  # the pipeline's MLflow run, set by flows/pipeline.py for its stages
 _SERVER_FIX = (
     "start it (mlflow server --backend-store-uri sqlite:///mlflow/mlflow.db --port 5000), point "
     "MLFLOW_TRACKING_URI or --tracking-uri at a running one, or unset both for the local SQLite store"
 )
 
 
-def default_tracking_uri() -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(DEFAULT_STORE / 'mlflow.db').resolve()}"
+def default_tracking_uri(root: str | Path = ".") -> str:
+    """``$MLFLOW_TRACKING_URI``, else the SQLite store ``mlflow/mlflow.db`` of the project at ``root``."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(Path(root) / DEFAULT_STORE / 'mlflow.db').resolve()}"
 
 
-def configure(tracking_uri: str | None = None) -> str:
-    """Point MLflow at ``tracking_uri`` (default: the local SQLite store), create the experiment once."""
+def configure(tracking_uri: str | None = None, root: str | Path = ".") -> str:
+    """Point MLflow at ``tracking_uri`` (default: the local SQLite store under ``root``), create the experiment once."""
     import mlflow
 
-    uri = tracking_uri or default_tracking_uri()
+    uri = tracking_uri or default_tracking_uri(root)
     if uri.startswith("sqlite:///"):
         Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     if uri.startswith(("http://", "https://")):
@@ -46,7 +48,9 @@ def configure(tracking_uri: str | None = None) -> str:
     try:
         experiment = client.get_experiment_by_name(EXPERIMENT)
         if experiment is None:
-            location = (DEFAULT_STORE / "artifacts").resolve().as_uri() if uri.startswith("sqlite:") else None
+            location = (
+                (Path(root) / DEFAULT_STORE / "artifacts").resolve().as_uri() if uri.startswith("sqlite:") else None
+            )
             client.create_experiment(EXPERIMENT, artifact_location=location)
     except Exception as err:  # MlflowException, connection errors: say which server and how to fix it
         if "already exists" in str(err):
@@ -127,7 +131,8 @@ def register(
         "labels_sha256": meta["labels_sha256"],
         **(lineage or {}),
     }
-    with mlflow.start_run(run_name=f"register {name}") as run:
+    # Inside `polar pipeline`, this run is nested under the pipeline's run (polar.tracking).
+    with mlflow.start_run(run_name=f"register {name}", parent_run_id=os.environ.get(PARENT_ENV) or None) as run:
         mlflow.log_params({f"train.{k}": v for k, v in meta["train"].items()})
         mlflow.log_params({f"predictor.{k}": v for k, v in config.items() if k != "meta"})
         mlflow.log_metrics(flat)

@@ -56,17 +56,48 @@ def _env(repo: Path, home: Path | None = None) -> dict:
     return env
 
 
-def _run(repo: Path, home: Path) -> dict:
+def _start(repo: Path, home: Path) -> subprocess.Popen:
     cmd = [sys.executable, "-c", RUNNER, str(ROOT / "flows"), str(repo)]
-    proc = subprocess.run(cmd, cwd=repo, env=_env(repo, home), capture_output=True, text=True)
-    line = [x for x in proc.stdout.splitlines() if x.startswith("OUTCOME ")]
-    assert line, proc.stdout[-3000:] + proc.stderr[-5000:]
+    return subprocess.Popen(
+        cmd, cwd=repo, env=_env(repo, home), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+
+
+def _outcome(proc: subprocess.Popen) -> dict:
+    stdout, stderr = proc.communicate()
+    line = [x for x in stdout.splitlines() if x.startswith("OUTCOME ")]
+    assert line, stdout[-3000:] + stderr[-5000:]
     return json.loads(line[-1].removeprefix("OUTCOME "))
+
+
+def _run(repo: Path, home: Path) -> dict:
+    return _outcome(_start(repo, home))
+
+
+MLFLOW_RUNS = """
+import json, mlflow
+runs = mlflow.search_runs(experiment_names=["polar"], output_format="list")
+print("RUNS", json.dumps([{"id": r.info.run_id, "tags": r.data.tags, "metrics": r.data.metrics} for r in runs]))
+"""
 
 
 def test_pipeline_end_to_end_cached_then_gated(tmp_path):
     repo = _repo(tmp_path)
-    assert _run(repo, tmp_path / "prefect") == {"smollm2-135m": "registered"}
+    # Two runs at once (a schedule firing during a manual run): the second waits for the first, then finds
+    # every stage up to date. Labels are whole, and the registry holds one version, not two.
+    first, second = _start(repo, tmp_path / "prefect-1"), _start(repo, tmp_path / "prefect-2")
+    assert _outcome(first) == _outcome(second) == {"smollm2-135m": "registered"}
+    ids = [json.loads(line)["id"] for line in (repo / "data/labels/smollm2-135m/labels.jsonl").open()]
+    assert len(ids) == len(set(ids)) == 12
+    runs = subprocess.run([sys.executable, "-c", MLFLOW_RUNS], env=_env(repo), capture_output=True, text=True)
+    runs = json.loads(runs.stdout.split("RUNS ", 1)[1])
+    pipelines = [r for r in runs if r["tags"].get("polar.kind") == "pipeline"]
+    registers = [r for r in runs if r["tags"].get("mlflow.parentRunId")]
+    assert len(pipelines) == 2 and len(registers) == 1  # one MLflow run per pipeline run; one registration
+    assert registers[0]["tags"]["mlflow.parentRunId"] in {r["id"] for r in pipelines}
+    for run in pipelines:  # every stage logged into its pipeline's run, cached or not
+        assert {"smollm2-135m/label/valid_share", "smollm2-135m/validate/success"} <= set(run["metrics"])
+        assert "smollm2-135m/evaluate/predictor.pass_at_1" in run["metrics"]
     metrics = json.loads((repo / "reports/smollm2-135m/evaluation/metrics.json").read_text())
     assert metrics["inputs"] == 6 and "predictor" in metrics["methods"]
     registry = json.loads((repo / "reports/smollm2-135m/registry.json").read_text())

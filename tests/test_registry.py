@@ -4,6 +4,7 @@ import json
 
 import pandas as pd
 import pytest
+from servers import BIN, env_with_bin, free_port, running
 from tiny import tiny_model
 
 from polar.predictor import PredictorConfig, ProgramPredictor, save
@@ -34,30 +35,6 @@ def store(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # the default store lives in ./mlflow
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     return tmp_path
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_until_up(server, url: str, what: str, seconds: int = 180) -> None:
-    """Poll ``url`` until the server answers; fail with its output if it exits or takes too long."""
-    import time
-    import urllib.request
-
-    deadline = time.time() + seconds
-    while True:
-        try:
-            urllib.request.urlopen(url, timeout=2)
-            return
-        except OSError:
-            assert server.poll() is None, server.stdout.read().decode()[-3000:]
-            assert time.time() < deadline, f"{what} did not start in {seconds} s"
-            time.sleep(1)
 
 
 def _predictor(path, base_model="tiny-model"):
@@ -157,80 +134,40 @@ def test_lineage_walks_back_to_dvc_hashes(store):
 
 @pytest.mark.slow  # the bundled tokenizer; a real `mlflow models serve` on loopback
 def test_mlflow_models_serve_answers_http(store, smollm2):
-    import os
-    import subprocess
-    import sys
     import urllib.request
-    from pathlib import Path
 
     model_dir = store / "tiny"
     tiny_model("llama", vocab_size=len(smollm2.tokenizer)).save_pretrained(model_dir)
     smollm2.tokenizer.save_pretrained(model_dir)
     info = register(_predictor(store / "pred", base_model=str(model_dir)), _metrics(store / "m.json", 0.5))
     assert promote(info["name"])["promoted"]
-    port = _free_port()
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{store / 'mlflow' / 'mlflow.db'}"}
+    port = free_port()
     # The server runs `uvicorn` by name: the environment's scripts must be on PATH, as in an activated venv.
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    mlflow_bin = str(Path(sys.executable).with_name("mlflow"))
-    cmd = [mlflow_bin, "models", "serve", "-m", f"models:/{info['name']}@champion", "--env-manager", "local"]
-    server = subprocess.Popen(
-        [*cmd, "-h", "127.0.0.1", "-p", str(port)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
-    )
-    try:
-        _wait_until_up(server, f"http://127.0.0.1:{port}/ping", "mlflow models serve")
+    env = env_with_bin(MLFLOW_TRACKING_URI=f"sqlite:///{store / 'mlflow' / 'mlflow.db'}")
+    cmd = [str(BIN / "mlflow"), "models", "serve", "-m", f"models:/{info['name']}@champion", "--env-manager", "local"]
+    cmd += ["-h", "127.0.0.1", "-p", str(port)]
+    with running(cmd, env, f"http://127.0.0.1:{port}/ping", "mlflow models serve"):
         body = json.dumps({"dataframe_split": {"columns": ["question"], "data": [["What is 2 + 3?"]]}}).encode()
         request = urllib.request.Request(
             f"http://127.0.0.1:{port}/invocations", data=body, headers={"Content-Type": "application/json"}
         )
         answer = json.loads(urllib.request.urlopen(request, timeout=120).read())
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
     (row,) = answer["predictions"]
     assert row["depth"] == 6 and 4 <= row["layers"] <= 7 and row["program"]
 
 
 @pytest.mark.slow  # a real `mlflow server` on loopback
 def test_register_and_promote_through_a_real_tracking_server(store):
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
     import mlflow
 
-    port = _free_port()
-    mlflow_bin = str(Path(sys.executable).with_name("mlflow"))
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
-    server = subprocess.Popen(
-        [
-            mlflow_bin,
-            "server",
-            "--backend-store-uri",
-            f"sqlite:///{store / 'server.db'}",
-            "--artifacts-destination",
-            str(store / "server-artifacts"),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            "1",
-        ],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
+    port = free_port()
     uri = f"http://127.0.0.1:{port}"
-    try:
-        _wait_until_up(server, f"{uri}/health", "mlflow server")
+    cmd = [str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{store / 'server.db'}"]
+    cmd += ["--artifacts-destination", str(store / "server-artifacts"), "--host", "127.0.0.1", "--port", str(port)]
+    with running([*cmd, "--workers", "1"], env_with_bin(), f"{uri}/health", "mlflow server"):
         pred = _predictor(store / "pred")
         info = register(pred, _metrics(store / "m.json", 0.4), tracking_uri=uri)
         assert promote(info["name"], tracking_uri=uri)["promoted"]
         client = mlflow.MlflowClient(uri)
         assert str(client.get_model_version_by_alias(info["name"], "champion").version) == info["version"]
         assert not (store / "mlflow").exists()  # nothing fell back to the local store
-    finally:
-        server.terminate()
-        server.wait(timeout=30)

@@ -1,0 +1,167 @@
+"""Against a real `prefect server start` on loopback: labeling fanned out to process workers on the
+`gpu` work pool, failed shards, the new-base-model trigger, and clear errors for missing servers and workers."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+from servers import BIN, env_with_bin, free_port, running
+from tiny import tiny_model
+
+from polar.ingest import ingest
+from polar.label import LabelConfig, label
+from polar.search import SearchConfig
+
+pytestmark = pytest.mark.slow  # a server, workers, the bundled tokenizer
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = LabelConfig(shots=1, max_new_tokens=6, search=SearchConfig(simulations=6, batch=3))
+FLAGS = ["--shots", "1", "--max-new-tokens", "6", "--simulations", "6", "--batch", "3", "--device", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """A real Prefect server with its own home folder; yields (api_url, env for clients of it)."""
+    home = tmp_path_factory.mktemp("prefect-home")
+    port = free_port()
+    api = f"http://127.0.0.1:{port}/api"
+    env = env_with_bin(PREFECT_HOME=str(home), PREFECT_API_URL=api, PREFECT_SERVER_ANALYTICS_ENABLED="false")
+    cmd = [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)]
+    with running(cmd, {**env, "PREFECT_API_URL": ""}, f"{api}/health", "prefect server", home / "server.log"):
+        yield api, env
+
+
+@pytest.fixture(scope="module")
+def workers(server, tmp_path_factory):
+    """Two process workers on the `gpu` pool, one shard at a time each (as on two GPUs)."""
+    api, env = server
+    logs = tmp_path_factory.mktemp("workers")
+    cmd = [str(BIN / "prefect"), "worker", "start", "--pool", "gpu", "--type", "process", "--limit", "1"]
+    with (
+        running([*cmd, "--name", "w0"], env, None, "worker w0", logs / "w0.log"),
+        running([*cmd, "--name", "w1"], env, None, "worker w1", logs / "w1.log"),
+    ):
+        deadline = time.time() + 120
+        while len(_online(api, "gpu")) < 2:
+            assert time.time() < deadline, (logs / "w0.log").read_text()[-3000:]
+            time.sleep(1)
+        yield logs
+
+
+def _online(api: str, pool: str) -> list[str]:
+    response = httpx.post(f"{api}/work_pools/{pool}/workers/filter", json={})
+    return [w["name"] for w in response.json()] if response.status_code == 200 else []
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory, smollm2):
+    path = tmp_path_factory.mktemp("tiny-llama")
+    tiny_model("llama", vocab_size=len(smollm2.tokenizer)).save_pretrained(path)
+    smollm2.tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def tasks(tmp_path_factory):
+    path, _ = ingest(tmp_path_factory.mktemp("tasks") / "arith.parquet", levels=[1, 4], n=3)
+    return path
+
+
+def _polar(args: list[str], env: dict) -> subprocess.CompletedProcess:
+    return subprocess.run([str(BIN / "polar"), *args], cwd=ROOT, env=env, capture_output=True, text=True)
+
+
+def _strip(line: str) -> dict:
+    return {k: v for k, v in json.loads(line).items() if k != "seconds"}
+
+
+def test_labeling_fans_out_to_the_pool_workers(server, workers, tiny_dir, tasks, tmp_path):
+    _, env = server
+    out = tmp_path / "pooled"
+    args = ["label", "--model", str(tiny_dir), "--tasks", str(tasks), "--out", str(out), *FLAGS]
+    proc = _polar([*args, "--pool", "gpu", "--shards", "3"], env)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    straight = label(str(tiny_dir), tasks, tmp_path / "straight", CONFIG, device="cpu")
+    assert [_strip(x) for x in (out / "labels.jsonl").open()] == [_strip(x) for x in straight.open()]
+    assert sorted(p.name for p in out.glob("shard-*.jsonl")) == [f"shard-{k}of3-0000.jsonl" for k in range(3)]
+    worked = [w for w in ("w0", "w1") if "label shard" in (workers / f"{w}.log").read_text(errors="replace")]
+    assert worked, "no worker ran a shard"
+    # Run again: every shard is labeled, nothing is submitted, the labels stay as they are.
+    before = (out / "labels.jsonl").read_text()
+    again = _polar([*args, "--pool", "gpu", "--shards", "3"], env)
+    assert again.returncode == 0 and (out / "labels.jsonl").read_text() == before, again.stderr[-2000:]
+
+
+@pytest.mark.usefixtures("workers")
+def test_failed_shards_name_their_flow_runs(server, tasks, tmp_path):
+    _, env = server
+    out = tmp_path / "broken"
+    args = ["label", "--model", str(tmp_path / "no-such-model"), "--tasks", str(tasks), "--out", str(out), *FLAGS]
+    proc = _polar([*args, "--pool", "gpu", "--shards", "2"], env)
+    assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "shard 0/2: flow run" in proc.stderr and "FAILED" in proc.stderr and "resumes" in proc.stderr
+
+
+def test_missing_servers_and_workers_are_clear_errors(server, tasks, tmp_path):
+    _, env = server
+    args = ["label", "--model", "smollm2-135m", "--tasks", str(tasks), "--out", str(tmp_path / "x"), *FLAGS]
+    no_worker = _polar([*args, "--pool", "nobody"], env)
+    assert no_worker.returncode == 2 and "no worker polls the work pool 'nobody'" in no_worker.stderr
+    assert "prefect worker start --pool nobody" in no_worker.stderr
+    dead = {**env, "PREFECT_API_URL": "http://127.0.0.1:9/api"}
+    unreachable = _polar([*args, "--pool", "gpu"], dead)
+    assert unreachable.returncode == 2 and "Prefect server at http://127.0.0.1:9/api/health is unreachable" in (
+        unreachable.stderr
+    )
+    assert "prefect server start" in unreachable.stderr
+    pipeline = _polar(["pipeline"], dead)
+    assert pipeline.returncode == 2 and "is unreachable" in pipeline.stderr
+    temporary = _polar([*args, "--pool", "gpu"], {**env, "PREFECT_API_URL": ""})
+    assert temporary.returncode == 2 and "needs a Prefect server that workers also reach" in temporary.stderr
+
+
+TRIGGER = """
+import json, sys, time
+sys.path.insert(0, sys.argv[1])
+from prefect import get_client
+from serve import new_model_deployment, watch_base_models
+deployment_id = new_model_deployment(sys.argv[2]).apply()
+print("ANNOUNCED", json.dumps(watch_base_models(sys.argv[2])), json.dumps(watch_base_models(sys.argv[2])))
+deadline = time.time() + 90
+with get_client(sync_client=True) as client:
+    while time.time() < deadline:
+        runs = client.read_flow_runs()
+        found = [r.parameters for r in runs if r.deployment_id == deployment_id]
+        if found:
+            print("RUNS", json.dumps(found))
+            break
+        time.sleep(1)
+"""
+
+
+def test_a_new_base_model_triggers_its_pipeline(server, tmp_path):
+    _, env = server
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["base_models"] = {"smollm2-135m": {"spec": "smollm2-135m"}, "gemma3-270m": {"spec": "gemma3-270m"}}
+    (repo / "params.yaml").write_text(yaml.safe_dump(params))
+    (repo / "dvc.lock").write_text(yaml.safe_dump({"schema": "2.0", "stages": {"register@smollm2-135m": {}}}))
+    proc = subprocess.run(
+        [sys.executable, "-c", TRIGGER, str(ROOT / "flows"), str(repo)], env=env, capture_output=True, text=True
+    )
+    lines = {
+        line.split()[0]: line.split(" ", 1)[1] for line in proc.stdout.splitlines() if line[:4] in ("ANNO", "RUNS")
+    }
+    assert "ANNOUNCED" in lines, proc.stdout[-2000:] + proc.stderr[-3000:]
+    first, second = (json.loads(x) for x in lines["ANNOUNCED"].split(" ", 1))
+    assert first == ["gemma3-270m"] and second == []  # announced once, not at every check
+    assert "RUNS" in lines, "the trigger started no run:\n" + proc.stderr[-3000:]
+    assert json.loads(lines["RUNS"]) == [{"models": ["gemma3-270m"], "cwd": str(repo)}]
