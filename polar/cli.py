@@ -644,11 +644,13 @@ def pipeline_cmd(
     console.print("\n[bold]Where to look[/]")
     uri = os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow/mlflow.db"
     ui = f"{uri}" if uri.startswith("http") else f"mlflow ui --backend-store-uri {uri}  (then http://127.0.0.1:5000)"
-    console.print(f"  MLflow UI        {ui}")
-    console.print(
-        f"  Prefect runs     {prefect_url or 'on a temporary server, gone with it: `prefect server start` keeps them'}"
-    )
-    console.print("  stage outputs    dvc status; dvc metrics show; dvc plots show")
+    where = prefect_url or "on a temporary server, gone with it (`prefect server start` keeps them)"
+    for line in (
+        f"  MLflow UI        {ui}",
+        f"  Prefect runs     {where}",
+        "  stage outputs    dvc status; dvc metrics show; dvc plots show",
+    ):
+        console.print(line, soft_wrap=True)
     if any(result != "registered" for result in outcome.values()):
         raise typer.Exit(1)
 
