@@ -14,6 +14,8 @@ Workers need this checkout (same path) and the label folder on a file system the
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from prefect import flow, get_run_logger
 
 DEPLOYMENT_FLOW = "polar-label-shard"
@@ -43,4 +45,6 @@ def label_shard(
 
 def shard_deployment(pool: str):
     """The labeling deployment for ``pool``, run by process workers from this checkout."""
-    return label_shard.to_deployment(name=pool, description="One shard of `polar label` (flows/labeling.py).")
+    deployment = label_shard.to_deployment(name=pool, description="One shard of `polar label` (flows/labeling.py).")
+    deployment.entrypoint = f"{Path(__file__).resolve()}:{label_shard.fn.__name__}"  # from any working directory
+    return deployment

@@ -38,7 +38,8 @@ MaxVisitsOpt = Annotated[int, typer.Option(help="Most times one layer may run in
 
 
 def _fail(message: str, code: int = 2) -> None:
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False)
+    # Unwrapped: the commands that errors suggest must survive a copy and paste.
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True, markup=True)
     raise typer.Exit(code)
 
 

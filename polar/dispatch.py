@@ -73,8 +73,9 @@ def label_on_pool(
     they must see the same files (this checkout, the task file and ``out_dir``).
 
     Raises:
-        ConnectionError: no Prefect server (a temporary one cannot reach workers), or it is unreachable.
-        RuntimeError: no worker polls ``pool``, or some shard runs failed (their labels so far are kept).
+        ConnectionError: no Prefect server (a temporary one cannot reach workers), it is unreachable, or
+            no worker polls ``pool``.
+        RuntimeError: some shard runs failed (their labels so far are kept).
     """
     from prefect import get_client
     from prefect.deployments import run_deployment
@@ -95,7 +96,7 @@ def label_on_pool(
         _ensure_pool(client, pool)
         workers = online_workers(client, pool)
         if not workers:
-            raise RuntimeError(
+            raise ConnectionError(
                 f"no worker polls the work pool {pool!r}: start one per GPU, e.g. "
                 f"`CUDA_VISIBLE_DEVICES=0 prefect worker start --pool {pool} --type process --limit 1`"
             )

@@ -6,9 +6,10 @@ this module finds it, checks the servers it needs, and reads back what the stage
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import json
 import os
+import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -31,16 +32,13 @@ def project_root(cwd: str | Path = ".") -> Path:
 
 
 def load_flows(name: str = "pipeline") -> ModuleType:
-    """Import ``flows/<name>.py`` of this checkout."""
+    """Import ``flows/<name>.py`` of this checkout (by module name, so that Prefect can deploy its flows)."""
     path = FLOWS / f"{name}.py"
     if not path.exists():
         raise FileNotFoundError(f"{path} not found: polar must be installed from a checkout (pip install -e .)")
-    if str(FLOWS) not in __import__("sys").path:
-        __import__("sys").path.insert(0, str(FLOWS))  # the flows import one another by name
-    spec = importlib.util.spec_from_file_location(f"polar_flows_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    if str(FLOWS) not in sys.path:
+        sys.path.insert(0, str(FLOWS))  # the flows import one another by name, as `python flows/serve.py` does
+    return importlib.import_module(name)
 
 
 def check_prefect() -> str | None:
