@@ -74,6 +74,14 @@ def _run(repo: Path, home: Path) -> dict:
     return _outcome(_start(repo, home))
 
 
+def _stale(repo: Path) -> set[str]:
+    """The stages `dvc status` reports as changed."""
+    out = subprocess.run(
+        [str(Path(sys.executable).parent / "dvc"), "status"], cwd=repo, capture_output=True, text=True, check=True
+    ).stdout
+    return {line.rstrip(":") for line in out.splitlines() if line and not line[0].isspace() and line.endswith(":")}
+
+
 MLFLOW_RUNS = """
 import json, mlflow
 runs = mlflow.search_runs(experiment_names=["polar"], output_format="list")
@@ -119,8 +127,18 @@ def test_pipeline_end_to_end_cached_then_gated(tmp_path):
     roles = {i["role"]: i for i in info["inputs"]}
     assert roles["labels"]["found_in"] == ["cache"] and roles["predictor"]["found_in"] == ["cache"], lineage.stdout
 
-    # A stricter validation now fails: the chain stops there; no retraining, no new registry version.
+    # What DVC finds stale: a new base model's chain only; a search setting: labeling (and what follows it).
     params = yaml.safe_load((repo / "params.yaml").read_text())
+    added = {**params, "base_models": {**params["base_models"], "gemma3-270m": {"spec": "gemma3-270m"}}}
+    (repo / "params.yaml").write_text(yaml.safe_dump(added))
+    stale = _stale(repo)
+    assert stale and all(stage.endswith("@gemma3-270m") for stage in stale), stale
+    assert {"label@gemma3-270m", "register@gemma3-270m"} <= stale
+    (repo / "params.yaml").write_text(yaml.safe_dump({**params, "label": {**params["label"], "simulations": 4}}))
+    assert _stale(repo) == {"label@smollm2-135m"}
+    (repo / "params.yaml").write_text(yaml.safe_dump(params))
+
+    # A stricter validation now fails: the chain stops there; no retraining, no new registry version.
     params["validate"]["min_valid_share"] = 1.01
     (repo / "params.yaml").write_text(yaml.safe_dump(params))
     weights = repo / "models/predictors/smollm2-135m/predictor.safetensors"
