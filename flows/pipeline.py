@@ -14,6 +14,7 @@ during a manual run) waits for the first, then finds DVC's stages up to date.
 from __future__ import annotations
 
 import argparse
+import codecs
 import json
 import os
 import re
@@ -50,8 +51,9 @@ def _stream(proc: subprocess.Popen, log, every: float = 15.0) -> list[str]:
     """Log a child's output as it comes: every finished line, and its progress bar (``\\r`` updates)
     at most once per ``every`` seconds. Returns the finished lines."""
     lines, pending, progress, last = [], "", None, 0.0
-    while chunk := os.read(proc.stdout.fileno(), 65536).decode(errors="replace"):
-        pending += chunk
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")  # a read may end inside a character
+    while raw := os.read(proc.stdout.fileno(), 65536):
+        pending += decoder.decode(raw)
         *parts, pending = re.split(r"(\r|\n)", pending)
         for text, sep in zip(parts[::2], parts[1::2], strict=True):
             if not text.strip():
