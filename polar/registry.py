@@ -146,6 +146,7 @@ def register(
             model_config={"base_model": meta["base_model"], "prompt": metrics["config"]["prompt"]},
             registered_model_name=name,
             pip_requirements=["polar"],
+            signature=_signature(),
         )
     client = mlflow.MlflowClient()
     version = str(info.registered_model_version)
@@ -154,6 +155,19 @@ def register(
     client.set_model_version_tag(name, version, "run_id", run.info.run_id)
     client.set_registered_model_alias(name, "candidate", version)
     return {"name": name, "version": version, "run_id": run.info.run_id, "model_uri": f"models:/{name}/{version}"}
+
+
+def _signature():
+    """What the served model takes and answers (polar/serving.py), so that `mlflow models serve` checks requests."""
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, Schema
+
+    inputs = Schema([ColSpec("string", "question"), ColSpec("string", "prompt", required=False)])
+    outputs = Schema(
+        [ColSpec("string", c) for c in ("text", "answer", "program")]
+        + [ColSpec("long", c) for c in ("layers", "depth")]
+    )
+    return ModelSignature(inputs=inputs, outputs=outputs)
 
 
 @dataclass(frozen=True)
