@@ -27,3 +27,14 @@ def smollm2():
     from polar.backbone import load
 
     return load("smollm2-135m", device="cpu")
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory, smollm2):
+    """A tiny random Llama with the bundled tokenizer, saved as a model folder: fast enough to label many inputs."""
+    from tiny import tiny_model
+
+    path = tmp_path_factory.mktemp("tiny-llama")
+    tiny_model("llama", vocab_size=len(smollm2.tokenizer)).save_pretrained(path)
+    smollm2.tokenizer.save_pretrained(path)
+    return path

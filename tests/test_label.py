@@ -8,7 +8,6 @@ import time
 from pathlib import Path
 
 import pytest
-from tiny import tiny_model
 
 from polar.ingest import ingest
 from polar.label import LabelConfig, label, label_one, read_records
@@ -19,15 +18,6 @@ from polar.tasks.synthetic import few_shot
 pytestmark = pytest.mark.slow  # needs the bundled tokenizer
 
 CONFIG = LabelConfig(shots=1, max_new_tokens=6, search=SearchConfig(simulations=6, batch=3))
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory, smollm2):
-    """A tiny random Llama with the bundled tokenizer: fast enough to label many inputs."""
-    path = tmp_path_factory.mktemp("tiny-llama")
-    tiny_model("llama", vocab_size=len(smollm2.tokenizer)).save_pretrained(path)
-    smollm2.tokenizer.save_pretrained(path)
-    return path
 
 
 @pytest.fixture(scope="module")

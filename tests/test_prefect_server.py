@@ -13,7 +13,6 @@ import httpx
 import pytest
 import yaml
 from servers import BIN, env_with_bin, free_port, running
-from tiny import tiny_model
 
 from polar.ingest import ingest
 from polar.label import LabelConfig, label
@@ -58,14 +57,6 @@ def workers(server, tmp_path_factory):
 def _online(api: str, pool: str) -> list[str]:
     response = httpx.post(f"{api}/work_pools/{pool}/workers/filter", json={})
     return [w["name"] for w in response.json()] if response.status_code == 200 else []
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory, smollm2):
-    path = tmp_path_factory.mktemp("tiny-llama")
-    tiny_model("llama", vocab_size=len(smollm2.tokenizer)).save_pretrained(path)
-    smollm2.tokenizer.save_pretrained(path)
-    return path
 
 
 @pytest.fixture(scope="module")
