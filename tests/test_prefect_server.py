@@ -32,6 +32,7 @@ def server(tmp_path_factory):
     port = free_port()
     api = f"http://127.0.0.1:{port}/api"
     env = env_with_bin(PREFECT_HOME=str(home), PREFECT_API_URL=api, PREFECT_SERVER_ANALYTICS_ENABLED="false")
+    env["PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS"] = "2"  # schedule runs at once, not after a minute
     cmd = [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)]
     with running(cmd, {**env, "PREFECT_API_URL": ""}, f"{api}/health", "prefect server", home / "server.log"):
         yield api, env
@@ -156,3 +157,35 @@ def test_a_new_base_model_triggers_its_pipeline(server, tmp_path):
     assert first == ["gemma3-270m"] and second == []  # announced once, not at every check
     assert "RUNS" in lines, "the trigger started no run:\n" + proc.stderr[-3000:]
     assert json.loads(lines["RUNS"]) == [{"models": ["gemma3-270m"], "cwd": str(repo)}]
+
+
+SCHEDULED = """
+import json, sys, time
+sys.path.insert(0, sys.argv[1])
+from prefect import get_client
+from serve import retraining_deployment
+deployment_id = retraining_deployment(sys.argv[2]).apply()
+deadline = time.time() + 90
+with get_client(sync_client=True) as client:
+    while time.time() < deadline:
+        runs = [r for r in client.read_flow_runs() if r.deployment_id == deployment_id]
+        if runs:
+            print("SCHEDULED", json.dumps([[r.state.type.value, r.expected_start_time.isoformat()] for r in runs]))
+            break
+        time.sleep(1)
+"""
+
+
+def test_scheduled_retraining_gets_its_runs_on_the_server(server, tmp_path):
+    # The server's scheduler must insert the cron's runs (it failed silently with SQLAlchemy 2.1).
+    _, env = server
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "params.yaml").write_text((ROOT / "params.yaml").read_text())
+    proc = subprocess.run(
+        [sys.executable, "-c", SCHEDULED, str(ROOT / "flows"), str(repo)], env=env, capture_output=True, text=True
+    )
+    line = [x for x in proc.stdout.splitlines() if x.startswith("SCHEDULED ")]
+    assert line, "no scheduled run appeared:\n" + proc.stderr[-3000:]
+    runs = json.loads(line[0].removeprefix("SCHEDULED "))
+    assert runs and all(state == "SCHEDULED" for state, _ in runs)
