@@ -302,8 +302,7 @@ def label_cmd(
 ) -> None:
     """Search layer programs for every input of a task file. Resumable: run it again after a crash.
 
-    With --pool, the inputs are split into shards labeled by the pool's workers (one GPU each) and
-    merged here when all are done.
+    With --pool, the inputs are split into shards labeled by the pool's workers (one GPU each) and merged here when all are done.
     """
     from polar.backbone import ModelSpecError
     from polar.hf import UnsupportedModelError
@@ -624,17 +623,17 @@ def pipeline_cmd(
 ) -> None:
     """The main job: ingest, label, validate, train, evaluate and register every base model of params.yaml.
 
-    Runs the Prefect flow of flows/pipeline.py over the DVC stages of dvc.yaml, from the project root:
-    stages DVC finds up to date are skipped. Uses $PREFECT_API_URL when set, else a temporary local
-    Prefect server; MLflow's $MLFLOW_TRACKING_URI when set, else mlflow/mlflow.db. Exit 1 when a
-    model's chain stops (e.g. its labels fail validation).
+    Runs the Prefect flow of flows/pipeline.py over the DVC stages of dvc.yaml, from the project root; stages that DVC finds up to date are skipped.
+
+    Uses $PREFECT_API_URL when set, else a temporary local Prefect server, and $MLFLOW_TRACKING_URI when set, else mlflow/mlflow.db. Exit 1 when a model's chain stops (e.g. its labels fail validation).
     """
-    from polar.pipeline import check_prefect, load_flows, project_root, summary
+    from polar.pipeline import check_models, check_prefect, load_flows, project_root, summary
 
     # The temporary server's telemetry heartbeat races the flow for its SQLite file ("database is locked").
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     try:
         root = project_root()
+        check_models(root, model)
         prefect_url = check_prefect()
         flows = load_flows()
         outcome = flows.pipeline(models=model or None, cwd=str(root), push_outputs=push)

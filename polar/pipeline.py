@@ -15,7 +15,7 @@ from types import ModuleType
 
 from polar.servers import check_reachable
 
-__all__ = ["check_prefect", "load_flows", "project_root", "summary"]
+__all__ = ["check_models", "check_prefect", "load_flows", "project_root", "summary"]
 
 FLOWS = Path(__file__).resolve().parents[1] / "flows"
 
@@ -29,6 +29,16 @@ def project_root(cwd: str | Path = ".") -> Path:
             f"{root} has no {' or '.join(missing)}: run `polar pipeline` from the root of a polar checkout"
         )
     return root
+
+
+def check_models(root: Path, models: list[str] | None) -> None:
+    """Refuse base models that params.yaml does not list (before any server starts)."""
+    import yaml
+
+    known = list(yaml.safe_load((root / "params.yaml").read_text()).get("base_models") or {})
+    unknown = sorted(set(models or []) - set(known))
+    if unknown:
+        raise ValueError(f"unknown base models {unknown}: params.yaml lists {known} (add one under base_models)")
 
 
 def load_flows(name: str = "pipeline") -> ModuleType:

@@ -53,6 +53,7 @@ def test_program_without_compact_form_says_why():
         (["program", "keep(0-3) loop(4)"], "cannot parse segment 'loop(4)'"),
         (["generate", "--model", "no-such-model", "hi"], "unknown model 'no-such-model'"),
         (["generate", "--model", "missing/dir/m.gguf", "hi"], "GGUF file not found"),
+        (["label", "--pool", "gpu", "--shard", "0/2"], "--shard and --pool do not mix"),
     ],
 )
 def test_bad_input_gets_a_clear_error(args, message):
@@ -77,3 +78,19 @@ def test_generate_rejects_a_program_too_deep_for_the_model(smollm2):  # noqa: AR
     result = runner.invoke(app, ["generate", "--program", "0-30", "hi"])
     assert result.exit_code == 2
     assert "layer 30 is out of range" in result.output and "30 layers" in result.output
+
+
+def test_pipeline_refuses_unknown_base_models_before_starting(monkeypatch):
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])
+    result = runner.invoke(app, ["pipeline", "--model", "nope"])
+    assert result.exit_code == 2
+    assert "unknown base models ['nope']: params.yaml lists" in " ".join(result.output.split())
+
+
+def test_pipeline_outside_a_project_says_where_to_run_it(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["pipeline"])
+    assert result.exit_code == 2
+    assert "has no dvc.yaml or params.yaml: run `polar pipeline` from the root of a polar checkout" in " ".join(
+        result.output.split()
+    )
