@@ -33,7 +33,9 @@ def _repo(tmp: Path, **overrides) -> Path:
         params[section].update(values)
     (repo / "params.yaml").write_text(yaml.safe_dump(params))
     bin_dir = Path(sys.executable).parent
-    for cmd in (["git", "init", "-q"], [str(bin_dir / "dvc"), "init", "-q"]):
+    dvc = str(bin_dir / "dvc")
+    remote = ["remote", "add", "-d", "local", str(tmp / "dvc-remote")]  # the pipeline pushes to it
+    for cmd in (["git", "init", "-q"], [dvc, "init", "-q"], [dvc, *remote]):
         subprocess.run(cmd, cwd=repo, check=True)
     return repo
 
@@ -125,7 +127,8 @@ def test_pipeline_end_to_end_cached_then_gated(tmp_path):
     )
     info = json.loads(lineage.stdout)
     roles = {i["role"]: i for i in info["inputs"]}
-    assert roles["labels"]["found_in"] == ["cache"] and roles["predictor"]["found_in"] == ["cache"], lineage.stdout
+    for role in ("labels", "predictor", "base_model"):
+        assert roles[role]["found_in"] == ["cache", "remote local"], lineage.stdout
 
     # What DVC finds stale: a new base model's chain only; a search setting: labeling (and what follows it).
     params = yaml.safe_load((repo / "params.yaml").read_text())
