@@ -11,6 +11,8 @@ to shard runs still queued or running instead of starting them twice.
 from __future__ import annotations
 
 import contextlib
+import json
+import os
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -23,13 +25,18 @@ from polar.pipeline import check_prefect, load_flows
 __all__ = ["label_on_pool", "online_workers"]
 
 ACTIVE = ("SCHEDULED", "PENDING", "RUNNING", "PAUSED", "CANCELLING")
+STALL_SECONDS = float(os.environ.get("POLAR_POOL_STALL_SECONDS", 300))  # no worker online this long: give up
 
 
-def online_workers(client, pool: str, within: float = 90.0) -> list[str]:
-    """Names of the workers of ``pool`` that sent a heartbeat in the last ``within`` seconds."""
-    recent = datetime.now(UTC) - timedelta(seconds=within)
-    workers = client.read_workers_for_work_pool(work_pool_name=pool)
-    return [w.name for w in workers if w.last_heartbeat_time and w.last_heartbeat_time >= recent]
+def online_workers(client, pool: str) -> list[str]:
+    """Names of the workers of ``pool`` whose last heartbeat is at most three of their intervals old."""
+    now = datetime.now(UTC)
+    return [
+        w.name
+        for w in client.read_workers_for_work_pool(work_pool_name=pool)
+        if w.last_heartbeat_time
+        and now - w.last_heartbeat_time <= timedelta(seconds=3 * (w.heartbeat_interval_seconds or 30))
+    ]
 
 
 def _ensure_pool(client, pool: str) -> None:
@@ -43,8 +50,9 @@ def _ensure_pool(client, pool: str) -> None:
             client.create_work_pool(WorkPoolCreate(name=pool, type="process"))
 
 
-def _active_runs(client, deployment_id, out: str) -> dict[tuple[int, int], object]:
-    """Shard runs of this deployment for ``out`` still queued or running, keyed by (shard, shards)."""
+def _active_runs(client, deployment_id, parameters: dict) -> dict[tuple[int, int], object]:
+    """Shard runs of this deployment still queued or running with these ``parameters`` (but for the shard
+    itself), keyed by (shard, shards)."""
     from prefect.client.schemas.filters import DeploymentFilter, FlowRunFilter, FlowRunFilterState
     from prefect.client.schemas.objects import StateType
 
@@ -52,7 +60,8 @@ def _active_runs(client, deployment_id, out: str) -> dict[tuple[int, int], objec
         deployment_filter=DeploymentFilter(id={"any_": [deployment_id]}),
         flow_run_filter=FlowRunFilter(state=FlowRunFilterState(type={"any_": [StateType(s) for s in ACTIVE]})),
     )
-    return {(r.parameters["shard"], r.parameters["shards"]): r for r in runs if r.parameters.get("out") == out}
+    same = [r for r in runs if all(r.parameters.get(k) == v for k, v in parameters.items())]
+    return {(r.parameters["shard"], r.parameters["shards"]): r for r in same}
 
 
 def label_on_pool(
@@ -103,7 +112,15 @@ def label_on_pool(
         shards = shards or len(workers)
         flows = load_flows("labeling")
         deployment_id = flows.shard_deployment(pool).apply(work_pool_name=pool)
-        running = _active_runs(client, deployment_id, str(out_dir))
+        common = {
+            "model": model,
+            "tasks": str(tasks_path),
+            "out": str(out_dir),
+            "config": json.loads(json.dumps(config.to_dict())),  # as the server gives it back
+            "limit": limit,
+            "device": device,
+        }
+        running = _active_runs(client, deployment_id, common)
         done = {r["id"] for r in read_records(out_dir)}
         runs = {}
         for k in range(shards):
@@ -114,21 +131,18 @@ def label_on_pool(
                 continue
             runs[k] = run_deployment(
                 f"{flows.DEPLOYMENT_FLOW}/{pool}",
-                parameters={
-                    "model": model,
-                    "tasks": str(tasks_path),
-                    "out": str(out_dir),
-                    "config": config.to_dict(),
-                    "shard": k,
-                    "shards": shards,
-                    "limit": limit,
-                    "device": device,
-                },
+                parameters={**common, "shard": k, "shards": shards},
                 timeout=0,
                 as_subflow=False,
                 tags=["polar", "label"],
             )
-        failed = _follow(client, runs, poll, f"label {Path(model).name} on pool {pool!r} ({len(workers)} workers)")
+        failed, stalled = _follow(client, runs, pool, poll, f"label {Path(model).name} on pool {pool!r}")
+    if stalled:
+        raise RuntimeError(
+            f"no worker has polled the work pool {pool!r} for {STALL_SECONDS:.0f} s while shards "
+            f"{', '.join(f'{k}/{shards}' for k in stalled)} were not done; labels made so far are kept: start "
+            f"workers (prefect worker start --pool {pool} --type process --limit 1) and run the same command again"
+        )
     if failed:
         lines = [
             f"shard {k}/{shards}: flow run {run.name} ({run.id}) ended {run.state.type.value}" for k, run in failed
@@ -141,9 +155,14 @@ def label_on_pool(
     return finish(model, tasks_path, out_dir, config, ids)
 
 
-def _follow(client, runs: dict, poll: float, desc: str) -> list:
-    """Wait for every flow run in ``runs`` to end, with a progress bar; return the (shard, run) that failed."""
+def _follow(client, runs: dict, pool: str, poll: float, desc: str) -> tuple[list, list]:
+    """Wait for every flow run in ``runs`` to end, with a progress bar.
+
+    Returns the (shard, run) pairs that failed, and the shards left waiting when no worker of ``pool``
+    has been online for ``STALL_SECONDS`` (a run whose worker died stays "running" on the server).
+    """
     pending, failed = dict(runs), []
+    last_seen = time.monotonic()
     with tqdm(total=len(runs), desc=desc, unit="shard") as bar:
         while pending:
             for k, run in list(pending.items()):
@@ -153,6 +172,11 @@ def _follow(client, runs: dict, poll: float, desc: str) -> list:
                     bar.update()
                     if not run.state.is_completed():
                         failed.append((k, run))
-            if pending:
-                time.sleep(poll)
-    return failed
+            if not pending:
+                break
+            if online_workers(client, pool):
+                last_seen = time.monotonic()
+            elif time.monotonic() - last_seen > STALL_SECONDS:
+                return failed, sorted(pending)
+            time.sleep(poll)
+    return failed, []

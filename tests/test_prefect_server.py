@@ -101,6 +101,22 @@ def test_failed_shards_name_their_flow_runs(server, tasks, tmp_path):
     assert "shard 0/2: flow run" in proc.stderr and "FAILED" in proc.stderr and "resumes" in proc.stderr
 
 
+def test_labeling_gives_up_when_the_workers_are_gone(server, tasks, tmp_path):
+    # A worker that dies leaves its runs waiting forever: the dispatcher says so instead of hanging.
+    _, env = server
+    cmd = [str(BIN / "prefect"), "worker", "start", "--pool", "stall", "--type", "process", "--name", "gone"]
+    with running(cmd, {**env, "PREFECT_WORKER_HEARTBEAT_SECONDS": "5"}, None, "worker", tmp_path / "w.log"):
+        deadline = time.time() + 120
+        while not _online(server[0], "stall"):
+            assert time.time() < deadline, (tmp_path / "w.log").read_text()[-3000:]
+            time.sleep(0.5)
+    out = tmp_path / "labels"
+    args = ["label", "--model", "smollm2-135m", "--tasks", str(tasks), "--out", str(out), *FLAGS]
+    proc = _polar([*args, "--pool", "stall", "--shards", "2"], {**env, "POLAR_POOL_STALL_SECONDS": "2"})
+    assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert "no worker has polled the work pool 'stall'" in proc.stderr and "0/2, 1/2" in proc.stderr
+
+
 def test_missing_servers_and_workers_are_clear_errors(server, tasks, tmp_path):
     _, env = server
     args = ["label", "--model", "smollm2-135m", "--tasks", str(tasks), "--out", str(tmp_path / "x"), *FLAGS]
