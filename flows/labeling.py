@@ -10,13 +10,27 @@ shard at a time:
     CUDA_VISIBLE_DEVICES=1 prefect worker start --pool gpu --type process --limit 1
 
 Workers need this checkout (same path) and the label folder on a file system they share.
+
+A shard run is an ordinary resumable ``polar label --shard K/N``, so a failed or killed shard loses at
+most the input it was on: running the same command again re-submits only the shards with inputs left,
+and re-attaches to shard runs still queued or running (same settings) instead of starting them twice.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
+import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from prefect import flow, get_run_logger
+from pipeline import check_prefect
+from prefect import flow, get_client, get_run_logger
+from prefect.deployments import run_deployment
+from tqdm import tqdm
+
+from polar.label import LabelConfig, finish, label, prepare, read_examples, read_records
 
 DEPLOYMENT_FLOW = "polar-label-shard"
 
@@ -35,8 +49,6 @@ def label_shard(
     """Label shard ``shard`` of ``shards`` of ``tasks`` into ``out``; merges when it is the last to finish."""
     import torch
 
-    from polar.label import LabelConfig, label
-
     where = device if device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     get_run_logger().info("labeling shard %d/%d of %s on %s", shard, shards, tasks, where)
     merged = label(model, tasks, out, LabelConfig.from_dict(config), limit=limit, device=device, shard=(shard, shards))
@@ -48,3 +60,158 @@ def shard_deployment(pool: str):
     deployment = label_shard.to_deployment(name=pool, description="One shard of `polar label` (flows/labeling.py).")
     deployment.entrypoint = f"{Path(__file__).resolve()}:{label_shard.fn.__name__}"  # from any working directory
     return deployment
+
+
+# ------------------------------------------------------------------------------------- dispatching
+ACTIVE = ("SCHEDULED", "PENDING", "RUNNING", "PAUSED", "CANCELLING")
+STALL_SECONDS = float(os.environ.get("POLAR_POOL_STALL_SECONDS", 300))  # no worker online this long: give up
+
+
+def online_workers(client, pool: str) -> list[str]:
+    """Names of the workers of ``pool`` whose last heartbeat is at most three of their intervals old."""
+    now = datetime.now(UTC)
+    return [
+        w.name
+        for w in client.read_workers_for_work_pool(work_pool_name=pool)
+        if w.last_heartbeat_time
+        and now - w.last_heartbeat_time <= timedelta(seconds=3 * (w.heartbeat_interval_seconds or 30))
+    ]
+
+
+def _ensure_pool(client, pool: str) -> None:
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+
+    try:
+        client.read_work_pool(pool)
+    except ObjectNotFound:
+        with contextlib.suppress(ObjectAlreadyExists):  # another dispatcher made it meanwhile
+            client.create_work_pool(WorkPoolCreate(name=pool, type="process"))
+
+
+def _active_runs(client, deployment_id, parameters: dict) -> dict[tuple[int, int], object]:
+    """Shard runs of this deployment still queued or running with these ``parameters`` (but for the shard
+    itself), keyed by (shard, shards)."""
+    from prefect.client.schemas.filters import DeploymentFilter, FlowRunFilter, FlowRunFilterState
+    from prefect.client.schemas.objects import StateType
+
+    runs = client.read_flow_runs(
+        deployment_filter=DeploymentFilter(id={"any_": [deployment_id]}),
+        flow_run_filter=FlowRunFilter(state=FlowRunFilterState(type={"any_": [StateType(s) for s in ACTIVE]})),
+    )
+    same = [r for r in runs if all(r.parameters.get(k) == v for k, v in parameters.items())]
+    return {(r.parameters["shard"], r.parameters["shards"]): r for r in same}
+
+
+def label_on_pool(
+    model: str,
+    tasks_path: str | Path,
+    out_dir: str | Path,
+    config: LabelConfig | None = None,
+    pool: str = "gpu",
+    shards: int = 0,
+    limit: int | None = None,
+    device: str = "auto",
+    restart_on_change: bool = False,
+    poll: float = 3.0,
+) -> Path:
+    """Label ``tasks_path`` into ``out_dir`` as ``shards`` flow runs on the work pool ``pool``; merge them.
+
+    ``shards=0`` makes one shard per online worker. Paths are passed to the workers as absolute paths:
+    they must see the same files (this checkout, the task file and ``out_dir``).
+
+    Raises:
+        ConnectionError: no Prefect server (a temporary one cannot reach workers), it is unreachable, or
+            no worker polls ``pool``.
+        RuntimeError: some shard runs failed (their labels so far are kept).
+    """
+    if check_prefect() is None:
+        raise ConnectionError(
+            f"--pool {pool} needs a Prefect server that workers also reach: `prefect server start`, then "
+            "`export PREFECT_API_URL=http://127.0.0.1:4200/api` here and where the workers run"
+        )
+    config = config or LabelConfig()
+    model = str(Path(model).resolve()) if Path(model).exists() else model
+    tasks_path, out_dir = Path(tasks_path).resolve(), Path(out_dir).resolve()
+    examples = read_examples(tasks_path)[:limit]
+    ids = [e.id for e in examples]
+    prepare(model, tasks_path, out_dir, config, restart_on_change)  # once, before any worker writes
+
+    with get_client(sync_client=True) as client:
+        _ensure_pool(client, pool)
+        workers = online_workers(client, pool)
+        if not workers:
+            raise ConnectionError(
+                f"no worker polls the work pool {pool!r}: start one per GPU, e.g. "
+                f"`CUDA_VISIBLE_DEVICES=0 prefect worker start --pool {pool} --type process --limit 1`"
+            )
+        shards = shards or len(workers)
+        deployment_id = shard_deployment(pool).apply(work_pool_name=pool)
+        common = {
+            "model": model,
+            "tasks": str(tasks_path),
+            "out": str(out_dir),
+            "config": json.loads(json.dumps(config.to_dict())),  # as the server gives it back
+            "limit": limit,
+            "device": device,
+        }
+        running = _active_runs(client, deployment_id, common)
+        done = {r["id"] for r in read_records(out_dir)}
+        runs = {}
+        for k in range(shards):
+            if all(i in done for i in ids[k::shards]):
+                continue  # labeled by an earlier run
+            if (k, shards) in running:
+                runs[k] = running[k, shards]
+                continue
+            runs[k] = run_deployment(
+                f"{DEPLOYMENT_FLOW}/{pool}",
+                parameters={**common, "shard": k, "shards": shards},
+                timeout=0,
+                as_subflow=False,
+                tags=["polar", "label"],
+            )
+        failed, stalled = _follow(client, runs, pool, poll, f"label {Path(model).name} on pool {pool!r}")
+    if stalled:
+        raise RuntimeError(
+            f"no worker has polled the work pool {pool!r} for {STALL_SECONDS:.0f} s while shards "
+            f"{', '.join(f'{k}/{shards}' for k in stalled)} were not done; labels made so far are kept: start "
+            f"workers (prefect worker start --pool {pool} --type process --limit 1) and run the same command again"
+        )
+    if failed:
+        lines = [
+            f"shard {k}/{shards}: flow run {run.name} ({run.id}) ended {run.state.type.value}" for k, run in failed
+        ]
+        raise RuntimeError(
+            "some shards failed; labels made so far are kept, and the same command resumes them:\n  "
+            + "\n  ".join(lines)
+            + "\nsee `prefect flow-run logs ID` for each"
+        )
+    return finish(model, tasks_path, out_dir, config, ids)
+
+
+def _follow(client, runs: dict, pool: str, poll: float, desc: str) -> tuple[list, list]:
+    """Wait for every flow run in ``runs`` to end, with a progress bar.
+
+    Returns the (shard, run) pairs that failed, and the shards left waiting when no worker of ``pool``
+    has been online for ``STALL_SECONDS`` (a run whose worker died stays "running" on the server).
+    """
+    pending, failed = dict(runs), []
+    last_seen = time.monotonic()
+    with tqdm(total=len(runs), desc=desc, unit="shard") as bar:
+        while pending:
+            for k, run in list(pending.items()):
+                run = client.read_flow_run(run.id)
+                if run.state and run.state.is_final():
+                    del pending[k]
+                    bar.update()
+                    if not run.state.is_completed():
+                        failed.append((k, run))
+            if not pending:
+                break
+            if online_workers(client, pool):
+                last_seen = time.monotonic()
+            elif time.monotonic() - last_seen > STALL_SECONDS:
+                return failed, sorted(pending)
+            time.sleep(poll)
+    return failed, []

@@ -29,8 +29,10 @@ from filelock import FileLock, Timeout
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
+from prefect.settings import PREFECT_API_URL
 
 from polar.registry import PARENT_ENV
+from polar.servers import check_reachable
 from polar.tracking import end_pipeline_run, log_stage, start_pipeline_run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -126,6 +128,20 @@ def evaluation_artifact(model: str, cwd: str = str(ROOT)) -> str | None:
 def base_models(cwd: str | Path = ROOT) -> list[str]:
     params = yaml.safe_load((Path(cwd) / "params.yaml").read_text())
     return list(params["base_models"])
+
+
+def check_prefect() -> str | None:
+    """The Prefect API in use, checked to answer; None for Prefect's temporary local server."""
+    url = os.environ.get("PREFECT_API_URL") or PREFECT_API_URL.value()
+    if not url:
+        return None
+    check_reachable(
+        url.rstrip("/") + "/health",
+        "Prefect server",
+        "start it (prefect server start), or unset PREFECT_API_URL (prefect config unset PREFECT_API_URL) "
+        "to run on a temporary local server",
+    )
+    return url
 
 
 def _repo_lock(cwd: str | Path) -> FileLock:

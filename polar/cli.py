@@ -327,9 +327,10 @@ def label_cmd(
         if pool:
             if shard:
                 raise ValueError("--shard and --pool do not mix: --pool makes the shards itself (--shards N)")
-            from polar.dispatch import label_on_pool
+            from polar.pipeline import load_flows
 
-            merged = label_on_pool(model, tasks, out, config, pool, shards, limit, device, restart_on_change)
+            dispatch = load_flows("labeling").label_on_pool
+            merged = dispatch(model, tasks, out, config, pool, shards, limit, device, restart_on_change)
             console.print(f"labels: {merged}")
             return
         shard_kn = _shard(shard) if shard else None
@@ -627,15 +628,15 @@ def pipeline_cmd(
 
     Uses $PREFECT_API_URL when set, else a temporary local Prefect server, and $MLFLOW_TRACKING_URI when set, else mlflow/mlflow.db. Exit 1 when a model's chain stops (e.g. its labels fail validation).
     """
-    from polar.pipeline import check_models, check_prefect, load_flows, project_root, summary
+    from polar.pipeline import check_models, load_flows, project_root, summary
 
     # The temporary server's telemetry heartbeat races the flow for its SQLite file ("database is locked").
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     try:
         root = project_root()
         check_models(root, model)
-        prefect_url = check_prefect()
         flows = load_flows()
+        prefect_url = flows.check_prefect()
         outcome = flows.pipeline(models=model or None, cwd=str(root), push_outputs=push)
     except (ValueError, FileNotFoundError, ConnectionError) as err:
         _fail(str(err))

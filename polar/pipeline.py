@@ -1,21 +1,18 @@
 """`polar pipeline`: run the Prefect pipeline flow (flows/pipeline.py) on this DVC project and sum it up.
 
 The flow itself lives in ``flows/`` (orchestration beside the library, as Prefect projects lay it out);
-this module finds it, checks the servers it needs, and reads back what the stages wrote for the summary.
+this module finds it, checks the request, and reads back what the stages wrote for the summary.
 """
 
 from __future__ import annotations
 
 import importlib
 import json
-import os
 import sys
 from pathlib import Path
 from types import ModuleType
 
-from polar.servers import check_reachable
-
-__all__ = ["check_models", "check_prefect", "load_flows", "project_root", "summary"]
+__all__ = ["check_models", "load_flows", "project_root", "summary"]
 
 FLOWS = Path(__file__).resolve().parents[1] / "flows"
 
@@ -49,22 +46,6 @@ def load_flows(name: str = "pipeline") -> ModuleType:
     if str(FLOWS) not in sys.path:
         sys.path.insert(0, str(FLOWS))  # the flows import one another by name, as `python flows/serve.py` does
     return importlib.import_module(name)
-
-
-def check_prefect() -> str | None:
-    """The Prefect API in use, checked to answer; None for Prefect's temporary local server."""
-    from prefect.settings import PREFECT_API_URL
-
-    url = os.environ.get("PREFECT_API_URL") or PREFECT_API_URL.value()
-    if not url:
-        return None
-    check_reachable(
-        url.rstrip("/") + "/health",
-        "Prefect server",
-        "start it (prefect server start), or unset PREFECT_API_URL (prefect config unset PREFECT_API_URL) "
-        "to run on a temporary local server",
-    )
-    return url
 
 
 def summary(root: Path, model: str) -> dict:
