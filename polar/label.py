@@ -288,7 +288,8 @@ def _worker_lock(out_dir: Path, worker: str) -> FileLock:
     The lock file lives in the temporary folder, not in ``out_dir``, which DVC hashes.
     """
     key = hashlib.sha1(str(out_dir.resolve()).encode()).hexdigest()[:16]
-    path = Path(tempfile.gettempdir()) / "polar-locks" / f"{key}-{worker}.lock"
+    user = os.getuid() if hasattr(os, "getuid") else os.getlogin()  # one folder per user: no permission clashes
+    path = Path(tempfile.gettempdir()) / f"polar-locks-{user}" / f"{key}-{worker}.lock"
     path.parent.mkdir(parents=True, exist_ok=True)
     lock = FileLock(path)
     try:
