@@ -433,6 +433,13 @@ def train_cmd(
         int, typer.Option(min=1, help="Valid programs per input used as targets, shortest first.")
     ] = 8,
     val_fraction: float = 0.2,
+    identity_rule: Annotated[
+        str,
+        typer.Option(
+            help="Decoding: mass ranks the full-depth program first only when the model gives it at least half "
+            "the probability; marginal keeps the plain beam order (which ranks it first whenever edits disagree)."
+        ),
+    ] = "mass",
     seed: int = 0,
     device: DeviceOpt = "auto",
 ) -> None:
@@ -453,6 +460,7 @@ def train_cmd(
             space=space,
             levels=_level_names(levels) if levels else (),
             max_targets=max_targets,
+            identity_rule=identity_rule,
         )
         path = train(labels, out, config, base_model=model, device=device)
     except (ValueError, FileNotFoundError, ModelSpecError, EmbedderError) as err:

@@ -25,6 +25,7 @@ from polar.programs import DEFAULT_K_MAX, CompactProgram, Op, Program, ProgramEr
 __all__ = ["OPS", "PredictorConfig", "ProgramPredictor", "decode", "load", "save"]
 
 OPS = (Op.SKIP, Op.KEEP, Op.REPEAT)  # index order of the op head
+IDENTITY_RULES = ("mass", "marginal")
 WEIGHTS, CONFIG = "predictor.safetensors", "config.json"
 
 
@@ -45,7 +46,15 @@ class PredictorConfig:
     ops_per_segment: int = 2  # the beam tries the top ops of each segment
     min_length_ratio: float = 0.55  # decoded programs stay within the search's length bounds
     max_length_ratio: float = 1.2
+    # Where the identity ranks. "mass": first only when the model gives it at least half the probability
+    # (the product of the segments' keep probabilities); otherwise the best edited program goes first.
+    # "marginal": the plain beam order, in which a mixture of different edits still ranks the identity first.
+    identity_rule: str = "mass"
     meta: dict = field(default_factory=dict)  # provenance: base model, embedder, label hashes, training
+
+    def __post_init__(self) -> None:
+        if self.identity_rule not in IDENTITY_RULES:
+            raise ValueError(f"identity_rule must be one of {IDENTITY_RULES}, got {self.identity_rule!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -112,8 +121,13 @@ def decode(boundary_logits: torch.Tensor, op_logits: torch.Tensor, config: Predi
         except ProgramError:
             continue  # every segment skipped
         out.append(compact.to_program())
+    identity = Program.identity(depth)
     if not out:
-        out.append(Program.identity(depth))  # nothing admissible decoded: fall back to the full model
+        out.append(identity)  # nothing admissible decoded: fall back to the full model
+    keep = OPS.index(Op.KEEP)
+    p_identity = math.exp(sum(logp[start, keep].item() for start, _ in spans))
+    if config.identity_rule == "mass" and out[0] == identity and len(out) > 1 and p_identity < 0.5:
+        out[0], out[1] = out[1], out[0]  # an edit is more likely than none: the most likely edit first
     return out[:k]
 
 

@@ -25,7 +25,7 @@ from torch.nn import functional as F
 from tqdm import tqdm
 
 from polar.embedder import DEFAULT_EMBEDDER, load_embedder
-from polar.predictor import OPS, PredictorConfig, ProgramPredictor, save
+from polar.predictor import IDENTITY_RULES, OPS, PredictorConfig, ProgramPredictor, save
 from polar.programs import DEFAULT_K_MAX, CompactProgram, Program, ProgramError
 from polar.search import SPACES
 
@@ -48,10 +48,13 @@ class TrainConfig:
     dropout: float = 0.1
     space: str = "joint"  # keep valid programs of this space: skip (no repeats), loop (no skips) or joint (all)
     levels: tuple[str, ...] = ()  # train on inputs of these levels only (empty: all), for out-of-distribution tests
+    identity_rule: str = "mass"  # decoding: where the identity ranks (polar.predictor.PredictorConfig)
 
     def __post_init__(self) -> None:
         if self.space not in SPACES:
             raise ValueError(f"space must be one of {SPACES}, got {self.space!r}")
+        if self.identity_rule not in IDENTITY_RULES:
+            raise ValueError(f"identity_rule must be one of {IDENTITY_RULES}, got {self.identity_rule!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -202,6 +205,7 @@ def train(
         d_model=config.d_model,
         encoder_layers=config.encoder_layers,
         dropout=config.dropout,
+        identity_rule=config.identity_rule,
         meta={
             "base_model": spec,
             "embedder": config.embedder,

@@ -1,6 +1,7 @@
 """The predictor: network shape, beam decoding, save/load, training targets and a training run that learns."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -8,7 +9,7 @@ from tiny import tiny_model
 
 from polar.backbone import Backbone
 from polar.predictor import OPS, PredictorConfig, ProgramPredictor, decode, load, save
-from polar.programs import CompactProgram, Program
+from polar.programs import CompactProgram, Op, Program
 from polar.train import TrainConfig, _targets_of, load_targets, split_by_question, train
 
 
@@ -68,6 +69,29 @@ def test_decode_falls_back_to_full_depth_when_nothing_is_admissible():
     b, o = torch.full((4,), -5.0), torch.zeros(4, 3)
     o[:, OPS.index("skip")] = 5.0
     assert decode(b, o, config, k=2) == [Program.identity(4)]
+
+
+@pytest.mark.parametrize(("p_keep", "mass_first"), [(0.8, "0-3,6-15"), (0.95, "0-15")])
+def test_identity_ranks_first_only_when_it_holds_half_the_probability(p_keep, mass_first):
+    # Five segments. Each is kept with probability p_keep; otherwise a skip is likelier than a repeat, and
+    # most of all for layers 4-5. Per segment, keep always wins, so the plain beam order starts with the
+    # identity even when p_keep ** 5 (0.33 at 0.8) says that some edit is the likelier outcome.
+    depth = 16
+    b = torch.full((depth,), -8.0)
+    b[[0, 4, 6, 8, 12]] = 8.0  # segments 0-3, 4-5, 6-7, 8-11, 12-15
+    o = torch.full((depth, 3), -8.0)
+    o[:, OPS.index(Op.KEEP)] = math.log(p_keep)
+    o[:, OPS.index(Op.SKIP)] = math.log((1 - p_keep) * 0.6)
+    o[:, OPS.index(Op.REPEAT)] = math.log((1 - p_keep) * 0.4)
+    o[4, OPS.index(Op.SKIP)] = math.log((1 - p_keep) * 0.9)
+    o[4, OPS.index(Op.REPEAT)] = math.log((1 - p_keep) * 0.1)
+    config = PredictorConfig(depth=depth, embed_dim=8)
+    marginal = decode(b, o, PredictorConfig(depth=depth, embed_dim=8, identity_rule="marginal"), k=3)
+    mass = decode(b, o, config, k=3)
+    assert marginal[0] == Program.identity(depth)
+    assert mass[0] == Program.parse(mass_first) and Program.identity(depth) in mass[:2]
+    with pytest.raises(ValueError, match="identity_rule must be one of"):
+        PredictorConfig(depth=depth, embed_dim=8, identity_rule="nope")
 
 
 def test_save_and_load_round_trip(tmp_path):
