@@ -21,8 +21,11 @@ polar train --labels "$labels/labels.jsonl" --embedder minilm --out "$preds/join
 polar train --labels "$labels/labels.jsonl" --embedder backbone:2 --space skip --out "$preds/skip-only"
 polar train --labels "$labels/labels.jsonl" --embedder backbone:2 --space loop --out "$preds/loop-only"
 polar train --labels "$labels/labels.jsonl" --embedder backbone:2 --levels 1-3 --out "$preds/joint-levels-1-3"
+# The same predictor decoded with the plain beam order (the identity first whenever the segments' edits disagree).
+polar train --labels "$labels/labels.jsonl" --embedder backbone:2 --identity-rule marginal --out "$preds/joint-marginal"
 polar evaluate --predictor "$preds/joint" --tasks "data/tasks/arith-diag-$ntest.parquet" --oracle-labels "$oracle" \
   --other minilm-embedder="$preds/joint-minilm" --other skip-only="$preds/skip-only" --other loop-only="$preds/loop-only" \
+  --other marginal-rule="$preds/joint-marginal" \
   --out "bench/evaluation/$model"
 # Out of distribution: trained on levels 1-3 only, tested on levels 4-5.
 polar ingest --levels 4-5 --n "$ntest" --seed 0 --split test --out "data/tasks/arith-diag-$ntest-L45.parquet"
