@@ -681,7 +681,7 @@ def _print_summary(info: dict, result: str, root: Path) -> None:
                 f"{row['p_vs_base']:.3g}",
             )
         console.print(table)
-        console.print(f"  report           {info['report'].relative_to(root)}")
+        console.print(f"  report           {info['report'].relative_to(root)}", soft_wrap=True)
     if "validation" in info:
         console.print(f"  Data Docs        {info['validation']['data_docs']}", soft_wrap=True)
     if "registry" in info:
@@ -692,8 +692,8 @@ def _print_summary(info: dict, result: str, root: Path) -> None:
             if decision.get("promoted")
             else "@candidate (not champion: " + "; ".join(decision.get("reasons", [])) + ")"
         )
-        console.print(f"  registry         {reg['name']} v{reg['version']} {alias}")
-        console.print(f"  lineage          polar lineage models:/{reg['name']}/{reg['version']}")
+        console.print(f"  registry         {reg['name']} v{reg['version']} {alias}", soft_wrap=True)
+        console.print(f"  lineage          polar lineage models:/{reg['name']}/{reg['version']}", soft_wrap=True)
 
 
 def _name_path(text: str) -> tuple[str, str]:
