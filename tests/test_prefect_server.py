@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
@@ -135,73 +136,67 @@ def test_missing_servers_and_workers_are_clear_errors(server, tasks, tmp_path):
     assert temporary.returncode == 2 and "needs a Prefect server that workers also reach" in temporary.stderr
 
 
-TRIGGER = """
+PRELUDE = """
 import json, sys, time
 sys.path.insert(0, sys.argv[1])
 from prefect import get_client
-from serve import new_model_deployment, watch_base_models
-deployment_id = new_model_deployment(sys.argv[2]).apply()
-print("ANNOUNCED", json.dumps(watch_base_models(sys.argv[2])), json.dumps(watch_base_models(sys.argv[2])))
-deadline = time.time() + 90
-with get_client(sync_client=True) as client:
-    while time.time() < deadline:
-        runs = client.read_flow_runs()
-        found = [r.parameters for r in runs if r.deployment_id == deployment_id]
-        if found:
-            print("RUNS", json.dumps(found))
-            break
-        time.sleep(1)
+
+def runs_of(deployment_id, seconds=90):
+    deadline = time.time() + seconds
+    with get_client(sync_client=True) as client:
+        while time.time() < deadline:
+            runs = [r for r in client.read_flow_runs() if r.deployment_id == deployment_id]
+            if runs:
+                return runs
+            time.sleep(1)
+    return []
 """
 
 
-def test_a_new_base_model_triggers_its_pipeline(server, tmp_path):
-    _, env = server
+def _on_server(script: str, repo: Path, env: dict) -> dict[str, object]:
+    """Run ``script`` (after PRELUDE) against the server; returns what it printed as ``KEY json`` lines."""
+    cmd = [sys.executable, "-c", PRELUDE + script, str(ROOT / "flows"), str(repo)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    out = {}
+    for line in proc.stdout.splitlines():
+        key, _, value = line.partition(" ")
+        if key.isupper():
+            with contextlib.suppress(json.JSONDecodeError):  # a log line, not ours
+                out[key] = json.loads(value)
+    out["stderr"] = proc.stderr[-3000:]
+    return out
+
+
+def _repo(tmp_path: Path, models: list[str]) -> Path:
     repo = tmp_path / "repo"
     repo.mkdir()
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["base_models"] = {"smollm2-135m": {"spec": "smollm2-135m"}, "gemma3-270m": {"spec": "gemma3-270m"}}
+    params["base_models"] = {m: {"spec": m} for m in models}
     (repo / "params.yaml").write_text(yaml.safe_dump(params))
+    return repo
+
+
+def test_a_new_base_model_triggers_its_pipeline(server, tmp_path):
+    repo = _repo(tmp_path, ["smollm2-135m", "gemma3-270m"])
     (repo / "dvc.lock").write_text(yaml.safe_dump({"schema": "2.0", "stages": {"register@smollm2-135m": {}}}))
-    proc = subprocess.run(
-        [sys.executable, "-c", TRIGGER, str(ROOT / "flows"), str(repo)], env=env, capture_output=True, text=True
-    )
-    lines = {
-        line.split()[0]: line.split(" ", 1)[1] for line in proc.stdout.splitlines() if line[:4] in ("ANNO", "RUNS")
-    }
-    assert "ANNOUNCED" in lines, proc.stdout[-2000:] + proc.stderr[-3000:]
-    first, second = (json.loads(x) for x in lines["ANNOUNCED"].split(" ", 1))
-    assert first == ["gemma3-270m"] and second == []  # announced once, not at every check
-    assert "RUNS" in lines, "the trigger started no run:\n" + proc.stderr[-3000:]
-    assert json.loads(lines["RUNS"]) == [{"models": ["gemma3-270m"], "cwd": str(repo)}]
-
-
-SCHEDULED = """
-import json, sys, time
-sys.path.insert(0, sys.argv[1])
-from prefect import get_client
-from serve import retraining_deployment
-deployment_id = retraining_deployment(sys.argv[2]).apply()
-deadline = time.time() + 90
-with get_client(sync_client=True) as client:
-    while time.time() < deadline:
-        runs = [r for r in client.read_flow_runs() if r.deployment_id == deployment_id]
-        if runs:
-            print("SCHEDULED", json.dumps([[r.state.type.value, r.expected_start_time.isoformat()] for r in runs]))
-            break
-        time.sleep(1)
+    script = """
+from serve import new_model_deployment, watch_base_models
+deployment_id = new_model_deployment(sys.argv[2]).apply()
+print("ANNOUNCED", json.dumps([watch_base_models(sys.argv[2]), watch_base_models(sys.argv[2])]))
+print("RUNS", json.dumps([r.parameters for r in runs_of(deployment_id)]))
 """
+    out = _on_server(script, repo, server[1])
+    assert out.get("ANNOUNCED") == [["gemma3-270m"], []], out["stderr"]  # announced once, not at every check
+    assert out["RUNS"] == [{"models": ["gemma3-270m"], "cwd": str(repo)}], "the trigger started no run"
 
 
 def test_scheduled_retraining_gets_its_runs_on_the_server(server, tmp_path):
     # The server's scheduler must insert the cron's runs (it failed silently with SQLAlchemy 2.1).
-    _, env = server
-    repo = tmp_path / "repo"
-    repo.mkdir()
-    (repo / "params.yaml").write_text((ROOT / "params.yaml").read_text())
-    proc = subprocess.run(
-        [sys.executable, "-c", SCHEDULED, str(ROOT / "flows"), str(repo)], env=env, capture_output=True, text=True
-    )
-    line = [x for x in proc.stdout.splitlines() if x.startswith("SCHEDULED ")]
-    assert line, "no scheduled run appeared:\n" + proc.stderr[-3000:]
-    runs = json.loads(line[0].removeprefix("SCHEDULED "))
-    assert runs and all(state == "SCHEDULED" for state, _ in runs)
+    script = """
+from serve import retraining_deployment
+deployment_id = retraining_deployment(sys.argv[2]).apply()
+print("SCHEDULED", json.dumps([r.state.type.value for r in runs_of(deployment_id)]))
+"""
+    out = _on_server(script, _repo(tmp_path, ["smollm2-135m"]), server[1])
+    assert out.get("SCHEDULED"), "no scheduled run appeared:\n" + out["stderr"]
+    assert all(state == "SCHEDULED" for state in out["SCHEDULED"])
