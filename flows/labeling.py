@@ -78,6 +78,10 @@ def online_workers(client, pool: str) -> list[str]:
     ]
 
 
+def _worker_hint(pool: str) -> str:
+    return f"`CUDA_VISIBLE_DEVICES=0 prefect worker start --pool {pool} --type process --limit 1`"
+
+
 def _ensure_pool(client, pool: str) -> None:
     from prefect.client.schemas.actions import WorkPoolCreate
     from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
@@ -142,8 +146,7 @@ def label_on_pool(
         workers = online_workers(client, pool)
         if not workers:
             raise ConnectionError(
-                f"no worker polls the work pool {pool!r}: start one per GPU, e.g. "
-                f"`CUDA_VISIBLE_DEVICES=0 prefect worker start --pool {pool} --type process --limit 1`"
+                f"no worker polls the work pool {pool!r}: start one per GPU, e.g. {_worker_hint(pool)}"
             )
         shards = shards or len(workers)
         deployment_id = shard_deployment(pool).apply(work_pool_name=pool)
@@ -176,7 +179,7 @@ def label_on_pool(
         raise RuntimeError(
             f"no worker has polled the work pool {pool!r} for {STALL_SECONDS:.0f} s while shards "
             f"{', '.join(f'{k}/{shards}' for k in stalled)} were not done; labels made so far are kept: start "
-            f"workers (prefect worker start --pool {pool} --type process --limit 1) and run the same command again"
+            f"workers ({_worker_hint(pool)}) and run the same command again"
         )
     if failed:
         lines = [

@@ -24,13 +24,13 @@ import sys
 import time
 from pathlib import Path
 
-import yaml
 from filelock import FileLock, Timeout
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 from prefect.settings import PREFECT_API_URL
 
+from polar.pipeline import base_models, check_models, outputs, registry_status
 from polar.registry import PARENT_ENV
 from polar.servers import check_reachable
 from polar.tracking import end_pipeline_run, log_stage, start_pipeline_run
@@ -110,24 +110,16 @@ def push(cwd: str = str(ROOT)) -> bool:
 @task
 def evaluation_artifact(model: str, cwd: str = str(ROOT)) -> str | None:
     """Publish the model's evaluation table as a Markdown artifact; returns the table."""
-    report = Path(cwd) / "reports" / model / "evaluation" / "report.md"
+    out = outputs(cwd, model)
+    report = out["evaluation"] / "report.md"
     if not report.exists():
         return None
     text = report.read_text()
-    registry = Path(cwd) / "reports" / model / "registry.json"
-    if registry.exists():
-        info = json.loads(registry.read_text())
-        decision = info.get("promotion", {})
-        status = "champion" if decision.get("promoted") else "candidate only: " + "; ".join(decision.get("reasons", []))
-        text += f"\n\nRegistered `{info['name']}` version {info['version']} ({status}).\n"
+    if out["registry"].exists():
+        text += f"\n\nRegistered: {registry_status(json.loads(out['registry'].read_text()))}.\n"
     key = "evaluation-" + "".join(c if c.isalnum() else "-" for c in model.lower())
     create_markdown_artifact(key=key, markdown=text, description=f"polar evaluation of {model}")
     return text
-
-
-def base_models(cwd: str | Path = ROOT) -> list[str]:
-    params = yaml.safe_load((Path(cwd) / "params.yaml").read_text())
-    return list(params["base_models"])
 
 
 def check_prefect() -> str | None:
@@ -157,10 +149,7 @@ def pipeline(models: list[str] | None = None, cwd: str = str(ROOT), push_outputs
 
     Returns each model's outcome: ``registered``, or the stage where its chain stopped.
     """
-    known = base_models(cwd)
-    unknown = sorted(set(models or []) - set(known))
-    if unknown:
-        raise ValueError(f"unknown base models {unknown}: params.yaml lists {known}")
+    check_models(cwd, models)
     lock = _repo_lock(cwd)
     try:
         lock.acquire(timeout=0)
@@ -175,7 +164,7 @@ def pipeline(models: list[str] | None = None, cwd: str = str(ROOT), push_outputs
         outcome = {}
         for split in ("train", "test"):
             repro(f"ingest@{split}", cwd)
-        for model in models or known:
+        for model in models or base_models(cwd):
             outcome[model] = run_model(model, cwd)
         if push_outputs:
             push(cwd)

@@ -39,7 +39,7 @@ MaxVisitsOpt = Annotated[int, typer.Option(help="Most times one layer may run in
 
 def _fail(message: str, code: int = 2) -> None:
     # Unwrapped: the commands that errors suggest must survive a copy and paste.
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True, markup=True)
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -637,6 +637,7 @@ def pipeline_cmd(
     Uses $PREFECT_API_URL when set, else a temporary local Prefect server, and $MLFLOW_TRACKING_URI when set, else mlflow/mlflow.db. Exit 1 when a model's chain stops (e.g. its labels fail validation).
     """
     from polar.pipeline import check_models, load_flows, project_root, summary
+    from polar.registry import default_tracking_uri
 
     # The temporary server's telemetry heartbeat races the flow for its SQLite file ("database is locked").
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -651,7 +652,7 @@ def pipeline_cmd(
     for name, result in outcome.items():
         _print_summary(summary(root, name), result, root)
     console.print("\n[bold]Where to look[/]")
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow/mlflow.db"
+    uri = default_tracking_uri(root)
     ui = f"{uri}" if uri.startswith("http") else f"mlflow ui --backend-store-uri {uri}  (then http://127.0.0.1:5000)"
     where = prefect_url or "on a temporary server, gone with it (`prefect server start` keeps them)"
     for line in (
@@ -665,6 +666,8 @@ def pipeline_cmd(
 
 
 def _print_summary(info: dict, result: str, root: Path) -> None:
+    from polar.pipeline import registry_status
+
     console.print(f"\n[bold]{info['model']}[/]: {result}")
     if "metrics" in info:
         m = info["metrics"]
@@ -686,13 +689,7 @@ def _print_summary(info: dict, result: str, root: Path) -> None:
         console.print(f"  Data Docs        {info['validation']['data_docs']}", soft_wrap=True)
     if "registry" in info:
         reg = info["registry"]
-        decision = reg.get("promotion", {})
-        alias = (
-            "@champion"
-            if decision.get("promoted")
-            else "@candidate (not champion: " + "; ".join(decision.get("reasons", [])) + ")"
-        )
-        console.print(f"  registry         {reg['name']} v{reg['version']} {alias}", soft_wrap=True)
+        console.print(f"  registry         {registry_status(reg)}", soft_wrap=True)
         console.print(f"  lineage          polar lineage models:/{reg['name']}/{reg['version']}", soft_wrap=True)
 
 

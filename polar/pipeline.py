@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
-__all__ = ["check_models", "load_flows", "project_root", "summary"]
+__all__ = ["base_models", "check_models", "load_flows", "outputs", "project_root", "registry_status", "summary"]
 
 FLOWS = Path(__file__).resolve().parents[1] / "flows"
 
@@ -28,14 +28,42 @@ def project_root(cwd: str | Path = ".") -> Path:
     return root
 
 
-def check_models(root: Path, models: list[str] | None) -> None:
-    """Refuse base models that params.yaml does not list (before any server starts)."""
+def base_models(root: str | Path) -> list[str]:
+    """The base models of params.yaml, in order."""
     import yaml
 
-    known = list(yaml.safe_load((root / "params.yaml").read_text()).get("base_models") or {})
+    return list(yaml.safe_load((Path(root) / "params.yaml").read_text()).get("base_models") or {})
+
+
+def check_models(root: str | Path, models: list[str] | None) -> None:
+    """Refuse base models that params.yaml does not list (before any server starts)."""
+    known = base_models(root)
     unknown = sorted(set(models or []) - set(known))
     if unknown:
         raise ValueError(f"unknown base models {unknown}: params.yaml lists {known} (add one under base_models)")
+
+
+def outputs(root: str | Path, model: str) -> dict[str, Path]:
+    """Where the stages of dvc.yaml write ``model``'s outputs (the one copy of that layout outside dvc.yaml)."""
+    root, reports = Path(root), Path(root) / "reports" / model
+    return {
+        "labels": root / "data" / "labels" / model,
+        "validation": reports / "validation" / "validation.json",
+        "predictor": root / "models" / "predictors" / model,
+        "evaluation": reports / "evaluation",
+        "registry": reports / "registry.json",
+    }
+
+
+def registry_status(info: dict) -> str:
+    """One line for a registration (registry.json): the version and what the gates decided."""
+    decision = info.get("promotion", {})
+    alias = (
+        "@champion"
+        if decision.get("promoted")
+        else "@candidate (not champion: " + "; ".join(decision.get("reasons", [])) + ")"
+    )
+    return f"{info['name']} v{info['version']} {alias}"
 
 
 def load_flows(name: str = "pipeline") -> ModuleType:
@@ -50,14 +78,13 @@ def load_flows(name: str = "pipeline") -> ModuleType:
 
 def summary(root: Path, model: str) -> dict:
     """What the stages wrote for ``model``: evaluation metrics, validation, registry (those that exist)."""
-    out = {"model": model}
-    base = root / "reports" / model
+    out = outputs(root, model)
+    info = {"model": model, "report": out["evaluation"] / "report.md"}
     for key, path in (
-        ("metrics", base / "evaluation" / "metrics.json"),
-        ("validation", base / "validation" / "validation.json"),
-        ("registry", base / "registry.json"),
+        ("metrics", out["evaluation"] / "metrics.json"),
+        ("validation", out["validation"]),
+        ("registry", out["registry"]),
     ):
         if path.exists():
-            out[key] = json.loads(path.read_text())
-    out["report"] = base / "evaluation" / "report.md"
-    return out
+            info[key] = json.loads(path.read_text())
+    return info

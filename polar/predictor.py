@@ -22,11 +22,16 @@ from torch import nn
 
 from polar.programs import DEFAULT_K_MAX, CompactProgram, Op, Program, ProgramError, Segment
 
-__all__ = ["OPS", "PredictorConfig", "ProgramPredictor", "decode", "load", "save"]
+__all__ = ["IDENTITY_RULES", "OPS", "PredictorConfig", "ProgramPredictor", "check_identity_rule", "decode", "load", "save"]
 
 OPS = (Op.SKIP, Op.KEEP, Op.REPEAT)  # index order of the op head
 IDENTITY_RULES = ("mass", "marginal")
 WEIGHTS, CONFIG = "predictor.safetensors", "config.json"
+
+
+def check_identity_rule(rule: str) -> None:
+    if rule not in IDENTITY_RULES:
+        raise ValueError(f"identity_rule must be one of {IDENTITY_RULES}, got {rule!r}")
 
 
 @dataclass(frozen=True)
@@ -53,8 +58,7 @@ class PredictorConfig:
     meta: dict = field(default_factory=dict)  # provenance: base model, embedder, label hashes, training
 
     def __post_init__(self) -> None:
-        if self.identity_rule not in IDENTITY_RULES:
-            raise ValueError(f"identity_rule must be one of {IDENTITY_RULES}, got {self.identity_rule!r}")
+        check_identity_rule(self.identity_rule)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -124,10 +128,10 @@ def decode(boundary_logits: torch.Tensor, op_logits: torch.Tensor, config: Predi
     identity = Program.identity(depth)
     if not out:
         out.append(identity)  # nothing admissible decoded: fall back to the full model
-    keep = OPS.index(Op.KEEP)
-    p_identity = math.exp(sum(logp[start, keep].item() for start, _ in spans))
-    if config.identity_rule == "mass" and out[0] == identity and len(out) > 1 and p_identity < 0.5:
-        out[0], out[1] = out[1], out[0]  # an edit is more likely than none: the most likely edit first
+    if config.identity_rule == "mass" and out[0] == identity and len(out) > 1:
+        keep = OPS.index(Op.KEEP)
+        if sum(logp[start, keep].item() for start, _ in spans) < math.log(0.5):  # P(identity) < 1/2
+            out[0], out[1] = out[1], out[0]  # an edit is more likely than none: the most likely edit first
     return out[:k]
 
 

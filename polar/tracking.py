@@ -12,6 +12,7 @@ import json
 import re
 from pathlib import Path
 
+from polar.pipeline import outputs
 from polar.registry import PARENT_ENV, configure, git_commit
 
 __all__ = ["PARENT_ENV", "end_pipeline_run", "log_stage", "start_pipeline_run"]
@@ -61,49 +62,42 @@ def log_stage(root: str | Path, model: str, stage: str) -> None:
     """Log what ``stage`` wrote for ``model`` (metrics and files under ``<model>/<stage>/``) to the active run."""
     import mlflow
 
-    root = Path(root)
-    reports = root / "reports" / model
+    out = outputs(root, model)
     metrics: dict[str, float] = {}
     files: list[Path] = []
     if stage == "label":
-        labels = root / "data" / "labels" / model
-        records = (
-            [json.loads(line) for line in (labels / "labels.jsonl").open()]
-            if (labels / "labels.jsonl").exists()
-            else []
-        )
+        merged = out["labels"] / "labels.jsonl"
+        records = [json.loads(line) for line in merged.open()] if merged.exists() else []
         if records:
             metrics["inputs"] = len(records)
             metrics["base_correct_share"] = sum(r["base_correct"] for r in records) / len(records)
             metrics["valid_share"] = sum(bool(r["valid"]) for r in records) / len(records)
-        files = [labels / "manifest.json", labels / "settings.json"]
+        files = [out["labels"] / "manifest.json", out["labels"] / "settings.json"]
     elif stage == "validate":
-        path = reports / "validation" / "validation.json"
-        if path.exists():
-            metrics["success"] = float(json.loads(path.read_text())["success"])
-        files = [path]
+        if out["validation"].exists():
+            metrics["success"] = float(json.loads(out["validation"].read_text())["success"])
+        files = [out["validation"]]
     elif stage == "train":
-        predictor = root / "models" / "predictors" / model
-        history = json.loads((predictor / "history.json").read_text()) if (predictor / "history.json").exists() else []
+        history_path = out["predictor"] / "history.json"
+        history = json.loads(history_path.read_text()) if history_path.exists() else []
         if history:
             metrics["best_val_loss"] = min(h["val_loss"] for h in history)
             metrics["epochs"] = len(history)
-        files = [predictor / "config.json", predictor / "history.json"]
+        files = [out["predictor"] / "config.json", history_path]
     elif stage == "evaluate":
-        path = reports / "evaluation" / "metrics.json"
+        path = out["evaluation"] / "metrics.json"
         if path.exists():
             data = json.loads(path.read_text())
             for method, row in data["methods"].items():
                 metrics[f"{method}.pass@1"] = row["pass@1"]
                 metrics[f"{method}.layers_ratio"] = row["layers_ratio"]
             metrics["identity_share"] = data["identity_share"]
-        files = [path, reports / "evaluation" / "report.md", reports / "evaluation" / "accuracy_vs_layers.png"]
+        files = [path, out["evaluation"] / "report.md", out["evaluation"] / "accuracy_vs_layers.png"]
     elif stage == "register":
-        path = reports / "registry.json"
-        if path.exists():
-            info = json.loads(path.read_text())
+        if out["registry"].exists():
+            info = json.loads(out["registry"].read_text())
             mlflow.set_tag(f"{model}.registered", f"{info['name']} v{info['version']}")
-        files = [path]
+        files = [out["registry"]]
     if metrics:
         mlflow.log_metrics({_metric(f"{model}/{stage}/{k}"): float(v) for k, v in metrics.items()})
     for path in files:

@@ -25,7 +25,7 @@ from torch.nn import functional as F
 from tqdm import tqdm
 
 from polar.embedder import DEFAULT_EMBEDDER, load_embedder
-from polar.predictor import IDENTITY_RULES, OPS, PredictorConfig, ProgramPredictor, save
+from polar.predictor import OPS, PredictorConfig, ProgramPredictor, check_identity_rule, save
 from polar.programs import DEFAULT_K_MAX, CompactProgram, Program, ProgramError
 from polar.search import SPACES
 
@@ -53,8 +53,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.space not in SPACES:
             raise ValueError(f"space must be one of {SPACES}, got {self.space!r}")
-        if self.identity_rule not in IDENTITY_RULES:
-            raise ValueError(f"identity_rule must be one of {IDENTITY_RULES}, got {self.identity_rule!r}")
+        check_identity_rule(self.identity_rule)  # early: before any embedding is computed
 
     def to_dict(self) -> dict:
         return asdict(self)
