@@ -162,8 +162,7 @@ def pipeline(models: list[str] | None = None, cwd: str = str(ROOT), push_outputs
         os.environ[PARENT_ENV] = run_id  # `polar register` nests its run under this one
         get_run_logger().info("MLflow run %s (experiment polar)", run_id)
         outcome = {}
-        for split in ("train", "test"):
-            repro(f"ingest@{split}", cwd)
+        repro("ingest", cwd)
         for model in models or base_models(cwd):
             outcome[model] = run_model(model, cwd)
         if push_outputs:

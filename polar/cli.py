@@ -232,38 +232,61 @@ def _level_names(text: str) -> tuple[str, ...]:
 @app.command()
 def ingest(
     out: Annotated[
-        str, typer.Option(help="Output Parquet file (a manifest is written beside it).")
-    ] = "data/tasks/arith.parquet",
+        str, typer.Option(help="Output folder: train, validation, test and shots (few-shot pool) Parquet files.")
+    ] = "data/tasks",
     task: Annotated[
-        str, typer.Option(help="arith (synthetic levels) or gsm8k, mawps, asdiv, math, math500, mmlu-pro-math, arc.")
+        str,
+        typer.Option(
+            help="arith (synthetic levels), a benchmark (gsm8k, mawps, asdiv, math, math500, mmlu-pro-math, arc), "
+            "or any name for a file of your own (with --question-field and --answer-field)."
+        ),
     ] = "arith",
     levels: Annotated[str, typer.Option(help="Synthetic levels, e.g. 1-5.")] = "1-5",
-    n: Annotated[int, typer.Option(min=1, help="Synthetic questions per level.")] = 40,
-    seed: int = 0,
-    source: Annotated[str | None, typer.Option(help="Benchmark file, folder or hub id.")] = None,
-    split: str = "test",
-    limit: Annotated[int | None, typer.Option(help="Most benchmark examples to keep.")] = None,
+    train: Annotated[
+        int | None, typer.Option(min=0, help="Train questions per level (synthetic: required; else default all).")
+    ] = None,
+    validation: Annotated[int | None, typer.Option(min=0, help="Validation questions per level.")] = None,
+    test: Annotated[int | None, typer.Option(min=0, help="Test questions per level.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the synthetic draw (splits do not depend on it).")] = 0,
+    source: Annotated[str | None, typer.Option(help="Benchmark or own file, folder or hub id.")] = None,
+    source_split: Annotated[str, typer.Option(help="Split to read from a folder or hub id.")] = "test",
+    limit: Annotated[int | None, typer.Option(help="Read at most this many usable records of the source.")] = None,
+    question_field: Annotated[str | None, typer.Option(help="Own file: the question's field.")] = None,
+    answer_field: Annotated[str, typer.Option(help="Own file: the reference answer's field.")] = "answer",
+    level_field: Annotated[str | None, typer.Option(help="Own file: a level's field (default: none).")] = None,
+    answer_kind: Annotated[str, typer.Option(help="Own file: number, math or choice.")] = "number",
 ) -> None:
-    """Write a task's examples (synthetic levels or a real benchmark) to one Parquet file."""
-    from polar.ingest import ingest as do_ingest
-    from polar.ingest import manifest_path
+    """Split a task into train, validation and test files (and a few-shot pool) by a hash of each question.
 
+    The same question always lands in the same split, in every file and every run, so the splits never overlap
+    whatever their sizes. Synthetic levels give each size per level; for benchmarks and your own files a size
+    caps a split per level (default: everything in it).
+    """
+    from polar.ingest import MANIFEST
+    from polar.ingest import ingest as do_ingest
+    from polar.tasks.benchmarks import Fields
+
+    fields = Fields(question_field, answer_field, level_field, answer_kind) if question_field else None
     try:
-        path, bad = do_ingest(out, task, _levels(levels), n, seed, source, split, limit)
+        sizes = {"train": train, "validation": validation, "test": test}
+        paths, bad = do_ingest(out, task, _levels(levels), sizes, seed, source, source_split, limit, fields)
     except (ValueError, FileNotFoundError, ConnectionError) as err:
         _fail(str(err))
     for record in bad[:10]:
         err_console.print(f"[yellow]skipped[/] {record}", highlight=False)
     if len(bad) > 10:
         err_console.print(f"[yellow]... and {len(bad) - 10} more skipped records[/]")
-    manifest = json.loads(manifest_path(path).read_text())
-    console.print(f"wrote {manifest['examples']} examples to {path} ({len(bad)} bad records skipped)")
+    manifest = json.loads((Path(out) / MANIFEST).read_text())
+    counts = ", ".join(f"{split} {info['examples']}" for split, info in manifest["splits"].items())
+    console.print(f"wrote {counts} examples to {out}/ ({len(bad)} records skipped)")
 
 
 @app.command(name="label")
 def label_cmd(
     model: ModelOpt = "smollm2-135m",
-    tasks: Annotated[str, typer.Option(help="Task file written by `polar ingest`.")] = "data/tasks/arith.parquet",
+    tasks: Annotated[str, typer.Option(help="Task file written by `polar ingest` (its train split).")] = (
+        "data/tasks/train.parquet"
+    ),
     out: Annotated[
         str | None,
         typer.Option(help="Output folder: shards, labels.jsonl, manifest.json (default: data/labels/MODEL/SPACE)."),
@@ -280,6 +303,9 @@ def label_cmd(
     prompt: Annotated[
         str, typer.Option(help="Prompt style: plain (Question/Answer blocks) or chat (the model's chat template).")
     ] = "plain",
+    shots_from: Annotated[
+        str, typer.Option(help="Few-shot pool (default: shots.parquet beside the task file, from `polar ingest`).")
+    ] = "",
     max_new_tokens: int = 50,
     seed: int = 0,
     limit: Annotated[int | None, typer.Option(help="Label only the first N inputs.")] = None,
@@ -321,7 +347,9 @@ def label_cmd(
             batch=batch,
             seed=seed,
         )
-        config = LabelConfig(shots=shots, prompt=prompt, max_new_tokens=max_new_tokens, search=search_cfg)
+        config = LabelConfig(
+            shots=shots, prompt=prompt, max_new_tokens=max_new_tokens, shots_from=shots_from, search=search_cfg
+        )
         if out is None:
             out = f"data/labels/{Path(model.rstrip('/')).name.removesuffix('.gguf')}/{space}"
         if pool:
@@ -389,19 +417,26 @@ def validate_cmd(
     min_valid_share: Annotated[float, typer.Option(help="Least share of inputs with a valid program.")] = 0.2,
     max_kl: Annotated[float, typer.Option(help="Drift bound (KL, nats) of op and length distributions.")] = 0.5,
     accept: Annotated[bool, typer.Option(help="Make passing labels the new reference.")] = True,
+    heldout: Annotated[
+        list[str] | None,
+        typer.Option(help="Validation or test task file whose questions must not be in the labels (repeatable)."),
+    ] = None,
 ) -> None:
-    """Check label files with a great-expectations suite; exit 1 (and keep the reference) when they fail."""
+    """Check label files with a great-expectations suite; exit 1 (and keep the reference) when they fail.
+
+    With --heldout, no question of those files may be among the training labels (compared by normalised text).
+    """
     from polar.validation import ValidateConfig, ValidationFailed, validate
 
     try:
-        summary = validate(labels, out, ValidateConfig(min_valid_share, max_kl), reference, accept)
+        summary = validate(labels, out, ValidateConfig(min_valid_share, max_kl), reference, accept, heldout or [])
     except ValidationFailed as err:
         _fail(str(err), code=1)
     except (ValueError, FileNotFoundError) as err:
         _fail(str(err))
     checks = sum(len(v) for v in summary["results"].values())
     drift = "with" if summary["drift_checked"] else "without (no reference yet)"
-    console.print(f"labels valid: {checks} expectations passed, {drift} drift check; Data Docs: {summary['data_docs']}")
+    console.print(f"labels valid: {checks} expectations passed, {drift} drift check; report: {summary['report']}")
 
 
 @app.command(name="train")
@@ -487,8 +522,13 @@ def evaluate_cmd(
         str | None, typer.Option(help="labels.jsonl of the same inputs: the search oracle as upper bound.")
     ] = None,
     k: Annotated[int, typer.Option(min=1, help="pass@1..k.")] = 5,
-    prompt: Annotated[str, typer.Option(help="Prompt style: plain or chat (use the labels' style).")] = "plain",
-    shots: Annotated[int, typer.Option(min=0)] = 3,
+    prompt: Annotated[
+        str | None, typer.Option(help="Prompt style; must be the labels' (default: the predictor's recorded prompt).")
+    ] = None,
+    shots: Annotated[int | None, typer.Option(min=0, help="Few-shot examples; must be the labels'.")] = None,
+    shots_from: Annotated[
+        str, typer.Option(help="Few-shot pool; its shots must be the labels' (default: the predictor's).")
+    ] = "",
     temperature: Annotated[float, typer.Option(help="Base model's sampling temperature for its pass@k.")] = 0.7,
     max_new_tokens: Annotated[int, typer.Option(min=1, help="Generation budget (use the labels' budget).")] = 50,
     limit: Annotated[int | None, typer.Option(help="Evaluate only the first N inputs.")] = None,
@@ -507,7 +547,13 @@ def evaluate_cmd(
         if not spec:
             raise ValueError(f"{predictor} does not record its base model; pass --model")
         config = EvalConfig(
-            k=k, shots=shots, prompt=prompt, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed
+            k=k,
+            shots=shots,
+            prompt=prompt,
+            shots_from=shots_from,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            seed=seed,
         )
         metrics = evaluate(spec, predictor, tasks, out, config, others, oracle_labels, limit=limit, device=device)
     except (ValueError, FileNotFoundError, ModelSpecError) as err:
@@ -568,9 +614,9 @@ def register_cmd(
         decision = info["promotion"]
         verdict = "now @champion" if decision["promoted"] else "not promoted: " + "; ".join(decision["reasons"])
         console.print(f"{info['name']} v{info['version']} {verdict}")
-    if out:
+    if out:  # a DVC output: what a fresh registry gives for the same inputs (the run id lives in MLflow only)
         Path(out).parent.mkdir(parents=True, exist_ok=True)
-        Path(out).write_text(json.dumps(info, indent=2) + "\n")
+        Path(out).write_text(json.dumps({k: v for k, v in info.items() if k != "run_id"}, indent=2) + "\n")
 
 
 @app.command(name="promote")
@@ -613,11 +659,19 @@ def lineage_cmd(
             f"{info['name']} v{info['version']} {info['aliases']} <- run {info['run_id']} <- git {info['git_commit']}"
         )
         table = Table()
-        for col in ("input", "path", "md5", "in DVC"):
+        for col in ("input", "path", "md5", "in DVC", "dvc.lock now"):
             table.add_column(col)
+        now = {True: "same", False: "[yellow]changed[/]", None: "-"}
         for i in info["inputs"]:
-            table.add_row(i["role"], str(i["path"]), i["md5"], ", ".join(i["found_in"]) or "[red]missing[/]")
+            found = ", ".join(i["found_in"]) or "[red]missing[/]"
+            table.add_row(i["role"], str(i["path"]), i["md5"], found, now[i["matches"]])
         console.print(table)
+        if any(i["matches"] is False for i in info["inputs"]):
+            console.print(
+                "[yellow]some outputs changed since this version was registered[/]: dvc.lock records other hashes "
+                "for them now (`git log dvc.lock` and `dvc diff` show when)",
+                soft_wrap=True,
+            )
     if any(not i["found_in"] for i in info["inputs"]):
         _fail("some inputs are not in the DVC cache or remote: `dvc pull` or re-run `dvc repro`", code=1)
 
@@ -686,7 +740,7 @@ def _print_summary(info: dict, result: str, root: Path) -> None:
         console.print(table)
         console.print(f"  report           {info['report'].relative_to(root)}", soft_wrap=True)
     if "validation" in info:
-        console.print(f"  Data Docs        {info['validation']['data_docs']}", soft_wrap=True)
+        console.print(f"  validation       {info['validation']['report']}", soft_wrap=True)
     if "registry" in info:
         reg = info["registry"]
         console.print(f"  registry         {registry_status(reg)}", soft_wrap=True)

@@ -16,6 +16,7 @@ matplotlib.use("Agg")  # files only, no screen
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from polar.label import TIMINGS  # noqa: E402
 from polar.programs import CompactProgram, Op, Program  # noqa: E402
 
 __all__ = ["diagnose", "load_labels"]
@@ -111,15 +112,15 @@ def diagnose(labels_dir: str | Path, out_dir: str | Path, command: str | None = 
     }
     sims = sorted({v["config"]["search"]["simulations"] for v in settings.values()})
     lengths = [r["shortest_length"] for r in joint if r["shortest_length"]]
-    seconds = sum(r["seconds"] for recs in runs.values() for r in recs)
+    seconds = sum(_search_seconds(labels_dir / space) for space in runs)
     evaluations = sum(r["evaluations"] for recs in runs.values() for r in recs)
     lines = [
         f"# Diagnosis: {model} ({depth} layers)",
         "",
         f"Search spaces: {', '.join(runs)}; {len(joint)} inputs ({len(joint) // max(1, len(levels))} per level); "
-        f"prompt builder `{joint[0]['prompt_builder']}`; {'/'.join(map(str, sims)) or '?'} simulations per input "
+        f"prompt `{joint[0]['prompt']}`; {'/'.join(map(str, sims)) or '?'} simulations per input "
         f"(the reference uses 100). Search time: {seconds / 60:.1f} min for {evaluations} program evaluations over "
-        "all spaces (summed per input, as recorded in the labels).",
+        "all spaces (summed per input, from the label folders' timings.jsonl).",
         "",
         "## Oracle accuracy per level",
         "",
@@ -216,3 +217,16 @@ def _plot_heatmaps(skip_map: np.ndarray, loop_map: np.ndarray, levels: list[str]
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def _search_seconds(folder: Path) -> float:
+    """Search seconds summed over a label folder's inputs (``timings.jsonl``; the last entry of an input counts)."""
+    path = folder / TIMINGS
+    if not path.exists():
+        return 0.0
+    last = {}
+    for line in path.read_text().splitlines():
+        if line.strip():
+            entry = json.loads(line)
+            last[entry["id"]] = entry["seconds"]
+    return sum(last.values())

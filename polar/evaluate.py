@@ -8,6 +8,11 @@ layers removed as the predictor skips on average, random programs of the predict
 predictors (e.g. trained on skip-only or loop-only labels) and, given label files of the same
 inputs, the search oracle as an upper bound. Writes ``metrics.json`` and ``results.jsonl``; the
 report (``report.md``, plot) comes from :mod:`polar.report`.
+
+The prompt is the one the predictor's labels were made with (its recorded
+:class:`~polar.tasks.prompts.PromptSpec`); prompt settings given here must match it. Both output files are
+the same bytes for the same inputs; the predictor's timings go to ``timings.json`` beside them, which is no
+DVC output.
 """
 
 from __future__ import annotations
@@ -20,26 +25,29 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import torch
 from tqdm import tqdm
 
 from polar import predictor as P
 from polar.baselines import block_influence, random_program, shortgpt_program
 from polar.embedder import load_embedder
 from polar.executor import Sampling
-from polar.label import read_examples, shots_for
+from polar.label import read_examples
 from polar.programs import Program
 from polar.tasks.answers import grade
-from polar.tasks.prompts import PromptBuilder, stop_token_ids
+from polar.tasks.prompts import PromptSpec, stop_token_ids
 
-__all__ = ["EvalConfig", "evaluate", "mcnemar_p", "pass_at_k", "wilson"]
+__all__ = ["TIMINGS", "EvalConfig", "evaluate", "mcnemar_p", "pass_at_k", "wilson"]
+
+TIMINGS = "timings.json"  # beside metrics.json; not a DVC output (seconds differ from run to run)
 
 
 @dataclass(frozen=True)
 class EvalConfig:
     k: int = 5  # pass@1..k
-    shots: int = 3
-    prompt: str = "plain"
+    # The prompt: None takes the predictor's (the one its labels were made with); given, it must match.
+    shots: int | None = None
+    prompt: str | None = None
+    shots_from: str = ""  # the few-shot pool (default: shots.parquet beside the task file)
     max_new_tokens: int = 50
     temperature: float = 0.7  # base model's sampling for its own pass@k
     top_p: float = 0.95
@@ -82,11 +90,21 @@ def pass_at_k(n: int, c: int, k: int) -> float:
 def _predict(model: P.ProgramPredictor, embedder, questions: list[str], k: int) -> tuple[list[list[Program]], float]:
     """Top-k programs per question and the predictor's seconds per input (embedder + network + decode)."""
     start = time.perf_counter()
-    x, mask = embedder(questions)
-    with torch.no_grad():
-        b, o = model(x.to(next(model.parameters()).device), mask.to(x.device))
-    ranked = [P.decode(b[i].cpu(), o[i].cpu(), model.config, k) for i in range(len(questions))]
+    ranked = P.predict(model, embedder, questions, k)
     return ranked, (time.perf_counter() - start) / max(len(questions), 1)
+
+
+def resolve_prompt(predictor: P.ProgramPredictor, config: EvalConfig, tasks_path: str | Path) -> PromptSpec:
+    """The predictor's prompt, after checking that prompt settings given in ``config`` describe the same one."""
+    spec = P.prompt_spec(predictor)
+    if config.shots is None and config.prompt is None and not config.shots_from:
+        return spec
+    pool = Path(config.shots_from) if config.shots_from else Path(tasks_path).with_name("shots.parquet")
+    given = PromptSpec.from_pool(
+        pool, config.prompt or spec.style, spec.shots if config.shots is None else config.shots
+    )
+    spec.check(given, "evaluation")
+    return spec
 
 
 def evaluate(
@@ -124,8 +142,11 @@ def evaluate(
     for name, pred in predictors.items():
         if pred.config.depth != depth:
             raise ValueError(f"{name} was trained for a {pred.config.depth}-layer model; {model} has {depth} layers")
-    builder, stops = PromptBuilder(config.prompt), stop_token_ids(tok)
-    prompts = [builder.encode(e.question, shots_for(e, examples, config.shots), tok) for e in examples]
+    prompt, stops = resolve_prompt(predictors["predictor"], config, tasks_path), stop_token_ids(tok)
+    for name, pred in predictors.items():
+        if name != "predictor":
+            prompt.check(P.prompt_spec(pred), f"the predictor {name!r}")
+    prompts = [prompt.encode(e.question, e.level, tok) for e in examples]
     questions = [e.question for e in examples]
 
     ranked, overhead = {}, {}
@@ -174,6 +195,7 @@ def evaluate(
                 "programs": [p.text for p in top],
                 "top1_length": len(top[0]),
                 "top1_text": first.text,
+                "top1_answer": grade(first.text, example.answer, example.answer_kind)[0],
                 "topk_correct": topk_ok,
                 **{f"{name}_correct": ok for name, ok in static_ok.items()},
                 **{f"{name}_program": static[name].text for name in static if name != "base"},
@@ -183,14 +205,28 @@ def evaluate(
     with (out_dir / "results.jsonl").open("w") as f:
         for row in rows:
             f.write(json.dumps(row) + "\n")
-    metrics = _metrics(rows, depth, predictors, overhead, gen_seconds, shortgpt, config, oracle_labels, examples)
-    metrics |= {"model": model, "tasks": str(tasks_path), "predictor": str(predictor_dir), "config": config.to_dict()}
+    metrics = _metrics(rows, depth, predictors, shortgpt, config, oracle_labels, examples)
+    metrics |= {
+        "model": model,
+        "tasks": str(tasks_path),
+        "predictor": str(predictor_dir),
+        "prompt": prompt.id,
+        "answer_kinds": sorted({e.answer_kind for e in examples}),
+        "config": config.to_dict(),
+    }
     path = out_dir / "metrics.json"
     path.write_text(json.dumps(metrics, indent=2) + "\n")
+    mean_gen = sum(gen_seconds) / len(gen_seconds)
+    timings = {
+        "predictor_ms": 1000 * overhead["predictor"],
+        "top1_generation_ms": 1000 * mean_gen,
+        "predictor_share_of_generation": overhead["predictor"] / mean_gen if mean_gen else None,
+    }
+    (out_dir / TIMINGS).write_text(json.dumps(timings, indent=2) + "\n")
     return path
 
 
-def _metrics(rows, depth, predictors, overhead, gen_seconds, shortgpt, config, oracle_labels, examples) -> dict:
+def _metrics(rows, depth, predictors, shortgpt, config, oracle_labels, examples) -> dict:
     n = len(rows)
     pred_ok = [r["topk_correct"][0] for r in rows]
     base_ok = [r["base_correct"] for r in rows]
@@ -241,8 +277,6 @@ def _metrics(rows, depth, predictors, overhead, gen_seconds, shortgpt, config, o
         lv["inputs"] += 1
         lv["base"] += r["base_correct"]
         lv["predictor"] += r["topk_correct"][0]
-    mean_overhead = overhead["predictor"]
-    mean_gen = sum(gen_seconds) / n
     return {
         "inputs": n,
         "depth": depth,
@@ -250,7 +284,9 @@ def _metrics(rows, depth, predictors, overhead, gen_seconds, shortgpt, config, o
         "pass_at_k": pass_k,
         "per_level": per_level,
         "identity_share": sum(r["programs"][0] == Program.identity(depth).text for r in rows) / n,
-        "predictor_ms": 1000 * mean_overhead,
-        "predictor_share_of_generation": mean_overhead / mean_gen if mean_gen else None,
         "gap_pass@1_vs_base": (sum(pred_ok) - sum(base_ok)) / n,
+        "discordant": {  # predictor right and base wrong, and the reverse: the paired test's counts
+            "a_only": sum(a and not b for a, b in zip(pred_ok, base_ok, strict=True)),
+            "b_only": sum(b and not a for a, b in zip(pred_ok, base_ok, strict=True)),
+        },
     }

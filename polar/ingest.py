@@ -1,74 +1,132 @@
-"""The ingest stage: write a task's examples in one format (Parquet) with a manifest beside them."""
+"""The ingest stage: a task's train, validation and test splits and its few-shot pool, one Parquet file each.
+
+Every question is assigned to its split by a hash of its normalised text (:mod:`polar.tasks.splits`), for the
+synthetic levels and for benchmarks and one's own files alike, so that no question sits in two splits
+whatever the sizes. The folder gets ``train.parquet``, ``validation.parquet``, ``test.parquet``,
+``shots.parquet`` (the few-shot pool, never labeled or evaluated) and ``manifest.json``.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import pandas as pd
 
 from polar.tasks import synthetic
-from polar.tasks.benchmarks import load_benchmark
+from polar.tasks.benchmarks import Fields, load_benchmark
 from polar.tasks.schema import BadRecord, Example
+from polar.tasks.splits import SHOTS, SPLITS, normalise, split_of
 
-__all__ = ["ingest", "manifest_path"]
+__all__ = ["MANIFEST", "SHOTS_PER_LEVEL", "ingest", "split_path"]
+
+MANIFEST = "manifest.json"
+SHOTS_PER_LEVEL = 8  # the synthetic few-shot pool: enough for prompts of up to 8 shots
 
 
-def manifest_path(out: Path) -> Path:
-    return out.with_name(out.stem + ".manifest.json")
+def split_path(out_dir: str | Path, split: str) -> Path:
+    """Where the ingest stage writes ``split`` (train, validation, test or shots) in ``out_dir``."""
+    if split not in (*SPLITS, SHOTS):
+        raise ValueError(f"unknown split {split!r}: one of {', '.join((*SPLITS, SHOTS))}")
+    return Path(out_dir) / f"{split}.parquet"
 
 
 def ingest(
-    out: str | Path,
+    out_dir: str | Path,
     task: str = synthetic.TASK,
     levels: Sequence[int] = synthetic.LEVELS,
-    n: int = 40,
+    sizes: Mapping[str, int | None] | None = None,
     seed: int = 0,
     source: str | None = None,
-    split: str = "test",
+    source_split: str = "test",
     limit: int | None = None,
-) -> tuple[Path, list[BadRecord]]:
-    """Write the examples of ``task`` to ``out`` (Parquet) and ``<out>.manifest.json``.
+    fields: Fields | None = None,
+) -> tuple[dict[str, Path], list[BadRecord]]:
+    """Write the splits of ``task`` into ``out_dir``.
 
     Args:
-        out: output file (``.parquet``).
-        task: ``arith`` (the synthetic levels) or a benchmark name (gsm8k, mawps, asdiv, math, math500,
-            mmlu-pro-math, arc).
-        levels, n, seed: synthetic levels, questions per level and seed.
-        source: for a benchmark, a local file or directory or a hub id.
-        split, limit: benchmark split and most examples to keep.
+        out_dir: output folder.
+        task: ``arith`` (the synthetic levels), a benchmark name (gsm8k, mawps, asdiv, math, math500,
+            mmlu-pro-math, arc), or any name for a file of one's own read with ``fields``.
+        levels, seed: synthetic levels and the seed of the draw.
+        sizes: questions per level for each of train, validation and test. Synthetic tasks need all three;
+            for other sources a missing or None size keeps every question of that split.
+        source: for a benchmark or one's own file: a local file or directory, or a hub id.
+        source_split: the split to read from a directory or hub id.
+        limit: read at most this many usable records of the source.
+        fields: the question, answer and level fields of one's own file (and its answer kind).
 
     Returns:
-        the output path and the records that were reported and skipped.
+        the written files by split (shots included), and the records that were reported and skipped.
     """
-    out = Path(out)
+    out_dir = Path(out_dir)
+    sizes = dict(sizes or {})
     bad: list[BadRecord] = []
     if task == synthetic.TASK:
-        examples: list[Example] = [e for level in levels for e in synthetic.generate(level, n, seed)]
-        origin = f"synthetic levels {list(levels)}, {n} per level, seed {seed}"
+        missing = [s for s in SPLITS if sizes.get(s) is None]
+        if missing:
+            raise ValueError(f"synthetic splits need a size per level: {', '.join(missing)}")
+        by_split = {s: [e for lv in levels for e in synthetic.generate(lv, sizes[s], seed, s)] for s in SPLITS}
+        by_split[SHOTS] = [e for lv in levels for e in synthetic.generate(lv, SHOTS_PER_LEVEL, 0, SHOTS)]
+        origin = f"synthetic levels {list(levels)}, seed {seed}"
     else:
         if source is None:
             raise ValueError(f"task {task!r} needs --source: a local file or directory, or a hub id")
-        examples, bad = load_benchmark(task, source, split=split, limit=limit)
+        examples, bad = load_benchmark(task, source, split=source_split, limit=limit, fields=fields)
+        by_split, bad = _split(examples, sizes, bad)
         origin = source
-    if not examples:
+    total = sum(len(v) for k, v in by_split.items() if k != SHOTS)
+    if not total:
         raise ValueError(f"no usable examples in {origin} ({len(bad)} bad records)")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    pd.DataFrame([e.to_dict() for e in examples]).to_parquet(tmp, index=False)
-    tmp.replace(out)
-    manifest = {
-        "task": task,
-        "source": origin,
-        "split": split,
-        "examples": len(examples),
-        "per_level": dict(sorted(Counter(e.level for e in examples).items())),
-        "bad_records": len(bad),
-        "bad_examples": [str(b) for b in bad[:20]],
-        "sha256": hashlib.sha256(out.read_bytes()).hexdigest(),
-    }
-    manifest_path(out).write_text(json.dumps(manifest, indent=2) + "\n")
-    return out, bad
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths, manifest = {}, {"task": task, "source": origin, "rule": "sha256 of the normalised question", "splits": {}}
+    for split, examples in by_split.items():
+        path = split_path(out_dir, split)
+        _write(path, examples)
+        paths[split] = path
+        manifest["splits"][split] = {
+            "examples": len(examples),
+            "per_level": dict(sorted(Counter(e.level for e in examples).items())),
+            "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+        }
+    manifest |= {"bad_records": len(bad), "bad_examples": [str(b) for b in bad[:20]]}
+    (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    return paths, bad
+
+
+def _split(
+    examples: list[Example], sizes: Mapping[str, int | None], bad: list[BadRecord]
+) -> tuple[dict[str, list[Example]], list[BadRecord]]:
+    """Examples by split (hash rule), duplicates of an earlier question reported, at most ``sizes[s]`` per level."""
+    by_split: dict[str, list[Example]] = {s: [] for s in (*SPLITS, SHOTS)}
+    first: dict[str, str] = {}
+    per_level: Counter[tuple[str, str]] = Counter()
+    bad = list(bad)
+    for e in examples:
+        key = normalise(e.question)
+        if key in first:
+            bad.append(BadRecord(e.source.rsplit("#", 1)[0], _index(e), f"same question as {first[key]}"))
+            continue
+        first[key] = e.id
+        split = split_of(e.question)
+        cap = sizes.get(split)
+        if cap is not None and per_level[split, e.level] >= cap:
+            continue
+        per_level[split, e.level] += 1
+        by_split[split].append(e)
+    return by_split, bad
+
+
+def _index(example: Example) -> int:
+    tail = example.source.rsplit("#", 1)[-1]
+    return int(tail) if tail.isdigit() else -1
+
+
+def _write(path: Path, examples: list[Example]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    columns = list(Example.__dataclass_fields__)
+    pd.DataFrame([e.to_dict() for e in examples], columns=columns).to_parquet(tmp, index=False)
+    tmp.replace(path)

@@ -4,7 +4,13 @@ Each input's record (one JSON line) holds the base answer, every evaluated progr
 the valid ones and the shortest valid one with its compact form. Records are appended to shard files
 and flushed to disk one by one, so a run killed at any point loses at most the input in progress;
 the next run repairs a torn last line, skips the inputs already labeled and writes a new shard.
-When every input is labeled, the shards are merged into ``labels.jsonl`` in input order.
+When every input is labeled, the shards are merged into ``labels.jsonl`` in input order and removed:
+a finished folder holds ``labels.jsonl``, ``manifest.json`` and ``settings.json`` only, the same bytes
+however the work was split or interrupted. Search times go to ``timings.jsonl`` beside them, which DVC
+ignores (.dvcignore): wall-clock seconds differ from run to run, labels must not.
+
+The prompt (style, shots and the shots themselves, :class:`polar.tasks.prompts.PromptSpec`) is built once
+from the few-shot pool and recorded in ``settings.json``; every record names it by id.
 """
 
 from __future__ import annotations
@@ -25,15 +31,25 @@ from tqdm import tqdm
 from polar.prefix import PrefixStore
 from polar.programs import DEFAULT_K_MAX, CompactProgram, Program, ProgramError
 from polar.search import Evaluation, SearchConfig, search
-from polar.tasks import synthetic
 from polar.tasks.answers import grade
-from polar.tasks.prompts import PromptBuilder, stop_token_ids
+from polar.tasks.prompts import PromptSpec, stop_token_ids
 from polar.tasks.schema import Example
 
-__all__ = ["LabelConfig", "finish", "label", "merge_shards", "prepare", "read_examples", "read_records"]
+__all__ = [
+    "LabelConfig",
+    "finish",
+    "label",
+    "label_prompt",
+    "merge_shards",
+    "prepare",
+    "read_examples",
+    "read_records",
+]
 
 MERGED = "labels.jsonl"
 MANIFEST = "manifest.json"
+TIMINGS = "timings.jsonl"  # ignored by DVC (.dvcignore): not part of the labels' hash
+SHOTS_FILE = "shots.parquet"  # the few-shot pool `polar ingest` writes beside the splits
 
 
 @dataclass(frozen=True)
@@ -43,7 +59,13 @@ class LabelConfig:
     max_new_tokens: int = 50  # the reference reward's generation budget
     k_max: int = DEFAULT_K_MAX
     prefix_store_mb: int = 1024  # memory for reusing prompt states across search rounds (speed only)
+    shots_from: str = ""  # the few-shot pool (default: shots.parquet beside the task file)
     search: SearchConfig = field(default_factory=SearchConfig)
+
+    def prompt_spec(self, tasks_path: str | Path) -> PromptSpec:
+        """The prompt of these settings for the inputs of ``tasks_path``."""
+        pool = Path(self.shots_from) if self.shots_from else Path(tasks_path).with_name(SHOTS_FILE)
+        return PromptSpec.from_pool(pool, self.prompt, self.shots)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -63,15 +85,15 @@ def read_examples(path: str | Path) -> list[Example]:
     return [Example.from_dict(row) for row in frame.to_dict(orient="records")]
 
 
-def shots_for(example: Example, examples: Sequence[Example], k: int) -> list[tuple[str, str]]:
-    """Few-shot pairs: synthetic levels draw from their own stream; other tasks use the first ``k``
-    other examples of the same task and level in the file."""
-    if k == 0:
-        return []
-    if example.task == synthetic.TASK:
-        return synthetic.few_shot(int(example.level), k, exclude={example.question})
-    pool = [e for e in examples if e.task == example.task and e.level == example.level and e.id != example.id]
-    return [(e.question, e.answer) for e in pool[:k]]
+def label_prompt(labels_dir: str | Path) -> PromptSpec:
+    """The prompt a label folder was made with (recorded in its ``settings.json``)."""
+    path = Path(labels_dir) / SETTINGS
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: {labels_dir} is not a label folder written by `polar label`")
+    settings = json.loads(path.read_text())
+    if "prompt" not in settings:
+        raise ValueError(f"{path} records no prompt spec: these labels predate it; label them again")
+    return PromptSpec.from_dict(settings["prompt"])
 
 
 # ---------------------------------------------------------------------------------------------- shards
@@ -86,9 +108,10 @@ def _repair(shard: Path) -> None:
 
 
 def read_records(out_dir: str | Path) -> Iterator[dict]:
-    """Every whole record in the shards of ``out_dir`` (first occurrence of each id)."""
+    """Every whole record in ``out_dir``: the merged labels, then the shards (first occurrence of each id)."""
     seen: set[str] = set()
-    for shard in sorted(Path(out_dir).glob("shard-*.jsonl")):
+    merged = Path(out_dir) / MERGED
+    for shard in [*([merged] if merged.exists() else []), *sorted(Path(out_dir).glob("shard-*.jsonl"))]:
         with shard.open() as f:
             for n, line in enumerate(f, 1):
                 if not line.endswith("\n"):
@@ -111,12 +134,14 @@ class _ShardWriter:
         self.path = out_dir / f"shard-{worker}-{n:04d}.jsonl"
         self._f = None
 
-    def write(self, record: dict) -> None:
+    def write(self, record: dict, seconds: float) -> None:
         if self._f is None:
             self._f = self.path.open("a")
         self._f.write(json.dumps(record) + "\n")
         self._f.flush()
         os.fsync(self._f.fileno())
+        with (self.path.parent / TIMINGS).open("a") as f:  # after the record: a timing never outlives its label
+            f.write(json.dumps({"id": record["id"], "seconds": round(seconds, 3)}) + "\n")
 
     def close(self) -> None:
         if self._f is not None:
@@ -124,7 +149,11 @@ class _ShardWriter:
 
 
 def merge_shards(out_dir: str | Path, ids: Sequence[str]) -> Path:
-    """Write ``labels.jsonl`` with one record per id, in the order of ``ids``."""
+    """Write ``labels.jsonl`` with one record per id, in the order of ``ids``, then remove the shards.
+
+    The shards go only once the merged file is in place (a crash loses nothing), and only when they hold
+    no other inputs (a folder labeled further with a larger ``--limit`` keeps them).
+    """
     out_dir = Path(out_dir)
     records = {r["id"]: r for r in read_records(out_dir)}
     missing = [i for i in ids if i not in records]
@@ -135,6 +164,9 @@ def merge_shards(out_dir: str | Path, ids: Sequence[str]) -> Path:
         for i in ids:
             f.write(json.dumps(records[i]) + "\n")
     tmp.replace(out_dir / MERGED)
+    if set(records) <= set(ids):
+        for shard in out_dir.glob("shard-*.jsonl"):
+            shard.unlink(missing_ok=True)
     return out_dir / MERGED
 
 
@@ -154,7 +186,7 @@ def _check_settings(out_dir: Path, settings: dict, restart_on_change: bool = Fal
         if before != json.loads(json.dumps(settings)):
             changed = sorted(k for k in settings if before.get(k) != json.loads(json.dumps(settings[k])))
             if restart_on_change:
-                for old in [*out_dir.glob("shard-*.jsonl"), out_dir / MERGED, out_dir / MANIFEST]:
+                for old in [*out_dir.glob("shard-*.jsonl"), *(out_dir / f for f in (MERGED, MANIFEST, TIMINGS))]:
                     old.unlink(missing_ok=True)
                 path.write_text(json.dumps(settings, indent=2) + "\n")
                 return
@@ -167,10 +199,11 @@ def _check_settings(out_dir: Path, settings: dict, restart_on_change: bool = Fal
 
 
 # ----------------------------------------------------------------------------------------------- label
-def label_one(backbone, example: Example, shots: list[tuple[str, str]], config: LabelConfig, stops: list[int]) -> dict:
-    """Search programs for one input and return its record."""
-    builder = PromptBuilder(config.prompt)
-    ids = builder.encode(example.question, shots, backbone.tokenizer)
+def label_one(
+    backbone, example: Example, prompt: PromptSpec, config: LabelConfig, stops: list[int]
+) -> tuple[dict, float]:
+    """Search programs for one input; returns its record and the search's wall-clock seconds."""
+    ids = prompt.encode(example.question, example.level, backbone.tokenizer)
     executor = backbone.executor
     store = PrefixStore(config.prefix_store_mb << 20)  # prompt states per prefix, reused across rounds
 
@@ -201,7 +234,7 @@ def label_one(backbone, example: Example, shots: list[tuple[str, str]], config: 
         "answer_kind": example.answer_kind,
         "model": backbone.spec,
         "depth": executor.depth,
-        "prompt_builder": builder.id(len(shots)),
+        "prompt": prompt.id,
         "prompt_tokens": len(ids),
         "space": config.search.space,
         "base_program": result.base.program,
@@ -215,8 +248,7 @@ def label_one(backbone, example: Example, shots: list[tuple[str, str]], config: 
         "compact": compact,
         "compact_error": why,
         "evaluations": len(result.evaluations),
-        "seconds": round(seconds, 3),
-    }
+    }, seconds
 
 
 def label(
@@ -248,7 +280,7 @@ def label(
     ids = [e.id for e in examples]
     if len(set(ids)) != len(ids):
         raise ValueError(f"{tasks_path}: duplicate example ids; re-run `polar ingest`")
-    prepare(model, tasks_path, out_dir, config, restart_on_change)
+    prompt = prepare(model, tasks_path, out_dir, config, restart_on_change)
     if shard is not None and worker == "0":
         worker = f"{shard[0]}of{shard[1]}"
     lock = _worker_lock(out_dir, worker)
@@ -269,8 +301,8 @@ def label(
             )
             try:
                 for example in bar:
-                    record = label_one(backbone, example, shots_for(example, examples, config.shots), config, stops)
-                    writer.write(record)
+                    record, seconds = label_one(backbone, example, prompt, config, stops)
+                    writer.write(record, seconds)
                     bar.set_postfix(valid=len(record["valid"]), base=int(record["base_correct"]))
             finally:
                 writer.close()
@@ -304,11 +336,17 @@ def _worker_lock(out_dir: Path, worker: str) -> FileLock:
 
 def prepare(
     model: str, tasks_path: str | Path, out_dir: str | Path, config: LabelConfig, restart_on_change: bool = False
-) -> None:
-    """Create ``out_dir`` for these settings, or check that what it holds was made with them."""
-    result_settings = {k: v for k, v in config.to_dict().items() if k != "prefix_store_mb"}  # speed only
-    settings = {"model": model, "tasks": str(tasks_path), "config": result_settings}
+) -> PromptSpec:
+    """Create ``out_dir`` for these settings, or check that what it holds was made with them.
+
+    Returns the prompt spec of these settings (recorded in ``settings.json``).
+    """
+    prompt = config.prompt_spec(tasks_path)
+    # Not prefix_store_mb (speed only) nor where the pool file lies: the prompt spec records its content.
+    result_settings = {k: v for k, v in config.to_dict().items() if k not in ("prefix_store_mb", "shots_from")}
+    settings = {"model": model, "tasks": str(tasks_path), "config": result_settings, "prompt": prompt.to_dict()}
     _check_settings(Path(out_dir), settings, restart_on_change)
+    return prompt
 
 
 def finish(model: str, tasks_path: str | Path, out_dir: str | Path, config: LabelConfig, ids: Sequence[str]) -> Path:
@@ -318,7 +356,8 @@ def finish(model: str, tasks_path: str | Path, out_dir: str | Path, config: Labe
         "model": model,
         "tasks": str(tasks_path),
         "inputs": len(ids),
-        "config": config.to_dict(),
+        "config": {k: v for k, v in config.to_dict().items() if k not in ("prefix_store_mb", "shots_from")},
+        "prompt": config.prompt_spec(tasks_path).id,
         "base_correct": sum(json.loads(line)["base_correct"] for line in merged.open()),
     }
     (Path(out_dir) / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")

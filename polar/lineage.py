@@ -2,9 +2,11 @@
 
 At registration the DVC hashes (from ``dvc.lock``) of everything the predictor came from are tagged
 on the model version: base model weights, task files, label folder, predictor weights. ``polar
-lineage MODEL_URI`` walks registry version -> run -> git commit -> those hashes, and checks that each
+lineage MODEL_URI`` walks registry version -> run -> git commit -> those hashes, checks that each
 hash is still present in the DVC cache or the default local remote, so that ``dvc checkout`` /
-``dvc pull`` can bring the inputs back.
+``dvc pull`` can bring the inputs back, and whether the repository's ``dvc.lock`` still records the same
+hash for each path (``matches``): since the stages' outputs reproduce byte for byte, a version whose
+outputs all match is what re-running the pipeline on its inputs gives.
 """
 
 from __future__ import annotations
@@ -89,13 +91,16 @@ def lineage(model_uri: str, tracking_uri: str | None = None, repo: str | Path = 
     tags = mv.tags
     run = client.get_run(mv.run_id)
     places = _cache_dirs(Path(repo))
+    current = dvc_hashes(Path(repo) / "dvc.lock")
     inputs = []
     for key, md5 in sorted(tags.items()):
         if not (key.startswith("dvc.") and key.endswith(".md5")):
             continue
         role = key.removeprefix("dvc.").removesuffix(".md5")
+        path = tags.get(f"dvc.{role}.path")
         found = [where for where, root in places if md5 != "untracked" and (root / md5[:2] / md5[2:]).exists()]
-        inputs.append({"role": role, "path": tags.get(f"dvc.{role}.path"), "md5": md5, "found_in": found})
+        matches = None if md5 == "untracked" else current.get(path) == md5
+        inputs.append({"role": role, "path": path, "md5": md5, "found_in": found, "matches": matches})
     return {
         "name": name,
         "version": str(mv.version),

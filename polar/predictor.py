@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -22,7 +23,18 @@ from torch import nn
 
 from polar.programs import DEFAULT_K_MAX, CompactProgram, Op, Program, ProgramError, Segment
 
-__all__ = ["IDENTITY_RULES", "OPS", "PredictorConfig", "ProgramPredictor", "check_identity_rule", "decode", "load", "save"]
+__all__ = [
+    "IDENTITY_RULES",
+    "OPS",
+    "PredictorConfig",
+    "ProgramPredictor",
+    "check_identity_rule",
+    "decode",
+    "load",
+    "predict",
+    "prompt_spec",
+    "save",
+]
 
 OPS = (Op.SKIP, Op.KEEP, Op.REPEAT)  # index order of the op head
 IDENTITY_RULES = ("mass", "marginal")
@@ -133,6 +145,33 @@ def decode(boundary_logits: torch.Tensor, op_logits: torch.Tensor, config: Predi
         if sum(logp[start, keep].item() for start, _ in spans) < math.log(0.5):  # P(identity) < 1/2
             out[0], out[1] = out[1], out[0]  # an edit is more likely than none: the most likely edit first
     return out[:k]
+
+
+def predict(model: ProgramPredictor, embedder, questions: Sequence[str], k: int) -> list[list[Program]]:
+    """The ``k`` best programs for each question, best first: what evaluation runs and what is served.
+
+    Each question is embedded and scored alone, so that its programs do not depend on the other questions
+    of a batch (padding changes the float sums): the served model answers a question exactly as the
+    evaluation did, whatever else a request holds.
+    """
+    device = next(model.parameters()).device
+    out = []
+    with torch.no_grad():
+        for question in questions:
+            x, mask = embedder([question])  # (1, T, E), (1, T)
+            b, o = model(x.to(device), mask.to(device))  # (1, D), (1, D, 3)
+            out.append(decode(b[0].cpu(), o[0].cpu(), model.config, k))
+    return out
+
+
+def prompt_spec(model: ProgramPredictor):
+    """The prompt of the labels the predictor was trained on (:class:`polar.tasks.prompts.PromptSpec`)."""
+    from polar.tasks.prompts import PromptSpec
+
+    data = model.config.meta.get("prompt")
+    if data is None:
+        raise ValueError("this predictor records no prompt spec (trained before prompts were recorded): train it again")
+    return PromptSpec.from_dict(data)
 
 
 def _length(spans: list[tuple[int, int]], ops: tuple[int, ...]) -> int:

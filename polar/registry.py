@@ -110,9 +110,22 @@ def register(
         "base_pass1": methods["base greedy"]["pass@1"],
         "layers_ratio": methods["predictor"]["layers_ratio"],
         "identity_share": metrics["identity_share"],
-        "predictor_ms": metrics["predictor_ms"],
         **{f"pass{k + 1}_at_k": v for k, v in enumerate(metrics["pass_at_k"]["predictor"])},
     }
+    timings = Path(metrics_path).with_name("timings.json")  # written by evaluate; not a DVC output
+    if timings.exists():
+        flat |= {k: v for k, v in json.loads(timings.read_text()).items() if isinstance(v, int | float)}
+    prompt = meta.get("prompt")
+    if prompt is None:
+        raise ValueError(f"{predictor_dir} records no prompt spec (trained before prompts were recorded): train again")
+    if metrics.get("prompt") != _prompt_id(prompt):
+        raise ValueError(
+            f"{metrics_path} was measured with the prompt {metrics.get('prompt')}, but {predictor_dir} serves "
+            f"{_prompt_id(prompt)}: evaluate this predictor again before registering it"
+        )
+    kinds = metrics.get("answer_kinds") or ["number"]
+    if len(kinds) > 1:
+        raise ValueError(f"{metrics_path} mixes answer kinds {kinds}: register a predictor evaluated on one kind")
     label_dir = Path(meta["label_files"][0]).parent
     settings = label_dir / "settings.json"
     roles = {
@@ -129,6 +142,7 @@ def register(
         "base_model": meta["base_model"],
         "embedder": meta["embedder"],
         "labels_sha256": meta["labels_sha256"],
+        "prompt": _prompt_id(prompt),
         **(lineage or {}),
     }
     # Inside `polar pipeline`, this run is nested under the pipeline's run (polar.tracking).
@@ -139,11 +153,16 @@ def register(
         mlflow.set_tags(tags)
         for path in [metrics_path, *artifacts]:
             mlflow.log_artifact(str(path))
+        mlflow.log_dict(prompt, "prompt.json")  # the prompt the version was searched, evaluated and is served with
         info = mlflow.pyfunc.log_model(
             name="predictor",
             python_model=str(Path(__file__).with_name("serving.py")),
             artifacts={"predictor": str(predictor_dir)},
-            model_config={"base_model": meta["base_model"], "prompt": metrics["config"]["prompt"]},
+            model_config={
+                "base_model": meta["base_model"],
+                "max_new_tokens": metrics["config"]["max_new_tokens"],
+                "answer_kind": kinds[0],
+            },
             registered_model_name=name,
             pip_requirements=["polar"],
             signature=_signature(),
@@ -157,12 +176,18 @@ def register(
     return {"name": name, "version": version, "run_id": run.info.run_id, "model_uri": f"models:/{name}/{version}"}
 
 
+def _prompt_id(data: dict) -> str:
+    from polar.tasks.prompts import PromptSpec
+
+    return PromptSpec.from_dict(data).id
+
+
 def _signature():
     """What the served model takes and answers (polar/serving.py), so that `mlflow models serve` checks requests."""
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, Schema
 
-    inputs = Schema([ColSpec("string", "question"), ColSpec("string", "prompt", required=False)])
+    inputs = Schema([ColSpec("string", "question"), ColSpec("string", "level", required=False)])
     outputs = Schema(
         [ColSpec("string", c) for c in ("text", "answer", "program")]
         + [ColSpec("long", c) for c in ("layers", "depth")]

@@ -12,6 +12,39 @@ def _pct(x: float) -> str:
     return f"{100 * x:.1f}%"
 
 
+ALPHA = 0.05  # the level at which a report calls a difference significant
+
+
+def verdict(m: dict) -> str:
+    """One sentence on the predictor against base greedy that says no more than the paired test does."""
+    n, gap = m["inputs"], m["gap_pass@1_vs_base"]
+    pred, base = m["methods"]["predictor"], m["methods"]["base greedy"]
+    p = pred["p_vs_base"]
+    lo, hi = paired_interval(pred["correct"], base["correct"], m.get("discordant"), n)
+    interval = f"95% CI of the difference {lo * 100:+.1f} to {hi * 100:+.1f} points"
+    test = f"p = {p:.3g}, exact McNemar on {n} paired inputs"
+    if p < ALPHA and gap != 0:
+        word = "beats" if gap > 0 else "is worse than"
+        return f"**The predictor {word} base greedy at pass@1**: {gap * 100:+.1f} points ({test}; {interval})."
+    return (
+        f"**No significant difference from base greedy at pass@1** at the {ALPHA:g} level: {gap * 100:+.1f} points "
+        f"({test}; {interval})."
+    )
+
+
+def paired_interval(correct_a: int, correct_b: int, discordant: dict | None, n: int) -> tuple[float, float]:
+    """95% interval of a paired difference of proportions (Wald with the discordant counts; clipped to [-1, 1])."""
+    import math
+
+    d = (correct_a - correct_b) / n
+    if not discordant:
+        return (max(-1.0, d), min(1.0, d)) if n else (-1.0, 1.0)
+    b, c = discordant["a_only"], discordant["b_only"]
+    var = ((b + c) - (b - c) ** 2 / n) / n**2
+    half = 1.96 * math.sqrt(max(var, 0.0))
+    return max(-1.0, d - half), min(1.0, d + half)
+
+
 def write_report(metrics_path: str | Path, command: str | None = None) -> Path:
     """Write ``report.md`` and ``accuracy_vs_layers.png`` beside ``metrics.json``; returns the report."""
     import matplotlib
@@ -39,19 +72,12 @@ def write_report(metrics_path: str | Path, command: str | None = None) -> Path:
             f"| {name} | {_pct(r['pass@1'])} ({r['correct']}/{n}) | {_pct(lo)}-{_pct(hi)} | "
             f"{r['avg_layers']:.1f} | {r['layers_ratio']:.2f} | {p} |"
         )
-    gap = m["gap_pass@1_vs_base"]
-    verdict = "beats" if gap > 0 else ("ties" if gap == 0 else "does not beat")
     lines += [
         "",
-        f"**The predictor {verdict} base greedy at pass@1**: {gap * 100:+.1f} points "
-        f"(p = {m['methods']['predictor']['p_vs_base']:.3g}, exact McNemar on the {n} paired inputs).",
-        f"Top-1 programs that are the full-depth identity: {_pct(m['identity_share'])}. "
-        f"Predictor overhead: {m['predictor_ms']:.1f} ms per input"
-        + (
-            f", {_pct(m['predictor_share_of_generation'])} of the top-1 program's generation time."
-            if m["predictor_share_of_generation"] is not None
-            else "."
-        ),
+        verdict(m),
+        f"Top-1 programs that are the full-depth identity: {_pct(m['identity_share'])}. Prompt `{m['prompt']}`. "
+        "The predictor's overhead in milliseconds is in `timings.json` beside this report (timings are not part "
+        "of the reproducible outputs).",
         "",
         "## pass@k",
         "",

@@ -72,11 +72,15 @@ def log_stage(root: str | Path, model: str, stage: str) -> None:
             metrics["inputs"] = len(records)
             metrics["base_correct_share"] = sum(r["base_correct"] for r in records) / len(records)
             metrics["valid_share"] = sum(bool(r["valid"]) for r in records) / len(records)
+        timings = out["labels"] / "timings.jsonl"  # not a DVC output: the run's own search times
+        if timings.exists():
+            last = {e["id"]: e["seconds"] for e in map(json.loads, timings.read_text().splitlines()) if e}
+            metrics["search_seconds"] = sum(last.values())
         files = [out["labels"] / "manifest.json", out["labels"] / "settings.json"]
     elif stage == "validate":
         if out["validation"].exists():
             metrics["success"] = float(json.loads(out["validation"].read_text())["success"])
-        files = [out["validation"]]
+        files = [out["validation"], out["validation"].with_name("validation.html")]
     elif stage == "train":
         history_path = out["predictor"] / "history.json"
         history = json.loads(history_path.read_text()) if history_path.exists() else []
@@ -92,7 +96,10 @@ def log_stage(root: str | Path, model: str, stage: str) -> None:
                 metrics[f"{method}.pass@1"] = row["pass@1"]
                 metrics[f"{method}.layers_ratio"] = row["layers_ratio"]
             metrics["identity_share"] = data["identity_share"]
-        files = [path, out["evaluation"] / "report.md", out["evaluation"] / "accuracy_vs_layers.png"]
+        timings = out["evaluation"] / "timings.json"  # not a DVC output
+        if timings.exists():
+            metrics |= {k: v for k, v in json.loads(timings.read_text()).items() if isinstance(v, int | float)}
+        files = [path, out["evaluation"] / "report.md", out["evaluation"] / "accuracy_vs_layers.png", timings]
     elif stage == "register":
         if out["registry"].exists():
             info = json.loads(out["registry"].read_text())

@@ -25,9 +25,11 @@ from torch.nn import functional as F
 from tqdm import tqdm
 
 from polar.embedder import DEFAULT_EMBEDDER, load_embedder
+from polar.label import label_prompt
 from polar.predictor import OPS, PredictorConfig, ProgramPredictor, check_identity_rule, save
 from polar.programs import DEFAULT_K_MAX, CompactProgram, Program, ProgramError
 from polar.search import SPACES
+from polar.tasks.prompts import PromptMismatch, PromptSpec
 
 __all__ = ["Target", "TrainConfig", "load_targets", "split_by_question", "train"]
 
@@ -74,15 +76,32 @@ def file_sha256(paths: Sequence[str | Path]) -> str:
     return h.hexdigest()
 
 
+def labels_prompt(label_files: Sequence[str | Path]) -> PromptSpec:
+    """The one prompt all ``label_files`` were made with (from their folders' settings); refuses a mixture."""
+    specs = {}
+    for path in label_files:
+        path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(f"label file not found: {path} (run `polar label` first)")
+        spec = label_prompt(path.parent)
+        specs.setdefault(spec.id, (spec, path))
+    if len(specs) > 1:
+        made = "; ".join(f"{p} with {i}" for i, (_, p) in specs.items())
+        raise PromptMismatch(
+            f"the label files were made with different prompts ({made}): a predictor must be trained on labels "
+            "of one prompt, the one it will be evaluated and served with; label them again with the same settings"
+        )
+    return next(iter(specs.values()))[0]
+
+
 def load_targets(label_files: Sequence[str | Path], config: TrainConfig) -> tuple[list[Target], dict]:
     """Training targets from merged label files (``labels.jsonl``); returns them and a summary."""
     targets: list[Target] = []
     depth = model = None
     inputs = used = 0
+    prompt = labels_prompt(label_files)
     for path in label_files:
         path = Path(path)
-        if not path.exists():
-            raise FileNotFoundError(f"label file not found: {path} (run `polar label` first)")
         for n, line in enumerate(path.open(), 1):
             try:
                 record = json.loads(line)
@@ -91,6 +110,11 @@ def load_targets(label_files: Sequence[str | Path], config: TrainConfig) -> tupl
                 raise ValueError(f"{path}:{n}: not a label record ({err})") from err
             if depth is not None and (d, record.get("model")) != (depth, model):
                 raise ValueError(f"{path}:{n}: labels of {record.get('model')} ({d} layers) mixed with {model}")
+            if record.get("prompt") != prompt.id:
+                raise PromptMismatch(
+                    f"{path}:{n}: record made with the prompt {record.get('prompt')}, but its folder's settings "
+                    f"say {prompt.id}: label the folder again"
+                )
             depth, model = d, record.get("model")
             if config.levels and str(record.get("level")) not in config.levels:
                 continue
@@ -103,7 +127,8 @@ def load_targets(label_files: Sequence[str | Path], config: TrainConfig) -> tupl
             f"no input in the label files has a valid {config.space} program expressible in compact form"
             + (f" at levels {', '.join(config.levels)}" if config.levels else "")
         )
-    return targets, {"depth": depth, "model": model, "inputs": inputs, "inputs_with_targets": used}
+    summary = {"depth": depth, "model": model, "inputs": inputs, "inputs_with_targets": used}
+    return targets, summary | {"prompt": prompt.to_dict()}
 
 
 def _in_space(text: str, depth: int, space: str) -> bool:
@@ -210,6 +235,7 @@ def train(
             "embedder": config.embedder,
             "label_files": [str(p) for p in label_files],
             "labels_sha256": file_sha256(label_files),
+            "prompt": summary.pop("prompt"),  # evaluation and serving prompt exactly as labeling did
             "train": config.to_dict(),
             "data": {**summary, "train_targets": len(train_t), "val_targets": len(val_t)},
         },

@@ -8,7 +8,9 @@ Three tables are validated, each with its own suite:
   search's bounds, no layer visited more than the limit;
 * ``segments`` (one row per segment of the shortest programs' compact forms): the op distribution, and
   the distribution of shortest lengths over D, each within a KL-divergence bound of the last labels
-  accepted for the same base model (``reference``). A passing run becomes the new reference.
+  accepted for the same base model (``reference``). A passing run becomes the new reference;
+* ``heldout`` (one row per validation or test question, given ``heldout`` task files): none of them may
+  be a question of the training labels (compared by normalised text, :mod:`polar.tasks.splits`).
 
 Results go to ``validation.json`` and to great-expectations Data Docs (HTML) under ``out_dir/gx``.
 """
@@ -19,12 +21,14 @@ import json
 import logging
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import pandas as pd
 
 from polar.programs import CompactProgram, Program, ProgramError
+from polar.tasks.splits import normalise
 
 __all__ = ["ValidateConfig", "ValidationFailed", "label_tables", "validate"]
 
@@ -103,6 +107,17 @@ def label_tables(records: list[dict]) -> dict[str, pd.DataFrame]:
     return {"records": pd.DataFrame(rows), "programs": pd.DataFrame(programs), "segments": pd.DataFrame(segments)}
 
 
+def heldout_table(records: list[dict], heldout: dict[str, list]) -> pd.DataFrame:
+    """One row per held-out question (``split`` -> examples): whether a training label has the same question."""
+    training = {normalise(r["question"]) for r in records if r.get("question")}
+    rows = [
+        {"id": e.id, "split": split, "question": e.question, "in_training": normalise(e.question) in training}
+        for split, examples in heldout.items()
+        for e in examples
+    ]
+    return pd.DataFrame(rows, columns=["id", "split", "question", "in_training"])
+
+
 def _length_bin(length: int | None, depth: int | None) -> str:
     if length is None or not depth:
         return "none"
@@ -153,6 +168,8 @@ def _suites(tables: dict[str, pd.DataFrame], settings: dict, config: ValidateCon
             E.ExpectColumnValuesToBeBetween(column="length", min_value=1, max_value=settings["config"]["k_max"]),
         ],
     }
+    if "heldout" in tables:  # no validation or test question may be among the training labels
+        suites["heldout"] = [E.ExpectColumnValuesToBeInSet(column="in_training", value_set=[False])]
     if reference is not None:
         for table, column in (("segments", "op"), ("records", "length_bin")):
             suites[table].append(
@@ -172,10 +189,12 @@ def validate(
     config: ValidateConfig = ValidateConfig(),
     reference: str | Path | None = None,
     accept: bool = True,
+    heldout: Sequence[str | Path] = (),
 ) -> dict:
     """Run the suites on ``labels_dir`` and write ``validation.json`` and Data Docs into ``out_dir``.
 
     Args:
+        heldout: task files (validation, test) whose questions must not be among the training labels.
         reference: JSON of the op and length distributions of the last accepted labels for the same
             base model; absent on the first run (no drift check). Rewritten when the suites pass and
             ``accept`` is set.
@@ -194,6 +213,10 @@ def validate(
     if not records:
         raise ValueError(f"{labels_dir}/labels.jsonl holds no records")
     tables = label_tables(records)
+    if heldout:
+        from polar.label import read_examples
+
+        tables["heldout"] = heldout_table(records, {Path(p).stem: read_examples(p) for p in heldout})
     ref = json.loads(Path(reference).read_text()) if reference and Path(reference).exists() else None
     context = gx.get_context(mode="file", project_root_dir=out_dir)
     source = context.data_sources.add_or_update_pandas("labels")
@@ -237,6 +260,8 @@ def validate(
         "model": settings["model"],
         "inputs": len(records),
         "valid_programs": len(tables["programs"]),
+        "heldout_checked": {str(p): int((tables["heldout"]["split"] == Path(p).stem).sum()) for p in heldout},
+        "heldout_in_training": sorted(tables["heldout"].loc[tables["heldout"]["in_training"], "id"]) if heldout else [],
         "success": not failures,
         "drift_checked": ref is not None,
         "distributions": {
@@ -248,14 +273,82 @@ def validate(
         "data_docs": str(docs),
         "config": config.to_dict(),
     }
+    report = write_page(out_dir, summary, docs.parent)
+    summary["report"] = str(report)
     (out_dir / "validation.json").write_text(json.dumps(summary, indent=2) + "\n")
     if failures:
         what = "; ".join(f"{f['table']}.{f['column']}: {f['expectation']}" for f in failures)
-        raise ValidationFailed(f"labels in {labels_dir} failed validation ({what}); see {docs}")
+        leaked = summary["heldout_in_training"]
+        if leaked:
+            what += (
+                f"; {len(leaked)} held-out questions are in the training labels (first: {leaked[0]}): ingest the "
+                "splits with `polar ingest`, which splits by question, and label its train split only"
+            )
+        raise ValidationFailed(f"labels in {labels_dir} failed validation ({what}); see {report}")
     if accept and reference:
         Path(reference).parent.mkdir(parents=True, exist_ok=True)
         Path(reference).write_text(json.dumps(summary["distributions"], indent=2) + "\n")
     return summary
+
+
+def write_page(out_dir: Path, summary: dict, site: Path) -> Path:
+    """``validation.html``: every expectation's result on one self-contained page (no script, no remote style).
+
+    great-expectations' own Data Docs index fills its tables with scripts loaded from CDNs, so offline it
+    shows an empty page; this page reads anywhere and links its rendered validation pages.
+    """
+    from html import escape
+
+    verdict = "passed" if summary["success"] else "FAILED"
+    colour = "#1a7f37" if summary["success"] else "#cf222e"
+    parts = [
+        "<!doctype html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>Label validation: {escape(str(summary['model']))} {verdict}</title>",
+        "<style>body{font-family:sans-serif;margin:2em;max-width:70em}table{border-collapse:collapse;width:100%}"
+        "td,th{border:1px solid #ccc;padding:.3em .5em;text-align:left;vertical-align:top}"
+        ".ok{color:#1a7f37}.bad{color:#cf222e;font-weight:bold}</style></head><body>",
+        f'<h1>Label validation: <span style="color:{colour}">{verdict}</span></h1>',
+        f"<p>Labels <code>{escape(summary['labels'])}</code> of <code>{escape(str(summary['model']))}</code>: "
+        f"{summary['inputs']} inputs, {summary['valid_programs']} valid programs; drift "
+        f"{'checked against the last accepted labels' if summary['drift_checked'] else 'not checked (no reference yet)'}"
+        ".</p>",
+    ]
+    if summary.get("heldout_checked"):
+        checked = ", ".join(f"{n} in {escape(p)}" for p, n in summary["heldout_checked"].items())
+        leaked = summary["heldout_in_training"]
+        parts.append(
+            f"<p>Held-out questions checked against the training labels: {checked}; "
+            + (f'<span class="bad">{len(leaked)} found in training</span>' if leaked else "none found in training")
+            + ".</p>"
+        )
+    for table, results in summary["results"].items():
+        parts += [
+            f"<h2>{escape(table)}</h2>",
+            "<table><tr><th>expectation</th><th>column</th><th>result</th><th>observed</th><th>unexpected</th></tr>",
+        ]
+        for r in results:
+            cls, word = ("ok", "passed") if r["success"] else ("bad", "failed")
+            cells = [r["expectation"], r["column"] or "", None, r["observed"], ", ".join(r["unexpected"])]
+            row = "".join(
+                f'<td class="{cls}">{word}</td>' if c is None else f"<td>{escape(str(c))}</td>" for c in cells
+            )
+            parts.append(f"<tr>{row}</tr>")
+        parts.append("</table>")
+    latest: dict[str, Path] = {}  # suite -> its newest page (the run directories sort by time)
+    for page in sorted(site.glob("validations/**/*.html")):
+        latest[page.relative_to(site).parts[1]] = page
+    pages = list(latest.values())
+    if pages:
+        parts.append("<h2>great-expectations pages</h2><ul>")
+        for page in pages:
+            rel = page.relative_to(out_dir)
+            parts.append(f'<li><a href="{escape(str(rel))}">{escape(str(rel.relative_to(rel.parts[0])))}</a></li>')
+        parts.append("</ul>")
+    parts.append("</body></html>")
+    path = out_dir / "validation.html"
+    path.write_text("\n".join(parts) + "\n")
+    return path
 
 
 def _columns(name: str) -> tuple[str, ...]:
@@ -263,4 +356,5 @@ def _columns(name: str) -> tuple[str, ...]:
         "records": ("id", "level", "model", "depth", "base_correct", "has_valid", "compact_roundtrip", "length_bin"),
         "programs": ("id", "program", "length", "min_layer", "max_layer", "max_visits"),
         "segments": ("op", "length"),
+        "heldout": ("id", "split", "question", "in_training"),
     }[name]

@@ -1,3 +1,4 @@
+import json
 import os
 import sys
 from pathlib import Path
@@ -37,4 +38,19 @@ def tiny_dir(tmp_path_factory, smollm2):
     path = tmp_path_factory.mktemp("tiny-llama")
     tiny_model("llama", vocab_size=len(smollm2.tokenizer)).save_pretrained(path)
     smollm2.tokenizer.save_pretrained(path)
+    return path
+
+
+TEST_PROMPT = {"style": "plain", "shots": 1, "source": "tests", "version": "v1", "examples": {"*": [["2 + 2?", "4"]]}}
+
+
+def write_labels(path: Path, records: list[dict], prompt: dict = TEST_PROMPT) -> Path:
+    """A label folder as `polar label` leaves it: labels.jsonl, and settings.json with the prompt spec."""
+    from polar.tasks.prompts import PromptSpec
+
+    spec = PromptSpec.from_dict(prompt)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps({"prompt": spec.id, **r}) + "\n" for r in records))
+    settings = {"model": "m", "tasks": "t", "config": {}, "prompt": spec.to_dict()}
+    (path.parent / "settings.json").write_text(json.dumps(settings))
     return path

@@ -61,7 +61,7 @@ def test_loads_twenty(name, relpath, cache):
         assert example.task == name
         assert example.answer_kind == BENCHMARKS[name].answer_kind
         index = int(example.id.rsplit("/", 1)[1])
-        assert example.id == f"{name}/test/{index}"
+        assert example.id == f"{name}/{Path(path).stem}/{index}"  # a single file: ids name the file
         assert example.source == f"{path}#{index}"
     assert all(isinstance(b, BadRecord) and b.reason for b in bad)
 
@@ -69,7 +69,7 @@ def test_loads_twenty(name, relpath, cache):
 def test_full_gsm8k(cache):
     examples, bad = load_benchmark("gsm8k", _file("gsm8k/test.jsonl"), cache_dir=cache)
     assert (len(examples), len(bad)) == (1319, 0)
-    assert examples[0].answer == "18" and examples[0].level == "test"
+    assert examples[0].answer == "18" and examples[0].level == "all"  # GSM8K has no levels
     assert all("," not in e.answer for e in examples)
     # the cross-check copy has the same questions and answers
     other, _ = load_benchmark("gsm8k", _file("gsm8k/zubingou_crosscheck/test.jsonl"), cache_dir=cache)
@@ -79,7 +79,7 @@ def test_full_gsm8k(cache):
 def test_split_names_ids(cache):
     examples, _ = load_benchmark("gsm8k", _file("gsm8k/train.jsonl"), split="train", limit=3, cache_dir=cache)
     assert [e.id for e in examples] == ["gsm8k/train/0", "gsm8k/train/1", "gsm8k/train/2"]
-    assert {e.level for e in examples} == {"train"}
+    assert {e.level for e in examples} == {"all"}
 
 
 def test_asdiv_non_numeric_answers_are_bad_records(cache):
@@ -228,7 +228,7 @@ def test_malformed_jsonl_line_does_not_stop_the_load(tmp_path, cache):
     ]
     path.write_text("\n".join(lines) + "\n")
     examples, bad = load_benchmark("gsm8k", path, cache_dir=cache)
-    assert [e.id for e in examples] == ["gsm8k/test/0", "gsm8k/test/2"]
+    assert [e.id for e in examples] == ["gsm8k/gsm8k/0", "gsm8k/gsm8k/2"]
     assert [(b.index, b.reason.split(":")[0]) for b in bad] == [(1, "invalid JSON")]
 
 
@@ -273,3 +273,48 @@ def test_unreachable_hub_id(cache):
         pytest.skip("needs HF_HUB_OFFLINE=1 (set by conftest) to fail fast")
     with pytest.raises(ConnectionError, match="pass a local"):
         load_benchmark("gsm8k", "openai/gsm8k", config="main", cache_dir=cache)
+
+
+def test_a_question_answer_file_of_ones_own_is_a_task(tmp_path, cache):
+    """No disguise as MAWPS: name the fields; levels come from a field, or are "all"."""
+    from polar.tasks.benchmarks import Fields
+
+    rows = [
+        {"q": "Ann has 3 pens and buys 2. How many?", "a": 5, "grade": "2"},
+        {"q": "Tom has 9 cards and loses 4. How many?", "a": "5", "grade": "3"},
+        {"q": "No answer here", "a": "many", "grade": "3"},
+    ]
+    path = tmp_path / "mine.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    examples, bad = load_benchmark("word", path, cache_dir=cache, fields=Fields("q", "a", "grade"))
+    assert [(e.id, e.answer, e.level, e.task) for e in examples] == [
+        ("word/mine/0", "5", "2", "word"),
+        ("word/mine/1", "5", "3", "word"),
+    ]
+    assert [(b.index, b.reason) for b in bad] == [(2, "non-numeric a 'many'")]
+    plain, _ = load_benchmark("word", path, cache_dir=cache, fields=Fields("q", "a"))
+    assert {e.level for e in plain} == {"all"}
+    with pytest.raises(ValueError, match="--question-field Q --answer-field A"):
+        load_benchmark("word", path, cache_dir=cache)
+
+
+def test_ingest_splits_any_file_by_question_with_a_pool_of_its_own(tmp_path):
+    from polar.ingest import ingest
+    from polar.label import read_examples
+    from polar.tasks.benchmarks import Fields
+    from polar.tasks.splits import normalise, split_of
+
+    rows = [{"question": f"What is {i} plus {i % 7}?", "answer": i + i % 7} for i in range(400)]
+    rows.append({"question": "what is 3 PLUS 3?", "answer": 6})  # the same question as row 3, written otherwise
+    path = tmp_path / "plus.csv"
+    path.write_text("question,answer\n" + "".join(f'"{r["question"]}",{r["answer"]}\n' for r in rows))
+    paths, bad = ingest(tmp_path / "tasks", task="plus", source=str(path), fields=Fields(), sizes={"test": 30})
+    assert [b.reason for b in bad] == ["same question as plus/plus/3"]
+    splits = {name: read_examples(p) for name, p in paths.items()}
+    assert len(splits["test"]) == 30 and len(splits["train"]) > 200 and splits["shots"]
+    seen = {}
+    for name, examples in splits.items():
+        for e in examples:
+            assert split_of(e.question) == name and seen.setdefault(normalise(e.question), name) == name
+    manifest = json.loads((tmp_path / "tasks" / "manifest.json").read_text())
+    assert manifest["splits"]["test"]["examples"] == 30 and manifest["rule"].startswith("sha256")

@@ -11,6 +11,8 @@ from polar.backbone import Backbone
 from polar.baselines import block_influence, random_program, shortgpt_program
 from polar.evaluate import EvalConfig, evaluate, mcnemar_p, pass_at_k, wilson
 from polar.programs import Program
+from polar.report import verdict
+from polar.tasks.prompts import PromptMismatch
 
 
 def test_wilson_interval_known_values():
@@ -70,7 +72,8 @@ def test_label_train_evaluate_report(tmp_path, smollm2):
     model_dir = tmp_path / "tiny"
     tiny_model("llama", vocab_size=len(smollm2.tokenizer)).save_pretrained(model_dir)
     smollm2.tokenizer.save_pretrained(model_dir)
-    tasks, _ = ingest(tmp_path / "t.parquet", levels=[1, 2], n=6)
+    paths, _ = ingest(tmp_path / "tasks", levels=[1, 2], sizes={"train": 6, "validation": 1, "test": 6})
+    tasks = paths["train"]  # evaluated on its own training inputs: the oracle's labels must cover them
     cfg = LabelConfig(shots=1, max_new_tokens=4, search=SearchConfig(simulations=8, batch=8))
     labels = label(str(model_dir), tasks, tmp_path / "labels", cfg, device="cpu")
     # Random weights rarely answer right: give every input a valid program so that training has targets.
@@ -99,10 +102,43 @@ def test_label_train_evaluate_report(tmp_path, smollm2):
     assert methods["search oracle (upper bound)"]["pass@1"] == 1.0
     assert methods["same again"]["correct"] == methods["predictor"]["correct"]  # same programs, run again
     assert len(m["pass_at_k"]["predictor"]) == 3 and m["pass_at_k"]["predictor"] == sorted(m["pass_at_k"]["predictor"])
-    assert 0 <= m["identity_share"] <= 1 and m["predictor_ms"] > 0
+    assert 0 <= m["identity_share"] <= 1 and m["prompt"] == json.loads(labels.read_text().splitlines()[0])["prompt"]
+    timings = json.loads((tmp_path / "eval" / "timings.json").read_text())
+    assert timings["predictor_ms"] > 0 and "predictor_ms" not in m  # timings are no part of the metrics' bytes
     rows = [json.loads(line) for line in (tmp_path / "eval" / "results.jsonl").open()]
     base_correct = [r for r in records if r["base_correct"]]
     assert sum(r["base_correct"] for r in rows) == len(base_correct)  # base greedy agrees with the labels
     report = write_report(metrics_path, command="polar evaluate ...").read_text()
     assert "| predictor |" in report and "at pass@1" in report
     assert (tmp_path / "eval" / "accuracy_vs_layers.png").stat().st_size > 1000
+
+    # Evaluated again: the same bytes. With another prompt than the labels': refused, with the fix.
+    again = evaluate(
+        str(model_dir), pred_dir, tasks, tmp_path / "again", EvalConfig(k=3, max_new_tokens=4), device="cpu"
+    )
+    rows_again = (tmp_path / "again" / "results.jsonl").read_text()
+    assert rows_again == "".join(
+        json.dumps({k: v for k, v in r.items() if not k.startswith("same again")}) + "\n" for r in rows
+    )
+    assert json.loads(again.read_text())["prompt"] == m["prompt"]
+    with pytest.raises(PromptMismatch, match="use the labels' prompt settings"):
+        evaluate(str(model_dir), pred_dir, tasks, tmp_path / "x", EvalConfig(k=1, shots=2), device="cpu")
+
+
+def _m(pred, base, a_only, b_only, n=100):
+    p = mcnemar_p([True] * b_only + [False] * a_only, [False] * b_only + [True] * a_only)
+    return {
+        "inputs": n,
+        "gap_pass@1_vs_base": (pred - base) / n,
+        "discordant": {"a_only": a_only, "b_only": b_only},
+        "methods": {"predictor": {"correct": pred, "p_vs_base": p}, "base greedy": {"correct": base}},
+    }
+
+
+def test_the_report_says_beats_only_when_the_paired_test_is_significant():
+    # +4 points on 100 inputs with 10 discordant pairs (7 vs 3): p = 0.34, no claim.
+    text = verdict(_m(44, 40, 7, 3))
+    assert text.startswith("**No significant difference from base greedy at pass@1** at the 0.05 level: +4.0 points")
+    assert "95% CI of the difference" in text and "beats" not in text
+    assert "beats base greedy" in verdict(_m(60, 40, 22, 2))
+    assert "is worse than base greedy" in verdict(_m(30, 50, 1, 21))

@@ -10,10 +10,9 @@ from pathlib import Path
 import pytest
 
 from polar.ingest import ingest
-from polar.label import LabelConfig, label, label_one, read_records
+from polar.label import TIMINGS, LabelConfig, label, label_one, label_prompt, read_records
 from polar.search import SearchConfig
-from polar.tasks.prompts import PromptBuilder, stop_token_ids
-from polar.tasks.synthetic import few_shot
+from polar.tasks.prompts import PromptSpec, stop_token_ids
 
 pytestmark = pytest.mark.slow  # needs the bundled tokenizer
 
@@ -22,24 +21,26 @@ CONFIG = LabelConfig(shots=1, max_new_tokens=6, search=SearchConfig(simulations=
 
 @pytest.fixture(scope="module")
 def tasks(tmp_path_factory):
-    path, _ = ingest(tmp_path_factory.mktemp("tasks") / "arith.parquet", levels=[1, 4], n=5)
-    return path
+    paths, _ = ingest(tmp_path_factory.mktemp("tasks"), levels=[1, 4], sizes={"train": 5, "validation": 1, "test": 1})
+    return paths["train"]
 
 
-def _strip(record):
-    return {k: v for k, v in record.items() if k != "seconds"}
+def _ids(tasks):
+    from polar.label import read_examples
+
+    return [e.id for e in read_examples(tasks)]
 
 
 def test_records_hold_what_the_diagnosis_needs(tiny_dir, tasks, tmp_path):
     merged = label(str(tiny_dir), tasks, tmp_path / "labels", CONFIG, device="cpu")
     records = [json.loads(line) for line in merged.open()]
-    assert [r["id"] for r in records] == [f"arith/test/L{lv}/s0/{i}" for lv in (1, 4) for i in range(5)]
+    assert [r["id"] for r in records] == _ids(tasks)
     r = records[0]
     for key in (
         "task",
         "level",
         "model",
-        "prompt_builder",
+        "prompt",
         "base_prediction",
         "base_correct",
         "evaluated",
@@ -48,10 +49,16 @@ def test_records_hold_what_the_diagnosis_needs(tiny_dir, tasks, tmp_path):
         "compact",
         "compact_error",
         "evaluations",
-        "seconds",
     ):
         assert key in r
-    assert r["prompt_builder"] == "plain-1shot-v1" and r["depth"] == 6
+    assert "seconds" not in r  # wall-clock time would make every run's labels different bytes
+    spec = label_prompt(tmp_path / "labels")
+    assert r["prompt"] == spec.id and spec.id.startswith("plain-1shot-v1-") and r["depth"] == 6
+    assert spec.shots_for("1")[0][0] not in {json.loads(x)["question"] for x in merged.open()}
+    assert len((tmp_path / "labels" / TIMINGS).read_text().splitlines()) == 10
+    assert sorted(p.name for p in (tmp_path / "labels").iterdir()) == sorted(
+        ["labels.jsonl", "manifest.json", "settings.json", TIMINGS]  # the shards go once merged
+    )
     assert r["evaluations"] == len(r["evaluated"]) == 7  # base + 6 simulations
     assert r["evaluated"][0]["program"] == "0-5"
     manifest = json.loads((tmp_path / "labels" / "manifest.json").read_text())
@@ -98,21 +105,19 @@ def test_a_killed_run_resumes_with_nothing_lost_or_duplicated(tiny_dir, tasks, t
     assert len(records) == len({r["id"] for r in records}) == 10
     assert sum(1 for _ in read_records(out)) == 10
     kept = {r["id"]: r for r in records}
-    assert all(_strip(kept[r["id"]]) == _strip(r) for r in first)  # what was done is kept as it was
+    assert all(kept[r["id"]] == r for r in first)  # what was done is kept as it was
 
     straight = label(str(tiny_dir), tasks, tmp_path / "straight", CONFIG, device="cpu")
-    assert [_strip(json.loads(line)) for line in straight.open()] == [_strip(r) for r in records]
+    assert straight.read_bytes() == merged.read_bytes()  # interrupted or not, the same bytes
 
 
 def test_a_torn_last_line_is_repaired(tiny_dir, tasks, tmp_path):
     out = tmp_path / "labels"
     label(str(tiny_dir), tasks, out, CONFIG, limit=2, device="cpu")
-    shard = next(out.glob("shard-*.jsonl"))
-    whole = shard.read_text()
-    shard.write_text(whole + '{"id": "arith/test/L1/s0/2", "tas')  # killed mid-write
+    shard = out / "shard-0-0000.jsonl"
+    shard.write_text('{"id": "' + _ids(tasks)[2] + '", "tas')  # a later run killed mid-write
     merged = label(str(tiny_dir), tasks, out, CONFIG, limit=3, device="cpu")
-    assert shard.read_text() == whole
-    assert [json.loads(line)["id"] for line in merged.open()][-1] == "arith/test/L1/s0/2"
+    assert [json.loads(line)["id"] for line in merged.open()] == _ids(tasks)[:3]
 
 
 def test_other_settings_are_refused_on_resume(tiny_dir, tasks, tmp_path):
@@ -131,10 +136,10 @@ def test_rewards_equal_running_each_program_alone(smollm2):
     from polar.tasks.schema import Example
 
     example = Example("x/1", "What is 6 + 7?", "13", "arith", "1", "test")
-    shots = few_shot(1, 3, {example.question})
+    spec = PromptSpec("plain", 1, "test", {"*": [("What is 2 + 2?", "4")]})
     stops = stop_token_ids(smollm2.tokenizer)
-    record = label_one(smollm2, example, shots, LabelConfig(search=SearchConfig(simulations=12, batch=12)), stops)
-    ids = PromptBuilder(LabelConfig().prompt).encode(example.question, shots, smollm2.tokenizer)
+    record, _ = label_one(smollm2, example, spec, LabelConfig(search=SearchConfig(simulations=12, batch=12)), stops)
+    ids = spec.encode(example.question, example.level, smollm2.tokenizer)
     for ev in record["evaluated"]:
         alone = smollm2.executor.generate([ids], [ev["program"]], 50, stop_token_ids=stops)[0]
         from polar.tasks.answers import extract_answer
@@ -161,15 +166,16 @@ def test_diagnosis_report_from_three_search_spaces(tiny_dir, tasks, tmp_path):
 def test_labels_a_real_benchmark_file(tiny_dir, tmp_path):
     from conftest import shared_data
 
-    tasks, bad = ingest(
-        tmp_path / "gsm8k.parquet", task="gsm8k", source=str(shared_data() / "gsm8k/test.jsonl"), limit=4
-    )
+    paths, bad = ingest(tmp_path / "gsm8k", task="gsm8k", source=str(shared_data() / "gsm8k/test.jsonl"), limit=300)
     assert not bad
-    merged = label(str(tiny_dir), tasks, tmp_path / "labels", CONFIG, limit=2, device="cpu")
+    merged = label(str(tiny_dir), paths["train"], tmp_path / "labels", CONFIG, limit=2, device="cpu")
     records = [json.loads(line) for line in merged.open()]
-    assert [r["task"] for r in records] == ["gsm8k", "gsm8k"]
-    assert records[0]["answer"] == "18" and records[0]["answer_kind"] == "number"
-    assert records[0]["prompt_builder"] == "plain-1shot-v1"  # the shot is another question of the same file
+    assert [r["task"] for r in records] == ["gsm8k", "gsm8k"] and records[0]["answer_kind"] == "number"
+    shot = label_prompt(tmp_path / "labels").shots_for("all")[0]  # from the pool, never from the file labeled
+    from polar.label import read_examples
+
+    pool = {e.question for e in read_examples(paths["shots"])}
+    assert shot[0] in pool and shot[0] not in {e.question for e in read_examples(paths["train"])}
 
 
 def test_sharded_workers_merge_to_the_same_labels(tiny_dir, tasks, tmp_path):
@@ -178,8 +184,8 @@ def test_sharded_workers_merge_to_the_same_labels(tiny_dir, tasks, tmp_path):
     assert label(str(tiny_dir), tasks, out, CONFIG, device="cpu", shard=(1, 3)) is None
     assert label(str(tiny_dir), tasks, out, CONFIG, device="cpu", shard=(0, 3)) is None
     merged = label(str(tiny_dir), tasks, out, CONFIG, device="cpu", shard=(2, 3))
-    assert [_strip(json.loads(x)) for x in merged.open()] == [_strip(json.loads(x)) for x in whole.open()]
-    assert sorted(p.name for p in out.glob("shard-*.jsonl")) == [f"shard-{k}of3-0000.jsonl" for k in range(3)]
+    assert merged.read_bytes() == whole.read_bytes()
+    assert not list(out.glob("shard-*.jsonl"))  # merged, then removed
     with pytest.raises(ValueError, match="0 <= K < N"):
         label(str(tiny_dir), tasks, out, CONFIG, device="cpu", shard=(3, 3))
 

@@ -25,7 +25,7 @@ def _repo(tmp: Path, **overrides) -> Path:
     shutil.copy(ROOT / "dvc.yaml", repo / "dvc.yaml")
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["base_models"] = {"smollm2-135m": {"spec": "smollm2-135m"}}
-    params["ingest"].update(levels="1-2", train_per_level=6, test_per_level=3)
+    params["ingest"].update(levels="1-2", train=6, validation=2, test=3)
     params["label"].update(simulations=3, max_new_tokens=6, shots=1)
     params["train"].update(epochs=3)
     params["evaluate"].update(k=2)
@@ -37,6 +37,7 @@ def _repo(tmp: Path, **overrides) -> Path:
     remote = ["remote", "add", "-d", "local", str(tmp / "dvc-remote")]  # the pipeline pushes to it
     for cmd in (["git", "init", "-q"], [dvc, "init", "-q"], [dvc, *remote]):
         subprocess.run(cmd, cwd=repo, check=True)
+    shutil.copy(ROOT / ".dvcignore", repo / ".dvcignore")  # timings are not part of the outputs' hashes
     return repo
 
 
@@ -97,8 +98,19 @@ def test_pipeline_end_to_end_cached_then_gated(tmp_path):
     # every stage up to date. Labels are whole, and the registry holds one version, not two.
     first, second = _start(repo, tmp_path / "prefect-1"), _start(repo, tmp_path / "prefect-2")
     assert _outcome(first) == _outcome(second) == {"smollm2-135m": "registered"}
-    ids = [json.loads(line)["id"] for line in (repo / "data/labels/smollm2-135m/labels.jsonl").open()]
+    labels = [json.loads(line) for line in (repo / "data/labels/smollm2-135m/labels.jsonl").open()]
+    ids = [r["id"] for r in labels]
     assert len(ids) == len(set(ids)) == 12
+    # The main job's splits are disjoint: no validation or test question is among the training labels.
+    from polar.label import read_examples
+    from polar.tasks.splits import normalise
+
+    trained = {normalise(r["question"]) for r in labels}
+    for split in ("validation", "test", "shots"):
+        held = {normalise(e.question) for e in read_examples(repo / "data/tasks" / f"{split}.parquet")}
+        assert held and not held & trained, split
+    validation = json.loads((repo / "reports/smollm2-135m/validation/validation.json").read_text())
+    assert validation["heldout_in_training"] == [] and sum(validation["heldout_checked"].values()) == 10
     runs = subprocess.run([sys.executable, "-c", MLFLOW_RUNS], env=_env(repo), capture_output=True, text=True)
     runs = json.loads(runs.stdout.split("RUNS ", 1)[1])
     pipelines = [r for r in runs if r["tags"].get("polar.kind") == "pipeline"]
@@ -129,6 +141,13 @@ def test_pipeline_end_to_end_cached_then_gated(tmp_path):
     roles = {i["role"]: i for i in info["inputs"]}
     for role in ("labels", "predictor", "base_model"):
         assert roles[role]["found_in"] == ["cache", "remote local"], lineage.stdout
+        assert roles[role]["matches"] is True, lineage.stdout
+
+    # A second fresh clone with the same inputs and parameters writes the same dvc.lock: byte-identical
+    # labels, predictor, evaluation metrics and registry inputs (timings live outside DVC's outputs).
+    other = _repo(tmp_path / "b")
+    assert _run(other, tmp_path / "b" / "prefect") == {"smollm2-135m": "registered"}
+    assert (other / "dvc.lock").read_text() == (repo / "dvc.lock").read_text()
 
     # What DVC finds stale: a new base model's chain only; a search setting: labeling (and what follows it).
     params = yaml.safe_load((repo / "params.yaml").read_text())

@@ -1,10 +1,10 @@
 """The predictor: network shape, beam decoding, save/load, training targets and a training run that learns."""
 
-import json
 import math
 
 import pytest
 import torch
+from conftest import write_labels
 from tiny import tiny_model
 
 from polar.backbone import Backbone
@@ -126,8 +126,8 @@ def test_split_by_question_never_leaks():
 
 
 def test_broken_label_file_names_the_line(tmp_path):
-    path = tmp_path / "labels.jsonl"
-    path.write_text('{"question": "q", "depth": 6, "valid": ["0-5"], "model": "m"}\nnot json\n')
+    path = write_labels(tmp_path / "labels.jsonl", [{"question": "q", "depth": 6, "valid": ["0-5"], "model": "m"}])
+    path.write_text(path.read_text() + "not json\n")
     with pytest.raises(ValueError, match="labels.jsonl:2: not a label record"):
         load_targets([path], TrainConfig())
     with pytest.raises(FileNotFoundError, match="run `polar label` first"):
@@ -149,8 +149,7 @@ def test_training_learns_programs_that_depend_on_the_question(tmp_path, smollm2)
                 "valid": ["0-2,4-5"] if add else ["0-3,3-5"],
             }
         )
-    path = tmp_path / "labels.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    path = write_labels(tmp_path / "labels.jsonl", records)
     config = TrainConfig(embedder="backbone:1", epochs=60, batch=8, lr=2e-3, d_model=32, dropout=0.0)
     out = train([path], tmp_path / "predictor", config, backbone=backbone, device="cpu")
     model = load(out)
@@ -169,8 +168,7 @@ def test_space_and_level_filters(tmp_path):
         {"question": "a", "level": "1", "depth": 6, "model": "m", "valid": ["0-2,4-5", "0-3,3-5"]},
         {"question": "b", "level": "2", "depth": 6, "model": "m", "valid": ["0-3,3-5"]},
     ]
-    path = tmp_path / "labels.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    path = write_labels(tmp_path / "labels.jsonl", records)
     skip, summary = load_targets([path], TrainConfig(space="skip"))
     assert [t.question for t in skip] == ["a"] and summary["inputs_with_targets"] == 1
     loop, _ = load_targets([path], TrainConfig(space="loop"))
@@ -179,6 +177,20 @@ def test_space_and_level_filters(tmp_path):
     assert [t.question for t in level2] == ["b"] and summary["inputs"] == 1
     with pytest.raises(ValueError, match="no input .* valid skip program .* at levels 2"):
         load_targets([path], TrainConfig(space="skip", levels=("2",)))
+
+
+def test_labels_of_two_prompts_are_refused(tmp_path):
+    from conftest import TEST_PROMPT
+
+    from polar.tasks.prompts import PromptMismatch
+
+    record = {"question": "a", "level": "1", "depth": 6, "model": "m", "valid": ["0-5"]}
+    one = write_labels(tmp_path / "a" / "labels.jsonl", [record])
+    two = write_labels(tmp_path / "b" / "labels.jsonl", [record], {**TEST_PROMPT, "shots": 0, "examples": {}})
+    with pytest.raises(PromptMismatch, match="made with different prompts"):
+        load_targets([one, two], TrainConfig())
+    _, summary = load_targets([one], TrainConfig())
+    assert summary["prompt"] == TEST_PROMPT
 
 
 def test_train_cli_names_missing_labels(tmp_path):

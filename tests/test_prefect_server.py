@@ -63,16 +63,12 @@ def _online(api: str, pool: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def tasks(tmp_path_factory):
-    path, _ = ingest(tmp_path_factory.mktemp("tasks") / "arith.parquet", levels=[1, 4], n=3)
-    return path
+    paths, _ = ingest(tmp_path_factory.mktemp("tasks"), levels=[1, 4], sizes={"train": 3, "validation": 1, "test": 1})
+    return paths["train"]
 
 
 def _polar(args: list[str], env: dict) -> subprocess.CompletedProcess:
     return subprocess.run([str(BIN / "polar"), *args], cwd=ROOT, env=env, capture_output=True, text=True)
-
-
-def _strip(line: str) -> dict:
-    return {k: v for k, v in json.loads(line).items() if k != "seconds"}
 
 
 def test_labeling_fans_out_to_the_pool_workers(server, workers, tiny_dir, tasks, tmp_path):
@@ -82,8 +78,8 @@ def test_labeling_fans_out_to_the_pool_workers(server, workers, tiny_dir, tasks,
     proc = _polar([*args, "--pool", "gpu", "--shards", "3"], env)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     straight = label(str(tiny_dir), tasks, tmp_path / "straight", CONFIG, device="cpu")
-    assert [_strip(x) for x in (out / "labels.jsonl").open()] == [_strip(x) for x in straight.open()]
-    assert sorted(p.name for p in out.glob("shard-*.jsonl")) == [f"shard-{k}of3-0000.jsonl" for k in range(3)]
+    assert (out / "labels.jsonl").read_bytes() == straight.read_bytes()  # the same bytes, however it was split
+    assert not list(out.glob("shard-*.jsonl"))
     worked = [w for w in ("w0", "w1") if "label shard" in (workers / f"{w}.log").read_text(errors="replace")]
     assert worked, "no worker ran a shard"
     # Run again: every shard is labeled, nothing is submitted, the labels stay as they are.

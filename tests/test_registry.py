@@ -4,11 +4,13 @@ import json
 
 import pandas as pd
 import pytest
+from conftest import TEST_PROMPT
 from servers import BIN, env_with_bin, free_port, running
 from tiny import tiny_model
 
 from polar.predictor import PredictorConfig, ProgramPredictor, save
 from polar.registry import Gates, configure, promote, register
+from polar.tasks.prompts import PromptSpec
 
 
 def _metrics(path, pass1, base=0.3, layers=0.9):
@@ -20,9 +22,10 @@ def _metrics(path, pass1, base=0.3, layers=0.9):
                     "base greedy": {"pass@1": base, "layers_ratio": 1.0},
                 },
                 "identity_share": 0.1,
-                "predictor_ms": 2.0,
                 "pass_at_k": {"predictor": [pass1, pass1 + 0.1]},
-                "config": {"prompt": "plain"},
+                "config": {"max_new_tokens": 8},
+                "prompt": PromptSpec.from_dict(TEST_PROMPT).id,
+                "answer_kinds": ["number"],
                 "tasks": "data/tasks/test.parquet",
             }
         )
@@ -43,6 +46,7 @@ def _predictor(path, base_model="tiny-model"):
         "embedder": "backbone:1",
         "labels_sha256": "ab" * 32,
         "label_files": ["labels/labels.jsonl"],
+        "prompt": TEST_PROMPT,
         "train": {"epochs": 1},
     }
     return save(ProgramPredictor(PredictorConfig(depth=6, embed_dim=64, d_model=16, ff=32, meta=meta)), path)
@@ -127,33 +131,58 @@ def test_lineage_walks_back_to_dvc_hashes(store):
     assert by_role["predictor"]["md5"] == "aa11.dir" and by_role["predictor"]["found_in"] == ["cache"]
     assert by_role["labels"]["md5"] == "bb22.dir" and by_role["labels"]["found_in"] == ["remote local"]
     assert by_role["test_tasks"]["found_in"] == []  # untracked: found nowhere
-    assert by_role["base_model"]["md5"] == "untracked"
+    assert by_role["base_model"]["md5"] == "untracked" and by_role["base_model"]["matches"] is None
+    assert by_role["predictor"]["matches"] is True
     with pytest.raises(ValueError, match="no such registered version"):
         lineage("models:/polar-tiny-model/7", repo=store)
 
 
 @pytest.mark.slow  # the bundled tokenizer; a real `mlflow models serve` on loopback
-def test_mlflow_models_serve_answers_http(store, smollm2):
+def test_the_served_model_answers_exactly_as_the_evaluation_did(store, smollm2):
+    """Label, train, evaluate, register; then `mlflow models serve` gives the evaluation's programs and answers."""
     import urllib.request
+
+    from polar.evaluate import EvalConfig, evaluate
+    from polar.ingest import ingest
+    from polar.label import LabelConfig, label
+    from polar.search import SearchConfig
+    from polar.train import TrainConfig, train
 
     model_dir = store / "tiny"
     tiny_model("llama", vocab_size=len(smollm2.tokenizer)).save_pretrained(model_dir)
     smollm2.tokenizer.save_pretrained(model_dir)
-    info = register(_predictor(store / "pred", base_model=str(model_dir)), _metrics(store / "m.json", 0.5))
-    assert promote(info["name"])["promoted"]
+    tasks, _ = ingest(store / "tasks", levels=[1, 3], sizes={"train": 4, "validation": 1, "test": 3})
+    config = LabelConfig(shots=2, max_new_tokens=5, search=SearchConfig(simulations=4, batch=4))
+    labels = label(str(model_dir), tasks["train"], store / "labels", config, device="cpu")
+    records = [json.loads(line) for line in labels.open()]
+    for r in records:  # random weights rarely answer right: give every input a valid program
+        r["valid"] = r["valid"] or ["0-2,4-5"]
+    labels.write_text("".join(json.dumps(r) + "\n" for r in records))
+    pred = train([labels], store / "pred", TrainConfig(embedder="backbone:1", epochs=2, d_model=32), device="cpu")
+    metrics = evaluate(str(model_dir), pred, tasks["test"], store / "eval", EvalConfig(k=2, max_new_tokens=5))
+    rows = [json.loads(line) for line in (store / "eval" / "results.jsonl").open()]
+    info = register(pred, metrics)
+
+    from polar.label import read_examples
+
+    examples = read_examples(tasks["test"])
     port = free_port()
     # The server runs `uvicorn` by name: the environment's scripts must be on PATH, as in an activated venv.
     env = env_with_bin(MLFLOW_TRACKING_URI=f"sqlite:///{store / 'mlflow' / 'mlflow.db'}")
-    cmd = [str(BIN / "mlflow"), "models", "serve", "-m", f"models:/{info['name']}@champion", "--env-manager", "local"]
+    uri = f"models:/{info['name']}/{info['version']}"
+    cmd = [str(BIN / "mlflow"), "models", "serve", "-m", uri, "--env-manager", "local"]
     cmd += ["-h", "127.0.0.1", "-p", str(port)]
     with running(cmd, env, f"http://127.0.0.1:{port}/ping", "mlflow models serve"):
-        body = json.dumps({"dataframe_split": {"columns": ["question"], "data": [["What is 2 + 3?"]]}}).encode()
+        data = [[e.question, e.level] for e in reversed(examples)]  # another order, one request
+        body = json.dumps({"dataframe_split": {"columns": ["question", "level"], "data": data}}).encode()
         request = urllib.request.Request(
             f"http://127.0.0.1:{port}/invocations", data=body, headers={"Content-Type": "application/json"}
         )
-        answer = json.loads(urllib.request.urlopen(request, timeout=120).read())
-    (row,) = answer["predictions"]
-    assert row["depth"] == 6 and 4 <= row["layers"] <= 7 and row["program"]
+        served = list(reversed(json.loads(urllib.request.urlopen(request, timeout=120).read())["predictions"]))
+    assert len(served) == len(rows) == 6
+    for row, answer in zip(rows, served, strict=True):
+        assert answer["program"] == row["programs"][0] and answer["text"] == row["top1_text"], row["id"]
+        assert answer.get("answer") == row["top1_answer"] and answer["depth"] == 6
 
 
 @pytest.mark.slow  # a real `mlflow server` on loopback

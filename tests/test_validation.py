@@ -20,6 +20,7 @@ def _record(i: int, valid: list[str]) -> dict:
     compact = str(CompactProgram.from_program(Program.parse(shortest), DEPTH)) if shortest else None
     return {
         "id": f"x/{i}",
+        "question": f"What is {i} + 1?",
         "level": "1",
         "model": "m",
         "depth": DEPTH,
@@ -64,7 +65,7 @@ def test_bad_programs_fail_and_name_the_column(tmp_path, bad, what):
     records = [*GOOD[:-1], {**GOOD[-1], "valid": bad}]
     with pytest.raises(ValidationFailed, match=what) as err:
         validate(_write(tmp_path / "labels", records), tmp_path / "v")
-    assert "index.html" in str(err.value)
+    assert "validation.html" in str(err.value)
     assert not json.loads((tmp_path / "v" / "validation.json").read_text())["success"]
 
 
@@ -105,3 +106,57 @@ def test_cli_exit_codes(tmp_path):
     assert ok.exit_code == 0 and "labels valid" in ok.output
     failed = runner.invoke(app, ["validate", "--labels", str(bad), "--out", str(tmp_path / "v")])
     assert failed.exit_code == 1 and "max_layer" in failed.output
+
+
+def _tasks(path, questions):
+    import pandas as pd
+
+    from polar.tasks.schema import Example
+
+    rows = [Example(f"t/{i}", q, "1", "arith", "1", "s").to_dict() for i, q in enumerate(questions)]
+    pd.DataFrame(rows).to_parquet(path)
+    return path
+
+
+def test_held_out_questions_in_the_training_labels_stop_the_chain(tmp_path):
+    labels = _write(tmp_path / "labels", GOOD)
+    clean = _tasks(tmp_path / "test.parquet", ["What is 99 + 1?", "What is 98 + 1?"])
+    summary = validate(labels, tmp_path / "v", heldout=[clean])
+    assert summary["success"] and summary["heldout_checked"] == {str(clean): 2}
+    assert summary["heldout_in_training"] == []
+    # The same question, spaced and cased differently, is the same question.
+    leaky = _tasks(tmp_path / "validation.parquet", ["What is 99 + 1?", "what is  3 + 1?"])
+    with pytest.raises(ValidationFailed, match="heldout.in_training.*1 held-out questions are in the training labels"):
+        validate(labels, tmp_path / "v", heldout=[clean, leaky])
+    assert json.loads((tmp_path / "v" / "validation.json").read_text())["heldout_in_training"] == ["t/1"]
+
+
+def test_the_validation_page_reads_offline(tmp_path):
+    """validation.html loads nothing from elsewhere and holds every result as text (GX's index needs CDNs)."""
+    import re
+    from html.parser import HTMLParser
+
+    labels = _write(tmp_path / "labels", [*GOOD[:-1], {**GOOD[-1], "valid": ["0-12"]}])
+    with pytest.raises(ValidationFailed):
+        validate(labels, tmp_path / "v", heldout=[_tasks(tmp_path / "t.parquet", ["What is 99 + 1?"])])
+    page = (tmp_path / "v" / "validation.html").read_text()
+    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", page)  # no remote script, style or font
+    assert "<script" not in page
+
+    class Text(HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.text, self.links = [], []
+
+        def handle_data(self, data):
+            self.text.append(data)
+
+        def handle_starttag(self, tag, attrs):
+            self.links += [v for k, v in attrs if tag == "a" and k == "href"]
+
+    parsed = Text()
+    parsed.feed(page)
+    text = " ".join(parsed.text)
+    assert "FAILED" in text and "expect_column_values_to_be_between" in text and "max_layer" in text
+    assert "none found in training" in text
+    assert parsed.links and all((tmp_path / "v" / link).exists() for link in parsed.links)

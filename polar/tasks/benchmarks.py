@@ -16,13 +16,14 @@ from pathlib import Path
 from typing import Any
 
 from polar.tasks.answers import format_number, gsm8k_reference, math_reference, normalize_number
-from polar.tasks.schema import BadRecord, Example
+from polar.tasks.schema import ANSWER_KINDS, BadRecord, Example
 
-__all__ = ["BENCHMARKS", "BenchmarkSpec", "load_benchmark", "records_from_rows"]
+__all__ = ["BENCHMARKS", "BenchmarkSpec", "Fields", "load_benchmark", "records_from_rows"]
 
 # Local file suffix -> the `datasets` packaged builder that reads it.
 _BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
 _LETTERS = "ABCDEFGHIJ"
+NO_LEVEL = "all"  # the level of records that carry none
 
 
 class _BadRow(ValueError):
@@ -52,7 +53,7 @@ class BenchmarkSpec:
     Attributes:
         name: the task name used in ids ("gsm8k").
         answer_kind: one of schema.ANSWER_KINDS.
-        normalise: (raw record, split) -> Normalised, or None for a record that belongs to another subset;
+        normalise: (raw record, level to use where the record has none) -> Normalised, or None for a record that belongs to another subset;
             raises ValueError/KeyError/TypeError for a bad record.
         description: one line for listings.
     """
@@ -198,24 +199,61 @@ BENCHMARKS: dict[str, BenchmarkSpec] = {
 }
 
 
+@dataclass(frozen=True)
+class Fields:
+    """Where a file of one's own keeps its question, answer and (optional) level."""
+
+    question: str = "question"
+    answer: str = "answer"
+    level: str | None = None  # no level field: every example gets the level "all"
+    answer_kind: str = "number"
+
+    def spec(self, name: str) -> BenchmarkSpec:
+        """A spec that reads these fields (answers normalised by kind, as for the known benchmarks)."""
+        if self.answer_kind not in ANSWER_KINDS:
+            raise ValueError(f"answer kind must be one of {ANSWER_KINDS}, got {self.answer_kind!r}")
+
+        def normalise(row: dict, level: str) -> Normalised:
+            raw = row.get(self.answer) if isinstance(row, dict) else None
+            if self.answer_kind == "number":
+                answer = _numeric_answer(raw if isinstance(raw, int | float) else _text(row, self.answer), self.answer)
+            elif self.answer_kind == "choice":
+                answer = _letter(_text(row, self.answer))
+            else:
+                answer = _text(row, self.answer)
+            if self.level is not None:
+                level = _text(row, self.level)
+            return Normalised(_text(row, self.question), answer, level)
+
+        fields = f"{self.question}/{self.answer}" + (f"/{self.level}" if self.level else "")
+        return BenchmarkSpec(name, self.answer_kind, normalise, f"own file ({fields})")
+
+
 # ---------------------------------------------------------------- loading
 
 
 def records_from_rows(
-    name: str, rows: Iterable[Any], source: str, split: str = "test", limit: int | None = None
+    name: str,
+    rows: Iterable[Any],
+    source: str,
+    split: str = "test",
+    limit: int | None = None,
+    fields: Fields | None = None,
 ) -> tuple[list[Example], list[BadRecord]]:
-    """Normalise raw rows of a known benchmark.
+    """Normalise raw rows of a known benchmark, or of one's own file read with ``fields``.
 
     Args:
-        name: a key of BENCHMARKS.
+        name: a key of BENCHMARKS, or any task name with ``fields``.
         rows: raw records in source order (dicts; anything else becomes a BadRecord).
         source: file path or hub id, used in Example.source and BadRecord.source.
-        split: the split name, used in ids and as the level where the benchmark has none.
+        split: the part of the source read (a hub split, or the file's name), used in ids. Where the
+            records carry no level, the level is "all".
         limit: stop after this many good Examples.
+        fields: the fields of one's own file.
     Returns:
         (examples, bad records), both in source order.
     """
-    spec = _spec(name)
+    spec = fields.spec(name) if fields is not None else _spec(name)
     examples: list[Example] = []
     bad: list[BadRecord] = []
     for index, row in enumerate(rows):
@@ -225,7 +263,7 @@ def records_from_rows(
             bad.append(BadRecord(source, index, row.reason))
             continue
         try:
-            norm = spec.normalise(row, split)
+            norm = spec.normalise(row, NO_LEVEL)
         except (ValueError, KeyError, TypeError, AttributeError, IndexError) as err:
             bad.append(BadRecord(source, index, _reason(err)))
             continue
@@ -253,16 +291,18 @@ def load_benchmark(
     *,
     config: str | None = None,
     cache_dir: str | Path | None = None,
+    fields: Fields | None = None,
 ) -> tuple[list[Example], list[BadRecord]]:
     """Load a benchmark from a local file or directory, or from the Hugging Face hub.
 
     Args:
-        name: a key of BENCHMARKS.
+        name: a key of BENCHMARKS, or any task name with ``fields`` (one's own question-answer file).
         path_or_hub_id: a .jsonl/.json/.parquet/.csv file, a directory `datasets` can read, or a hub id.
         split: the split to read from a directory or hub id; for a single file it only names the ids.
         limit: at most this many Examples (bad records met on the way are still reported).
         config: hub dataset configuration (e.g. "main" for openai/gsm8k, "ARC-Challenge" for allenai/ai2_arc).
         cache_dir: where `datasets` writes its Arrow cache (default: its own).
+        fields: the question, answer and level fields of one's own file.
     Returns:
         (examples, bad records).
     Raises:
@@ -270,23 +310,29 @@ def load_benchmark(
         FileNotFoundError: a local path that does not exist.
         ConnectionError: a hub id that cannot be loaded (e.g. no network): pass a local file instead.
     """
-    _spec(name)  # fail on an unknown name before touching the disk
+    if fields is None:
+        _spec(name)  # fail on an unknown name before touching the disk
     source = str(path_or_hub_id)
     path = Path(source).expanduser()
     if path.exists():
         rows = _local_rows(path, split, cache_dir)
+        if path.is_file():
+            split = path.stem  # ids name the file: "gsm8k/test/17", "mine/problems/3"
     elif _looks_like_path(source):
         raise FileNotFoundError(f"benchmark file not found: {path}")
     else:
         rows = _hub_rows(source, split, config, cache_dir)
-    return records_from_rows(name, rows, source, split, limit)
+    return records_from_rows(name, rows, source, split, limit, fields)
 
 
 def _spec(name: str) -> BenchmarkSpec:
     try:
         return BENCHMARKS[name]
     except KeyError:
-        raise ValueError(f"unknown benchmark {name!r}; known: {', '.join(sorted(BENCHMARKS))}") from None
+        raise ValueError(
+            f"unknown benchmark {name!r}; known: {', '.join(sorted(BENCHMARKS))}. For a file of your own, name "
+            "its fields: --question-field Q --answer-field A [--level-field L] [--answer-kind number|math|choice]"
+        ) from None
 
 
 def _reason(err: Exception) -> str:

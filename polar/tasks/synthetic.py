@@ -1,97 +1,107 @@
 """Graded synthetic arithmetic: the embedded default task, deterministic by seed.
 
-Five levels of rising difficulty for small models: continue a counting sequence, single-digit
-products, subtraction within 20, two-digit plus one-digit sums, and word problems of one or two
-steps. The levels were chosen by measuring the bundled models (``bench/levels.py``; figures in
-bench/README.md), so that their base accuracy falls from level 1 to level 5. The same
-``(level, n, seed)`` always gives the same questions.
+Five levels of falling base accuracy for small models: count down by one, count up by twos, add ten
+(a sequence in tens, or "ten more than"), subtract a one-digit number from a number below 1,000, and double a
+number. Each level is a set of question forms over ranges of numbers with at least 2,000 distinct questions
+(:func:`size`), and every question belongs to one split by a hash of its text (:mod:`polar.tasks.splits`),
+so train, validation, test and the few-shot pool never share a question. The levels were chosen by
+measuring the bundled models (``bench/levels.py``; figures in bench/README.md). The same ``(level, n, seed,
+split)`` always gives the same questions.
 """
 
 from __future__ import annotations
 
+import math
 import random
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from polar.tasks.schema import Example
+from polar.tasks.splits import FRACTIONS, normalise, split_of
 
-__all__ = ["LEVELS", "TASK", "few_shot", "generate"]
+__all__ = ["LEVELS", "TASK", "Form", "generate", "size"]
 
 TASK = "arith"
-LEVELS = (1, 2, 3, 4, 5)
-
-_NAMES = ("Tom", "Ann", "Sam", "Mia", "Leo", "Ava", "Ben", "Zoe", "Max", "Eva")
-_THINGS = ("apples", "pens", "books", "cards", "coins", "stamps", "marbles", "shells", "cookies", "stickers")
 
 
-def _item(level: int, rng: random.Random) -> tuple[str, int]:
-    """One (question, answer) pair of the given level."""
-    if level == 1:
-        a = rng.randint(1, 60)
-        return f"What number comes next: {a}, {a + 1}, {a + 2}, {a + 3}?", a + 4
-    if level == 2:
-        a, b = rng.randint(2, 9), rng.randint(2, 9)
-        return f"What is {a} * {b}?", a * b
-    if level == 3:
-        a = rng.randint(2, 18)
-        b = rng.randint(1, min(a, 9))
-        return f"What is {a} - {b}?", a - b
-    if level == 4:
-        a, b = rng.randint(10, 99), rng.randint(2, 9)
-        return f"What is {a} + {b}?", a + b
-    if level == 5:
-        name, other, thing = rng.choice(_NAMES), rng.choice(_NAMES), rng.choice(_THINGS)
-        while other == name:
-            other = rng.choice(_NAMES)
-        a, b = rng.randint(5, 20), rng.randint(2, 9)
-        kind = rng.randrange(3)
-        if kind == 0:
-            return f"{name} has {a} {thing}. {name} buys {b} more. How many {thing} does {name} have now?", a + b
-        if kind == 1:
-            b = rng.randint(2, min(9, a - 1))  # nobody gives away more than they have
-            return f"{name} has {a} {thing} and gives {b} to {other}. How many {thing} does {name} have now?", a - b
-        c = rng.randint(2, min(9, a + b - 1))
-        return (
-            f"{name} has {a} {thing}. {name} buys {b} more, then gives {c} to {other}. "
-            f"How many {thing} does {name} have now?",
-            a + b - c,
-        )
-    raise ValueError(f"unknown level {level}: synthetic levels are {LEVELS}")
+@dataclass(frozen=True)
+class Form:
+    """One question form: a template over ranges of integers (every combination is a distinct question)."""
+
+    ranges: tuple[range, ...]
+    render: Callable[..., tuple[str, int]]  # numbers -> (question, answer)
+
+    def size(self) -> int:
+        return math.prod(len(r) for r in self.ranges)
+
+    def draw(self, rng: random.Random) -> tuple[str, int]:
+        return self.render(*(rng.choice(r) for r in self.ranges))
+
+
+_FORMS: dict[int, tuple[Form, ...]] = {
+    1: (Form((range(10, 3000),), lambda a: (f"What number comes next: {a}, {a - 1}, {a - 2}, {a - 3}?", a - 4)),),
+    2: (Form((range(1, 3000),), lambda a: (f"What number comes next: {a}, {a + 2}, {a + 4}, {a + 6}?", a + 8)),),
+    3: (
+        Form((range(1, 2000),), lambda a: (f"What number comes next: {a}, {a + 10}, {a + 20}, {a + 30}?", a + 40)),
+        Form((range(10, 2000),), lambda a: (f"What number is ten more than {a}?", a + 10)),
+    ),
+    4: (Form((range(10, 1000), range(2, 10)), lambda a, b: (f"What is {a} - {b}?", a - b)),),
+    5: (Form((range(10, 3000),), lambda a: (f"What is {a} + {a}?", 2 * a)),),
+}
+LEVELS = tuple(sorted(_FORMS))
+
+
+def _forms(level: int) -> tuple[Form, ...]:
+    if level not in _FORMS:
+        raise ValueError(f"unknown level {level}: synthetic levels are {LEVELS}")
+    return _FORMS[level]
+
+
+def size(level: int) -> int:
+    """How many distinct questions ``level`` has (all splits together)."""
+    return sum(form.size() for form in _forms(level))
 
 
 def generate(level: int, n: int, seed: int = 0, split: str = "test") -> list[Example]:
-    """``n`` distinct questions of ``level``, deterministic by ``(level, seed, split)``."""
-    if level not in LEVELS:
-        raise ValueError(f"unknown level {level}: synthetic levels are {LEVELS}")
-    rng = random.Random(f"{TASK}/{split}/{seed}/{level}")
+    """``n`` distinct questions of ``level`` that belong to ``split``, deterministic by ``(level, n, seed, split)``.
+
+    Questions are drawn (forms in proportion to their sizes) and kept when their hash puts them in ``split``.
+    """
+    forms = _forms(level)
+    if split not in FRACTIONS:
+        raise ValueError(f"unknown split {split!r}: one of {', '.join(FRACTIONS)}")
+    available = size(level) * FRACTIONS[split]
+    if n > 0.9 * available:  # the last few questions of a split take ever longer to find
+        raise ValueError(
+            f"level {level} has about {available:.0f} {split} questions ({size(level)} in all): ask for at most "
+            f"{int(0.9 * available)}"
+        )
+    rng = random.Random(f"{TASK}/{seed}/{level}/{split}")
+    weights = [form.size() for form in forms]
     seen: set[str] = set()
     out: list[Example] = []
-    attempts = 0
     while len(out) < n:
-        attempts += 1
-        if attempts > 50 * n + 1000:
-            raise ValueError(f"level {level} has fewer than {n} distinct questions")
-        question, answer = _item(level, rng)
-        if question in seen:
+        question, answer = rng.choices(forms, weights)[0].draw(rng)
+        key = normalise(question)
+        if key in seen or split_of(question) != split:
             continue
-        seen.add(question)
-        i = len(out)
+        seen.add(key)
         out.append(
             Example(
-                id=f"{TASK}/{split}/L{level}/s{seed}/{i}",
+                id=f"{TASK}/L{level}/{question_key(question)}",
                 question=question,
                 answer=str(answer),
                 task=TASK,
                 level=str(level),
-                source=f"synthetic:{TASK}?level={level}&seed={seed}&split={split}#{i}",
+                source=f"synthetic:{TASK}?level={level}&seed={seed}&split={split}#{len(out)}",
                 answer_kind="number",
             )
         )
     return out
 
 
-def few_shot(level: int, k: int, exclude: set[str] | frozenset[str] = frozenset()) -> list[tuple[str, str]]:
-    """``k`` worked examples of ``level`` for few-shot prompts, from a stream separate from any split."""
-    pool = generate(level, k + 8, seed=0, split="shots")  # level 2 has only 64 distinct questions
-    shots = [(e.question, e.answer) for e in pool if e.question not in exclude][:k]
-    if len(shots) < k:
-        raise ValueError(f"fewer than {k} few-shot examples of level {level} outside the excluded questions")
-    return shots
+def question_key(question: str) -> str:
+    """A short stable id for a question: the same question has the same id in every split, file and run."""
+    import hashlib
+
+    return hashlib.sha256(normalise(question).encode("utf-8")).hexdigest()[:12]
