@@ -19,11 +19,12 @@ from pathlib import Path
 import torch
 
 from polar.backbone import load
+from polar.ingest import synthetic_shots
 from polar.label import LabelConfig, label_one
 from polar.search import SearchConfig
 from polar.tasks import synthetic
 from polar.tasks.answers import extract_answer, is_equivalent
-from polar.tasks.prompts import PROMPT_STYLES, PromptBuilder, answer_line, stop_token_ids
+from polar.tasks.prompts import PROMPT_STYLES, PromptSpec, answer_line, stop_token_ids
 
 
 def main() -> None:
@@ -40,7 +41,7 @@ def main() -> None:
 
     backbone = load(args.model, device=args.device)
     executor, stops = backbone.executor, stop_token_ids(backbone.tokenizer)
-    builder = PromptBuilder(args.prompt)
+    spec = PromptSpec.from_examples(synthetic_shots(), args.prompt, 3, "synthetic shots")
     config = LabelConfig(
         prompt=args.prompt,
         max_new_tokens=args.max_new_tokens,
@@ -51,12 +52,11 @@ def main() -> None:
     programs = agree = 0
     per_input = []
     for level in [int(x) for x in args.levels.split(",")]:
-        example = synthetic.generate(level, 1, seed=1)[0]
-        shots = synthetic.few_shot(level, config.shots, {example.question})
+        example = synthetic.generate(level, 1, seed=1, split="train")[0]
         start = time.perf_counter()
-        record = label_one(backbone, example, shots, config, stops)
+        record, _ = label_one(backbone, example, spec, config, stops)
         t_ours = time.perf_counter() - start
-        ids = builder.encode(example.question, shots, backbone.tokenizer)
+        ids = spec.encode(example.question, example.level, backbone.tokenizer)
         start = time.perf_counter()
         baseline = []
         for ev in record["evaluated"]:  # the reference loop: one program, up to 50 tokens, EOS only

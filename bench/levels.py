@@ -16,7 +16,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from polar.backbone import load
-from polar.ingest import SHOTS_PER_LEVEL, _write
+from polar.ingest import split_path, synthetic_shots, write_examples
 from polar.programs import Program
 from polar.tasks import synthetic
 from polar.tasks.answers import grade
@@ -35,9 +35,9 @@ def main() -> None:
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     backbone = load(args.model, device=args.device)
-    with tempfile.TemporaryDirectory() as tmp:  # the pool exactly as `polar ingest` writes it
-        pool = Path(tmp) / "shots.parquet"
-        _write(pool, [e for lv in synthetic.LEVELS for e in synthetic.generate(lv, SHOTS_PER_LEVEL, 0, "shots")])
+    with tempfile.TemporaryDirectory() as tmp:  # the pool file exactly as `polar ingest` writes it: the same spec id
+        pool = split_path(tmp, "shots")
+        write_examples(pool, synthetic_shots())
         spec = PromptSpec.from_pool(pool, args.prompt, args.shots)
     stops = stop_token_ids(backbone.tokenizer)
     full = Program.identity(backbone.depth)

@@ -22,6 +22,7 @@ import contextlib
 import json
 import os
 import time
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -135,6 +136,8 @@ def label_on_pool(
             "`export PREFECT_API_URL=http://127.0.0.1:4200/api` here and where the workers run"
         )
     config = config or LabelConfig()
+    if config.shots_from:  # workers start elsewhere: every path they get is absolute
+        config = replace(config, shots_from=str(Path(config.shots_from).resolve()))
     model = str(Path(model).resolve()) if Path(model).exists() else model
     tasks_path, out_dir = Path(tasks_path).resolve(), Path(out_dir).resolve()
     examples = read_examples(tasks_path)[:limit]

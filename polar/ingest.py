@@ -21,7 +21,7 @@ from polar.tasks.benchmarks import Fields, load_benchmark
 from polar.tasks.schema import BadRecord, Example
 from polar.tasks.splits import SHOTS, SPLITS, normalise, split_of
 
-__all__ = ["MANIFEST", "SHOTS_PER_LEVEL", "ingest", "split_path"]
+__all__ = ["MANIFEST", "SHOTS_PER_LEVEL", "ingest", "split_path", "synthetic_shots", "write_examples"]
 
 MANIFEST = "manifest.json"
 SHOTS_PER_LEVEL = 8  # the synthetic few-shot pool: enough for prompts of up to 8 shots
@@ -32,6 +32,11 @@ def split_path(out_dir: str | Path, split: str) -> Path:
     if split not in (*SPLITS, SHOTS):
         raise ValueError(f"unknown split {split!r}: one of {', '.join((*SPLITS, SHOTS))}")
     return Path(out_dir) / f"{split}.parquet"
+
+
+def synthetic_shots(levels: Sequence[int] = synthetic.LEVELS) -> list[Example]:
+    """The synthetic few-shot pool (``shots.parquet`` of a synthetic ingest): the same for every seed."""
+    return [e for lv in levels for e in synthetic.generate(lv, SHOTS_PER_LEVEL, 0, SHOTS)]
 
 
 def ingest(
@@ -70,7 +75,7 @@ def ingest(
         if missing:
             raise ValueError(f"synthetic splits need a size per level: {', '.join(missing)}")
         by_split = {s: [e for lv in levels for e in synthetic.generate(lv, sizes[s], seed, s)] for s in SPLITS}
-        by_split[SHOTS] = [e for lv in levels for e in synthetic.generate(lv, SHOTS_PER_LEVEL, 0, SHOTS)]
+        by_split[SHOTS] = synthetic_shots(levels)
         origin = f"synthetic levels {list(levels)}, seed {seed}"
     else:
         if source is None:
@@ -85,7 +90,7 @@ def ingest(
     paths, manifest = {}, {"task": task, "source": origin, "rule": "sha256 of the normalised question", "splits": {}}
     for split, examples in by_split.items():
         path = split_path(out_dir, split)
-        _write(path, examples)
+        write_examples(path, examples)
         paths[split] = path
         manifest["splits"][split] = {
             "examples": len(examples),
@@ -125,7 +130,8 @@ def _index(example: Example) -> int:
     return int(tail) if tail.isdigit() else -1
 
 
-def _write(path: Path, examples: list[Example]) -> None:
+def write_examples(path: Path, examples: list[Example]) -> None:
+    """Examples as one Parquet file (written whole, then moved into place)."""
     tmp = path.with_name(f".{path.name}.tmp")
     columns = list(Example.__dataclass_fields__)
     pd.DataFrame([e.to_dict() for e in examples], columns=columns).to_parquet(tmp, index=False)

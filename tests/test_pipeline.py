@@ -20,7 +20,7 @@ pytestmark = pytest.mark.slow
 
 def _repo(tmp: Path, **overrides) -> Path:
     repo = tmp / "repo"
-    repo.mkdir()
+    repo.mkdir(parents=True)
     shutil.copytree(ROOT / "polar", repo / "polar", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(ROOT / "dvc.yaml", repo / "dvc.yaml")
     params = yaml.safe_load((ROOT / "params.yaml").read_text())

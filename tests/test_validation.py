@@ -160,3 +160,31 @@ def test_the_validation_page_reads_offline(tmp_path):
     assert "FAILED" in text and "expect_column_values_to_be_between" in text and "max_layer" in text
     assert "none found in training" in text
     assert parsed.links and all((tmp_path / "v" / link).exists() for link in parsed.links)
+
+
+def _chromium() -> str | None:
+    import shutil
+
+    return next((p for p in (shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome")) if p), None)
+
+
+@pytest.mark.skipif(_chromium() is None, reason="needs Chromium (the set-up installs Debian's chromium where it can)")
+def test_the_validation_page_renders_in_a_headless_browser_offline(tmp_path):
+    """What a user sees offline: the rendered page, in a real browser with no network, holds every result."""
+    import subprocess
+
+    labels = _write(tmp_path / "labels", GOOD)
+    summary = validate(labels, tmp_path / "v", heldout=[_tasks(tmp_path / "t.parquet", ["What is 99 + 1?"])])
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking"]
+    flags += ["--disable-component-update", "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}"]
+
+    def rendered(page):
+        out = subprocess.run(
+            [_chromium(), *flags, "--dump-dom", page.resolve().as_uri()], capture_output=True, text=True, timeout=120
+        )
+        assert out.returncode == 0, out.stderr[-2000:]
+        return out.stdout
+
+    dom = rendered(tmp_path / "v" / "validation.html")
+    assert "passed" in dom and "expect_column_values_to_be_in_set" in dom and "none found in training" in dom
+    assert dom.count("<tr>") == 1 + sum(len(r) for r in summary["results"].values()) + len(summary["results"]) - 1

@@ -100,16 +100,25 @@ class PromptSpec:
         import pandas as pd
 
         rows = [Example.from_dict(r) for r in pd.read_parquet(pool).to_dict(orient="records")]
+        digest = hashlib.sha256(pool.read_bytes()).hexdigest()[:12]
+        return cls.from_examples(rows, style, shots, f"{pool.name} sha256:{digest}")
+
+    @classmethod
+    def from_examples(
+        cls, rows: Sequence[Example], style: str = "plain", shots: int = 3, source: str = ""
+    ) -> PromptSpec:
+        """The spec whose shots are the first ``shots`` of each level of ``rows`` (a few-shot pool)."""
+        if shots == 0:
+            return cls(style, 0, "none")
         by_level: dict[str, list[tuple[str, str]]] = {}
         for e in rows:
             by_level.setdefault(e.level, []).append((e.question, e.answer))
         examples = {level: pairs[:shots] for level, pairs in sorted(by_level.items()) if len(pairs) >= shots}
         mixed = [pair for pairs in zip(*by_level.values(), strict=False) for pair in pairs]  # levels in turn
         if len(mixed) < shots:
-            raise ValueError(f"{pool} holds {len(rows)} few-shot examples; {shots}-shot prompts need more")
+            raise ValueError(f"{source} holds {len(rows)} few-shot examples; {shots}-shot prompts need more")
         examples[ANY_LEVEL] = mixed[:shots]
-        digest = hashlib.sha256(pool.read_bytes()).hexdigest()[:12]
-        return cls(style, shots, f"{pool.name} sha256:{digest}", examples)
+        return cls(style, shots, source, examples)
 
     def shots_for(self, level: str | None) -> list[tuple[str, str]]:
         """The few-shot pairs of ``level`` (the pool's mixed ones for a level it does not have)."""
