@@ -740,7 +740,8 @@ def _print_summary(info: dict, result: str, root: Path) -> None:
         console.print(table)
         console.print(f"  report           {info['report'].relative_to(root)}", soft_wrap=True)
     if "validation" in info:
-        console.print(f"  validation       {info['validation']['report']}", soft_wrap=True)
+        report = info["validation"].get("report") or info["validation"]["data_docs"]
+        console.print(f"  validation       {report}", soft_wrap=True)
     if "registry" in info:
         reg = info["registry"]
         console.print(f"  registry         {registry_status(reg)}", soft_wrap=True)
