@@ -243,10 +243,12 @@ def ingest(
     ] = "arith",
     levels: Annotated[str, typer.Option(help="Synthetic levels, e.g. 1-5.")] = "1-5",
     train: Annotated[
-        int | None, typer.Option(min=0, help="Train questions per level (synthetic: required; else default all).")
+        int | None, typer.Option(min=0, help="Train questions per level (synthetic: 40; else default all).")
     ] = None,
-    validation: Annotated[int | None, typer.Option(min=0, help="Validation questions per level.")] = None,
-    test: Annotated[int | None, typer.Option(min=0, help="Test questions per level.")] = None,
+    validation: Annotated[
+        int | None, typer.Option(min=0, help="Validation questions per level (synthetic: 10; else default all).")
+    ] = None,
+    test: Annotated[int | None, typer.Option(min=0, help="Test questions per level (synthetic: 20; else all).")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the synthetic draw (splits do not depend on it).")] = 0,
     source: Annotated[str | None, typer.Option(help="Benchmark or own file, folder or hub id.")] = None,
     source_split: Annotated[str, typer.Option(help="Split to read from a folder or hub id.")] = "test",
@@ -258,15 +260,15 @@ def ingest(
 ) -> None:
     """Split a task into train, validation and test files (and a few-shot pool) by a hash of each question.
 
-    The same question always lands in the same split, in every file and every run, so the splits never overlap
-    whatever their sizes. Synthetic levels give each size per level; for benchmarks and your own files a size
-    caps a split per level (default: everything in it).
+    The same question always lands in the same split, in every file and every run, so the splits never overlap whatever their sizes. Synthetic levels give each size per level; for benchmarks and your own files a size caps a split per level (default: everything in it).
     """
     from polar.ingest import MANIFEST
     from polar.ingest import ingest as do_ingest
     from polar.tasks.benchmarks import Fields
 
     fields = Fields(question_field, answer_field, level_field, answer_kind) if question_field else None
+    if task == "arith":  # the synthetic levels need a size per split: 40 / 10 / 20 per level unless given
+        train, validation, test = (d if v is None else v for v, d in ((train, 40), (validation, 10), (test, 20)))
     try:
         sizes = {"train": train, "validation": validation, "test": test}
         paths, bad = do_ingest(out, task, _levels(levels), sizes, seed, source, source_split, limit, fields)
@@ -424,7 +426,7 @@ def validate_cmd(
 ) -> None:
     """Check label files with a great-expectations suite; exit 1 (and keep the reference) when they fail.
 
-    With --heldout, no question of those files may be among the training labels (compared by normalised text).
+    With --heldout, no question of those files may be among the training labels (compared by normalised text). Writes validation.json and validation.html, a report that reads offline.
     """
     from polar.validation import ValidateConfig, ValidationFailed, validate
 

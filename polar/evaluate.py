@@ -31,7 +31,7 @@ from polar import predictor as P
 from polar.baselines import block_influence, random_program, shortgpt_program
 from polar.embedder import load_embedder
 from polar.executor import Sampling
-from polar.label import read_examples
+from polar.label import SHOTS_FILE, read_examples
 from polar.programs import Program
 from polar.tasks.answers import grade
 from polar.tasks.prompts import PromptSpec, stop_token_ids
@@ -99,7 +99,7 @@ def resolve_prompt(predictor: P.ProgramPredictor, config: EvalConfig, tasks_path
     spec = P.prompt_spec(predictor)
     if config.shots is None and config.prompt is None and not config.shots_from:
         return spec
-    pool = Path(config.shots_from) if config.shots_from else Path(tasks_path).with_name("shots.parquet")
+    pool = Path(config.shots_from) if config.shots_from else Path(tasks_path).with_name(SHOTS_FILE)
     given = PromptSpec.from_pool(
         pool, config.prompt or spec.style, spec.shots if config.shots is None else config.shots
     )
