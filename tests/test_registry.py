@@ -69,6 +69,9 @@ def test_versions_aliases_and_gates(store):
     assert str(client.get_model_version_by_alias("polar-tiny-model", "candidate").version) == "2"
     tags = client.get_model_version("polar-tiny-model", "1").tags
     assert tags["labels_dvc_md5"] == "123" and tags["embedder"] == "backbone:1"
+    assert tags["prompt"] == PromptSpec.from_dict(TEST_PROMPT).id  # the prompt it was evaluated and is served with
+    run = client.get_model_version("polar-tiny-model", "1").run_id
+    assert mlflow.artifacts.load_dict(f"runs:/{run}/prompt.json") == TEST_PROMPT
     assert tags["git_commit"] == head + "-dirty"  # the predictor folder is not committed
 
     first = promote("polar-tiny-model", "1")
@@ -84,6 +87,15 @@ def test_versions_aliases_and_gates(store):
     assert client.get_model_version("polar-tiny-model", v3["version"]).tags["promotion"].startswith("pass@1")
     with pytest.raises(ValueError, match="no version 9"):
         promote("polar-tiny-model", "9")
+
+
+def test_metrics_of_another_prompt_are_refused(store):
+    pred = _predictor(store / "pred")
+    metrics = _metrics(store / "m.json", 0.4)
+    data = json.loads(metrics.read_text())
+    metrics.write_text(json.dumps({**data, "prompt": "plain-0shot-v1-000000000000"}))
+    with pytest.raises(ValueError, match="evaluate this predictor again before registering it"):
+        register(pred, metrics)
 
 
 def test_unreachable_server_is_a_clear_error_at_once():
