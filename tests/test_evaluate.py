@@ -11,7 +11,7 @@ from polar.backbone import Backbone
 from polar.baselines import block_influence, random_program, shortgpt_program
 from polar.evaluate import EvalConfig, evaluate, mcnemar_p, pass_at_k, wilson
 from polar.programs import Program
-from polar.report import verdict
+from polar.report import paired_interval, verdict
 from polar.tasks.prompts import PromptMismatch
 
 
@@ -142,3 +142,12 @@ def test_the_report_says_beats_only_when_the_paired_test_is_significant():
     assert "95% CI of the difference" in text and "beats" not in text
     assert "beats base greedy" in verdict(_m(60, 40, 22, 2))
     assert "is worse than base greedy" in verdict(_m(30, 50, 1, 21))
+
+
+def test_the_interval_of_the_difference_agrees_with_the_paired_test():
+    for a_only in range(0, 15):
+        for b_only in range(0, 15):
+            p = mcnemar_p([True] * a_only + [False] * b_only, [False] * a_only + [True] * b_only)
+            lo, hi = paired_interval(0, 0, {"a_only": a_only, "b_only": b_only}, 60)
+            assert lo <= (a_only - b_only) / 60 <= hi
+            assert (lo > 0 or hi < 0) == (p < 0.05), (a_only, b_only, p, lo, hi)
