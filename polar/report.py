@@ -21,7 +21,11 @@ def verdict(m: dict) -> str:
     pred, base = m["methods"]["predictor"], m["methods"]["base greedy"]
     p = pred["p_vs_base"]
     lo, hi = paired_interval(pred["correct"], base["correct"], m.get("discordant"), n)
-    interval = f"95% CI of the difference {lo * 100:+.1f} to {hi * 100:+.1f} points"
+    disc = m.get("discordant") or {}
+    if disc and not disc["a_only"] + disc["b_only"]:
+        interval = "the two are right and wrong on the same inputs"
+    else:
+        interval = f"95% CI of the difference {lo * 100:+.1f} to {hi * 100:+.1f} points"
     test = f"p = {p:.3g}, exact McNemar on {n} paired inputs"
     if p < ALPHA and gap != 0:
         word = "beats" if gap > 0 else "is worse than"
