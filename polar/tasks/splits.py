@@ -15,7 +15,7 @@ import re
 import unicodedata
 from collections.abc import Iterable
 
-__all__ = ["FRACTIONS", "SHOTS", "SPLITS", "normalise", "overlap", "split_of"]
+__all__ = ["FRACTIONS", "SHOTS", "SPLITS", "digest", "normalise", "overlap", "split_of"]
 
 SPLITS = ("train", "validation", "test")  # what the pipeline ingests, labels and evaluates
 SHOTS = "shots"  # the few-shot pool: never labeled, never evaluated
@@ -31,15 +31,17 @@ def normalise(question: str) -> str:
     return _SPACE.sub(" ", unicodedata.normalize("NFKC", question).casefold()).strip()
 
 
-def _unit(question: str) -> float:
-    """A number in [0, 1) from the first 8 bytes of the SHA-256 of the normalised text."""
-    digest = hashlib.sha256(normalise(question).encode("utf-8")).digest()
-    return int.from_bytes(digest[:8], "big") / 2**64
+def digest(question: str) -> str:
+    """SHA-256 (hex) of the normalised text: the question's split and its stable id both come from it."""
+    return hashlib.sha256(normalise(question).encode("utf-8")).hexdigest()
 
 
-def split_of(question: str) -> str:
-    """The split ``question`` belongs to: ``shots``, ``train``, ``validation`` or ``test``."""
-    u, edge = _unit(question), 0.0
+def split_of(question: str, key: str | None = None) -> str:
+    """The split ``question`` belongs to: ``shots``, ``train``, ``validation`` or ``test``.
+
+    ``key`` is its :func:`digest`, when already computed.
+    """
+    u, edge = int((key or digest(question))[:16], 16) / 2**64, 0.0
     for name, share in FRACTIONS.items():
         edge += share
         if u < edge:
