@@ -59,16 +59,16 @@ def main() -> None:
         ids = spec.encode(example.question, example.level, backbone.tokenizer)
         start = time.perf_counter()
         baseline = []
-        for ev in record["evaluated"]:  # the reference loop: one program, up to 50 tokens, EOS only
-            g = executor.generate([ids], [ev["program"]], args.max_new_tokens)[0]
+        for ev in record.evaluated:  # the reference loop: one program, up to 50 tokens, EOS only
+            g = executor.generate([ids], [ev.program], args.max_new_tokens)[0]
             baseline.append(extract_answer(answer_line(g.text), example.answer_kind))
         t_base = time.perf_counter() - start
-        same = [b == ev["prediction"] for b, ev in zip(baseline, record["evaluated"], strict=True)]
+        same = [b == ev.prediction for b, ev in zip(baseline, record.evaluated, strict=True)]
         rewards_same = all(
-            is_equivalent(b, example.answer, "number") == (ev["reward"] > 0)
-            for b, ev in zip(baseline, record["evaluated"], strict=True)
+            is_equivalent(b, example.answer, "number") == (ev.reward > 0)
+            for b, ev in zip(baseline, record.evaluated, strict=True)
         )
-        n = len(record["evaluated"])
+        n = len(record.evaluated)
         ours_s, base_s, programs, agree = ours_s + t_ours, base_s + t_base, programs + n, agree + sum(same)
         per_input.append(
             {
@@ -79,7 +79,7 @@ def main() -> None:
                 "speedup": round(t_base / t_ours, 2),
                 "identical_rewards": rewards_same,
                 "prompt_tokens": len(ids),
-                "valid": len(record["valid"]),
+                "valid": len(record.valid),
             }
         )
         print(json.dumps(per_input[-1]), flush=True)

@@ -16,7 +16,8 @@ from pathlib import Path
 from tqdm import tqdm
 
 from polar.backbone import load
-from polar.ingest import split_path, synthetic_shots, write_examples
+from polar.ingest import synthetic_shots
+from polar.tasks.files import split_path, write_examples
 from polar.programs import Program
 from polar.tasks import synthetic
 from polar.tasks.answers import grade

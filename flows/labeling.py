@@ -31,7 +31,9 @@ from prefect import flow, get_client, get_run_logger
 from prefect.deployments import run_deployment
 from tqdm import tqdm
 
-from polar.label import LabelConfig, finish, label, prepare, read_examples, read_records
+from polar.label import LabelConfig, finish, label, prepare
+from polar.labels import read_records
+from polar.tasks.files import read_examples
 
 DEPLOYMENT_FLOW = "polar-label-shard"
 
@@ -162,7 +164,7 @@ def label_on_pool(
             "device": device,
         }
         running = _active_runs(client, deployment_id, common)
-        done = {r["id"] for r in read_records(out_dir)}
+        done = {r.id for r in read_records(out_dir)}
         runs = {}
         for k in range(shards):
             if all(i in done for i in ids[k::shards]):

@@ -16,7 +16,7 @@ matplotlib.use("Agg")  # files only, no screen
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from polar.label import TIMINGS  # noqa: E402
+from polar.labels import LabelRecord, read_labels, read_settings, read_timings  # noqa: E402
 from polar.programs import CompactProgram, Op, Program  # noqa: E402
 
 __all__ = ["diagnose", "load_labels"]
@@ -24,22 +24,22 @@ __all__ = ["diagnose", "load_labels"]
 SPACES = ("skip", "loop", "joint")
 
 
-def load_labels(folder: Path) -> list[dict]:
+def load_labels(folder: Path) -> list[LabelRecord]:
     path = folder / "labels.jsonl"
     if not path.exists():
         raise FileNotFoundError(f"{path} not found: run `polar label --space {folder.name} --out {folder}` first")
-    return [json.loads(line) for line in path.open()]
+    return read_labels(path)
 
 
 def _pct(num: int, den: int) -> str:
     return f"{100 * num / den:.0f}% ({num}/{den})" if den else "n/a"
 
 
-def _edited_segments(record: dict) -> list[tuple[str, int]]:
+def _edited_segments(record: LabelRecord) -> list[tuple[str, int]]:
     """(op, length) of the skip and repeat segments in the compact form of the shortest valid program."""
-    if not record.get("compact"):
+    if not record.compact:
         return []
-    compact = CompactProgram.parse(record["compact"])
+    compact = CompactProgram.parse(record.compact)
     return [(s.op.value, s.length) for s in compact.segments if s.op is not Op.KEEP]
 
 
@@ -54,8 +54,8 @@ def diagnose(labels_dir: str | Path, out_dir: str | Path, command: str | None = 
     if "joint" not in runs:
         raise FileNotFoundError(f"{labels_dir / 'joint'} not found: the diagnosis needs at least the joint search")
     joint = runs["joint"]
-    depth, model = joint[0]["depth"], joint[0]["model"]
-    levels = sorted({r["level"] for r in joint}, key=lambda x: (len(x), x))
+    depth, model = joint[0].depth, joint[0].model
+    levels = sorted({r.level for r in joint}, key=lambda x: (len(x), x))
     out_dir.mkdir(parents=True, exist_ok=True)
 
     # 1. Oracle accuracy per level: an input counts when search found at least one valid program.
@@ -65,22 +65,22 @@ def diagnose(labels_dir: str | Path, out_dir: str | Path, command: str | None = 
     ]
     acc: dict[str, list[float]] = defaultdict(list)
     for level in [*levels, "all"]:
-        rows = {s: [r for r in recs if level in ("all", r["level"])] for s, recs in runs.items()}
+        rows = {s: [r for r in recs if level in ("all", r.level)] for s, recs in runs.items()}
         n = len(rows["joint"])
-        base = sum(r["base_correct"] for r in rows["joint"])
-        cells = [_pct(sum(bool(r["valid"]) for r in rows[s]), len(rows[s])) for s in runs]
+        base = sum(r.base_correct for r in rows["joint"])
+        cells = [_pct(sum(bool(r.valid) for r in rows[s]), len(rows[s])) for s in runs]
         table.append(f"| {level} | {n} | {_pct(base, n)} | " + " | ".join(cells) + " |")
         if level != "all":
             acc["base"].append(base / n)
             for s in runs:
-                acc[s].append(sum(bool(r["valid"]) for r in rows[s]) / max(1, len(rows[s])))
+                acc[s].append(sum(bool(r.valid) for r in rows[s]) / max(1, len(rows[s])))
 
     # 2-3. Shorter programs for correct inputs; corrections of wrong ones (joint search).
-    correct = [r for r in joint if r["base_correct"]]
-    wrong = [r for r in joint if not r["base_correct"]]
-    shorter = sum(1 for r in correct if r["shortest_length"] is not None and r["shortest_length"] < depth)
-    fixed = [r for r in wrong if r["valid"]]
-    fixed_shorter = sum(1 for r in fixed if r["shortest_length"] < depth)
+    correct = [r for r in joint if r.base_correct]
+    wrong = [r for r in joint if not r.base_correct]
+    shorter = sum(1 for r in correct if r.shortest_length is not None and r.shortest_length < depth)
+    fixed = [r for r in wrong if r.valid]
+    fixed_shorter = sum(1 for r in fixed if r.shortest_length < depth)
 
     # 4. Edited segment lengths.
     segs = Counter()
@@ -93,9 +93,9 @@ def diagnose(labels_dir: str | Path, out_dir: str | Path, command: str | None = 
     skip_map = np.zeros((len(levels), depth))
     loop_map = np.zeros((len(levels), depth))
     for i, level in enumerate(levels):
-        rows = [r for r in joint if r["level"] == level and r["shortest"]]
+        rows = [r for r in joint if r.level == level and r.shortest]
         for r in rows:
-            visits = Program.parse(r["shortest"]).visits()
+            visits = Program.parse(r.shortest).visits()
             for layer in range(depth):
                 skip_map[i, layer] += visits.get(layer, 0) == 0
                 loop_map[i, layer] += visits.get(layer, 0) > 1
@@ -105,20 +105,16 @@ def diagnose(labels_dir: str | Path, out_dir: str | Path, command: str | None = 
     _plot_heatmaps(skip_map, loop_map, levels, out_dir / "layer_heatmap.png")
     _plot_accuracy(acc, levels, out_dir / "oracle_accuracy.png")
 
-    settings = {
-        s: json.loads((labels_dir / s / "settings.json").read_text())
-        for s in runs
-        if (labels_dir / s / "settings.json").exists()
-    }
+    settings = {s: read_settings(labels_dir / s) for s in runs if (labels_dir / s / "settings.json").exists()}
     sims = sorted({v["config"]["search"]["simulations"] for v in settings.values()})
-    lengths = [r["shortest_length"] for r in joint if r["shortest_length"]]
-    seconds = sum(_search_seconds(labels_dir / space) for space in runs)
-    evaluations = sum(r["evaluations"] for recs in runs.values() for r in recs)
+    lengths = [r.shortest_length for r in joint if r.shortest_length]
+    seconds = sum(sum(read_timings(labels_dir / space).values()) for space in runs)
+    evaluations = sum(r.evaluations for recs in runs.values() for r in recs)
     lines = [
         f"# Diagnosis: {model} ({depth} layers)",
         "",
         f"Search spaces: {', '.join(runs)}; {len(joint)} inputs ({len(joint) // max(1, len(levels))} per level); "
-        f"prompt `{joint[0]['prompt']}`; {'/'.join(map(str, sims)) or '?'} simulations per input "
+        f"prompt `{joint[0].prompt}`; {'/'.join(map(str, sims)) or '?'} simulations per input "
         f"(the reference uses 100). Search time: {seconds / 60:.1f} min for {evaluations} program evaluations over "
         "all spaces (summed per input, from the label folders' timings.jsonl).",
         "",
@@ -217,16 +213,3 @@ def _plot_heatmaps(skip_map: np.ndarray, loop_map: np.ndarray, levels: list[str]
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
-
-
-def _search_seconds(folder: Path) -> float:
-    """Search seconds summed over a label folder's inputs (``timings.jsonl``; the last entry of an input counts)."""
-    path = folder / TIMINGS
-    if not path.exists():
-        return 0.0
-    last = {}
-    for line in path.read_text().splitlines():
-        if line.strip():
-            entry = json.loads(line)
-            last[entry["id"]] = entry["seconds"]
-    return sum(last.values())

@@ -31,9 +31,10 @@ from polar import predictor as P
 from polar.baselines import block_influence, random_program, shortgpt_program
 from polar.embedder import load_embedder
 from polar.executor import Sampling
-from polar.label import SHOTS_FILE, read_examples
+from polar.labels import read_labels
 from polar.programs import Program
 from polar.tasks.answers import grade
+from polar.tasks.files import SHOTS_FILE, read_examples
 from polar.tasks.prompts import PromptSpec, stop_token_ids
 
 __all__ = ["TIMINGS", "EvalConfig", "evaluate", "mcnemar_p", "pass_at_k", "wilson"]
@@ -255,9 +256,8 @@ def _metrics(rows, depth, predictors, shortgpt, config, oracle_labels, examples)
             methods[name] = method([r[f"{name}_correct"] for r in rows], sum(lengths) / n)
     if oracle_labels is not None:
         oracle = {}
-        for line in Path(oracle_labels).read_text().splitlines():
-            record = json.loads(line)
-            oracle[record["id"]] = (bool(record["valid"]), record["shortest_length"] or depth)
+        for record in read_labels(oracle_labels):
+            oracle[record.id] = (bool(record.valid), record.shortest_length or depth)
         missing = [e.id for e in examples if e.id not in oracle]
         if missing:
             raise ValueError(f"{oracle_labels} has no label for {len(missing)} evaluated inputs (first: {missing[0]})")

@@ -14,24 +14,16 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-import pandas as pd
-
 from polar.tasks import synthetic
 from polar.tasks.benchmarks import Fields, load_benchmark
+from polar.tasks.files import split_path, write_examples
 from polar.tasks.schema import BadRecord, Example
 from polar.tasks.splits import SHOTS, SPLITS, normalise, split_of
 
-__all__ = ["MANIFEST", "SHOTS_PER_LEVEL", "ingest", "split_path", "synthetic_shots", "write_examples"]
+__all__ = ["MANIFEST", "SHOTS_PER_LEVEL", "ingest", "synthetic_shots"]
 
 MANIFEST = "manifest.json"
 SHOTS_PER_LEVEL = 8  # the synthetic few-shot pool: enough for prompts of up to 8 shots
-
-
-def split_path(out_dir: str | Path, split: str) -> Path:
-    """Where the ingest stage writes ``split`` (train, validation, test or shots) in ``out_dir``."""
-    if split not in (*SPLITS, SHOTS):
-        raise ValueError(f"unknown split {split!r}: one of {', '.join((*SPLITS, SHOTS))}")
-    return Path(out_dir) / f"{split}.parquet"
 
 
 def synthetic_shots(levels: Sequence[int] = synthetic.LEVELS) -> list[Example]:
@@ -128,11 +120,3 @@ def _split(
 def _index(example: Example) -> int:
     tail = example.source.rsplit("#", 1)[-1]
     return int(tail) if tail.isdigit() else -1
-
-
-def write_examples(path: Path, examples: list[Example]) -> None:
-    """Examples as one Parquet file (written whole, then moved into place)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    columns = list(Example.__dataclass_fields__)
-    pd.DataFrame([e.to_dict() for e in examples], columns=columns).to_parquet(tmp, index=False)
-    tmp.replace(path)

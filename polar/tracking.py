@@ -12,6 +12,7 @@ import json
 import re
 from pathlib import Path
 
+from polar.labels import MERGED, read_labels, read_timings
 from polar.pipeline import outputs
 from polar.registry import PARENT_ENV, configure, git_commit
 
@@ -66,16 +67,14 @@ def log_stage(root: str | Path, model: str, stage: str) -> None:
     metrics: dict[str, float] = {}
     files: list[Path] = []
     if stage == "label":
-        merged = out["labels"] / "labels.jsonl"
-        records = [json.loads(line) for line in merged.open()] if merged.exists() else []
+        records = read_labels(out["labels"]) if (out["labels"] / MERGED).exists() else []
         if records:
             metrics["inputs"] = len(records)
-            metrics["base_correct_share"] = sum(r["base_correct"] for r in records) / len(records)
-            metrics["valid_share"] = sum(bool(r["valid"]) for r in records) / len(records)
-        timings = out["labels"] / "timings.jsonl"  # not a DVC output: the run's own search times
-        if timings.exists():
-            last = {e["id"]: e["seconds"] for e in map(json.loads, timings.read_text().splitlines()) if e}
-            metrics["search_seconds"] = sum(last.values())
+            metrics["base_correct_share"] = sum(r.base_correct for r in records) / len(records)
+            metrics["valid_share"] = sum(bool(r.valid) for r in records) / len(records)
+        timings = read_timings(out["labels"])  # not a DVC output: the run's own search times
+        if timings:
+            metrics["search_seconds"] = sum(timings.values())
         files = [out["labels"] / "manifest.json", out["labels"] / "settings.json"]
     elif stage == "validate":
         if out["validation"].exists():

@@ -25,7 +25,7 @@ from torch.nn import functional as F
 from tqdm import tqdm
 
 from polar.embedder import DEFAULT_EMBEDDER, load_embedder
-from polar.label import label_prompt
+from polar.labels import label_prompt, read_labels
 from polar.predictor import OPS, PredictorConfig, ProgramPredictor, check_identity_rule, save
 from polar.programs import DEFAULT_K_MAX, CompactProgram, Program, ProgramError
 from polar.search import SPACES
@@ -101,25 +101,21 @@ def load_targets(label_files: Sequence[str | Path], config: TrainConfig) -> tupl
     inputs = used = 0
     prompt = labels_prompt(label_files)
     for path in label_files:
-        path = Path(path)
-        for n, line in enumerate(path.open(), 1):
-            try:
-                record = json.loads(line)
-                d, valid = int(record["depth"]), record["valid"]
-            except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
-                raise ValueError(f"{path}:{n}: not a label record ({err})") from err
-            if depth is not None and (d, record.get("model")) != (depth, model):
-                raise ValueError(f"{path}:{n}: labels of {record.get('model')} ({d} layers) mixed with {model}")
-            if record.get("prompt") != prompt.id:
+        for n, record in enumerate(read_labels(path), 1):
+            d = record.depth
+            if depth is not None and (d, record.model) != (depth, model):
+                raise ValueError(f"{path}:{n}: labels of {record.model} ({d} layers) mixed with {model}")
+            if record.prompt != prompt.id:
                 raise PromptMismatch(
-                    f"{path}:{n}: record made with the prompt {record.get('prompt')}, but its folder's settings "
+                    f"{path}:{n}: record made with the prompt {record.prompt}, but its folder's settings "
                     f"say {prompt.id}: label the folder again"
                 )
-            depth, model = d, record.get("model")
-            if config.levels and str(record.get("level")) not in config.levels:
+            depth, model = d, record.model
+            if config.levels and str(record.level) not in config.levels:
                 continue
             inputs += 1
-            chosen = _targets_of(record["question"], [v for v in valid if _in_space(v, d, config.space)], d, config)
+            valid = [v for v in record.valid if _in_space(v, d, config.space)]
+            chosen = _targets_of(record.question, valid, d, config)
             used += bool(chosen)
             targets += chosen
     if not targets:

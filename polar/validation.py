@@ -27,7 +27,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from polar.labels import LabelRecord, read_labels, read_settings
 from polar.programs import CompactProgram, Program, ProgramError
+from polar.tasks.files import read_examples
 from polar.tasks.splits import normalise
 
 __all__ = ["ValidateConfig", "ValidationFailed", "label_tables", "validate"]
@@ -50,53 +52,38 @@ class ValidateConfig:
         return asdict(self)
 
 
-def _read(labels_dir: Path) -> tuple[list[dict], dict]:
-    merged, settings = labels_dir / "labels.jsonl", labels_dir / "settings.json"
-    for path in (merged, settings):
-        if not path.exists():
-            raise FileNotFoundError(f"{path} not found: label {labels_dir} to the end with `polar label` first")
-    records = []
-    for n, line in enumerate(merged.read_text().splitlines(), 1):
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{merged}:{n}: broken record ({err})") from err
-    return records, json.loads(settings.read_text())
-
-
-def label_tables(records: list[dict]) -> dict[str, pd.DataFrame]:
+def label_tables(records: list[LabelRecord]) -> dict[str, pd.DataFrame]:
     """The three tables the suites check (see the module docstring)."""
     rows, programs, segments = [], [], []
     for r in records:
-        compact, roundtrip = r.get("compact"), None
+        compact, roundtrip = r.compact, None
         if compact is not None:
             try:
-                roundtrip = CompactProgram.parse(compact).to_program() == Program.parse(r["shortest"])
-            except (ProgramError, TypeError, KeyError):
+                roundtrip = CompactProgram.parse(compact).to_program() == Program.parse(r.shortest)
+            except (ProgramError, TypeError):
                 roundtrip = False
             for seg in CompactProgram.parse(compact).segments if roundtrip else ():
                 segments.append({"op": seg.op.value, "length": seg.length})
-        depth = r.get("depth")
         rows.append(
             {
-                "id": r.get("id"),
-                "level": str(r.get("level")),
-                "model": r.get("model"),
-                "depth": depth,
-                "base_correct": r.get("base_correct"),
-                "has_valid": bool(r.get("valid")),
+                "id": r.id,
+                "level": str(r.level),
+                "model": r.model,
+                "depth": r.depth,
+                "base_correct": r.base_correct,
+                "has_valid": bool(r.valid),
                 "compact_roundtrip": roundtrip,
-                "length_bin": _length_bin(r.get("shortest_length"), depth),
+                "length_bin": _length_bin(r.shortest_length, r.depth),
             }
         )
-        for text in r.get("valid") or []:
+        for text in r.valid:
             try:
                 layers = Program.parse(text).layers
             except ProgramError:
                 layers = (-1,)  # unparseable: fails the index check with the text in the report
             programs.append(
                 {
-                    "id": r.get("id"),
+                    "id": r.id,
                     "program": text,
                     "length": len(layers),
                     "min_layer": min(layers),
@@ -107,9 +94,9 @@ def label_tables(records: list[dict]) -> dict[str, pd.DataFrame]:
     return {"records": pd.DataFrame(rows), "programs": pd.DataFrame(programs), "segments": pd.DataFrame(segments)}
 
 
-def heldout_table(records: list[dict], heldout: dict[str, list]) -> pd.DataFrame:
+def heldout_table(records: list[LabelRecord], heldout: dict[str, list]) -> pd.DataFrame:
     """One row per held-out question (``split`` -> examples): whether a training label has the same question."""
-    training = {normalise(r["question"]) for r in records if r.get("question")}
+    training = {normalise(r.question) for r in records}
     rows = [
         {"id": e.id, "split": split, "question": e.question, "in_training": normalise(e.question) in training}
         for split, examples in heldout.items()
@@ -209,13 +196,11 @@ def validate(
 
     logging.getLogger("great_expectations").setLevel(logging.ERROR)
     labels_dir, out_dir = Path(labels_dir), Path(out_dir)
-    records, settings = _read(labels_dir)
+    records, settings = read_labels(labels_dir), read_settings(labels_dir)
     if not records:
         raise ValueError(f"{labels_dir}/labels.jsonl holds no records")
     tables = label_tables(records)
     if heldout:
-        from polar.label import read_examples
-
         tables["heldout"] = heldout_table(records, {Path(p).stem: read_examples(p) for p in heldout})
     ref = json.loads(Path(reference).read_text()) if reference and Path(reference).exists() else None
     context = gx.get_context(mode="file", project_root_dir=out_dir)

@@ -44,13 +44,47 @@ def tiny_dir(tmp_path_factory, smollm2):
 TEST_PROMPT = {"style": "plain", "shots": 1, "source": "tests", "version": "v1", "examples": {"*": [["2 + 2?", "4"]]}}
 
 
+def label_record(i: int = 0, **fields) -> dict:
+    """A whole label record (polar.labels.LabelRecord as JSON) with ``fields`` over neutral defaults."""
+    from polar.labels import SCHEMA
+
+    record = {
+        "id": f"t/{i}",
+        "task": "t",
+        "level": "1",
+        "question": f"q{i}",
+        "answer": "1",
+        "answer_kind": "number",
+        "model": "m",
+        "depth": 6,
+        "prompt": "",
+        "prompt_tokens": 10,
+        "space": "joint",
+        "base_program": "",
+        "base_prediction": None,
+        "base_text": None,
+        "base_correct": False,
+        "evaluated": [],
+        "valid": [],
+        "shortest": None,
+        "shortest_length": None,
+        "compact": None,
+        "compact_error": None,
+        "evaluations": 0,
+        "schema": SCHEMA,
+    }
+    return record | fields
+
+
 def write_labels(path: Path, records: list[dict], prompt: dict = TEST_PROMPT) -> Path:
     """A label folder as `polar label` leaves it: labels.jsonl, and settings.json with the prompt spec."""
     from polar.tasks.prompts import PromptSpec
 
     spec = PromptSpec.from_dict(prompt)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps({"prompt": spec.id, **r}) + "\n" for r in records))
+    path.write_text(
+        "".join(json.dumps(label_record(i, **{"prompt": spec.id, **r})) + "\n" for i, r in enumerate(records))
+    )
     settings = {"model": "m", "tasks": "t", "config": {}, "prompt": spec.to_dict()}
     (path.parent / "settings.json").write_text(json.dumps(settings))
     return path

@@ -300,8 +300,8 @@ def test_a_question_answer_file_of_ones_own_is_a_task(tmp_path, cache):
 
 def test_ingest_splits_any_file_by_question_with_a_pool_of_its_own(tmp_path):
     from polar.ingest import ingest
-    from polar.label import read_examples
     from polar.tasks.benchmarks import Fields
+    from polar.tasks.files import read_examples
     from polar.tasks.splits import normalise, split_of
 
     rows = [{"question": f"What is {i} plus {i % 7}?", "answer": i + i % 7} for i in range(400)]

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from polar.ingest import ingest
-from polar.label import TIMINGS, LabelConfig, label, label_one, label_prompt, read_records
+from polar.label import LabelConfig, label, label_one
+from polar.labels import TIMINGS, LabelRecord, label_prompt, read_records
 from polar.search import SearchConfig
 from polar.tasks.prompts import PromptSpec, stop_token_ids
 
@@ -26,7 +27,7 @@ def tasks(tmp_path_factory):
 
 
 def _ids(tasks):
-    from polar.label import read_examples
+    from polar.tasks.files import read_examples
 
     return [e.id for e in read_examples(tasks)]
 
@@ -105,7 +106,7 @@ def test_a_killed_run_resumes_with_nothing_lost_or_duplicated(tiny_dir, tasks, t
     assert len(records) == len({r["id"] for r in records}) == 10
     assert sum(1 for _ in read_records(out)) == 10
     kept = {r["id"]: r for r in records}
-    assert all(kept[r["id"]] == r for r in first)  # what was done is kept as it was
+    assert all(LabelRecord.from_dict(kept[r.id]) == r for r in first)  # what was done is kept as it was
 
     straight = label(str(tiny_dir), tasks, tmp_path / "straight", CONFIG, device="cpu")
     assert straight.read_bytes() == merged.read_bytes()  # interrupted or not, the same bytes
@@ -140,11 +141,11 @@ def test_rewards_equal_running_each_program_alone(smollm2):
     stops = stop_token_ids(smollm2.tokenizer)
     record, _ = label_one(smollm2, example, spec, LabelConfig(search=SearchConfig(simulations=12, batch=12)), stops)
     ids = spec.encode(example.question, example.level, smollm2.tokenizer)
-    for ev in record["evaluated"]:
-        alone = smollm2.executor.generate([ids], [ev["program"]], 50, stop_token_ids=stops)[0]
+    for ev in record.evaluated:
+        alone = smollm2.executor.generate([ids], [ev.program], 50, stop_token_ids=stops)[0]
         from polar.tasks.answers import extract_answer
 
-        assert extract_answer(alone.text, "number") == ev["prediction"], ev["program"]
+        assert extract_answer(alone.text, "number") == ev.prediction, ev.program
 
 
 def test_diagnosis_report_from_three_search_spaces(tiny_dir, tasks, tmp_path):
@@ -172,7 +173,7 @@ def test_labels_a_real_benchmark_file(tiny_dir, tmp_path):
     records = [json.loads(line) for line in merged.open()]
     assert [r["task"] for r in records] == ["gsm8k", "gsm8k"] and records[0]["answer_kind"] == "number"
     shot = label_prompt(tmp_path / "labels").shots_for("all")[0]  # from the pool, never from the file labeled
-    from polar.label import read_examples
+    from polar.tasks.files import read_examples
 
     pool = {e.question for e in read_examples(paths["shots"])}
     assert shot[0] in pool and shot[0] not in {e.question for e in read_examples(paths["train"])}

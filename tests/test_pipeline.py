@@ -102,7 +102,7 @@ def test_pipeline_end_to_end_cached_then_gated(tmp_path):
     ids = [r["id"] for r in labels]
     assert len(ids) == len(set(ids)) == 12
     # The main job's splits are disjoint: no validation or test question is among the training labels.
-    from polar.label import read_examples
+    from polar.tasks.files import read_examples
     from polar.tasks.splits import normalise
 
     trained = {normalise(r["question"]) for r in labels}

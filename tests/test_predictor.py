@@ -128,7 +128,7 @@ def test_split_by_question_never_leaks():
 def test_broken_label_file_names_the_line(tmp_path):
     path = write_labels(tmp_path / "labels.jsonl", [{"question": "q", "depth": 6, "valid": ["0-5"], "model": "m"}])
     path.write_text(path.read_text() + "not json\n")
-    with pytest.raises(ValueError, match="labels.jsonl:2: not a label record"):
+    with pytest.raises(ValueError, match="labels.jsonl:2: broken record"):
         load_targets([path], TrainConfig())
     with pytest.raises(FileNotFoundError, match="run `polar label` first"):
         load_targets([tmp_path / "missing.jsonl"], TrainConfig())

@@ -175,7 +175,7 @@ def test_the_served_model_answers_exactly_as_the_evaluation_did(store, smollm2):
     rows = [json.loads(line) for line in (store / "eval" / "results.jsonl").open()]
     info = register(pred, metrics)
 
-    from polar.label import read_examples
+    from polar.tasks.files import read_examples
 
     examples = read_examples(tasks["test"])
     port = free_port()

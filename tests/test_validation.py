@@ -3,6 +3,7 @@
 import json
 
 import pytest
+from conftest import label_record
 
 from polar.programs import CompactProgram, Program
 from polar.validation import ValidateConfig, ValidationFailed, validate
@@ -34,7 +35,9 @@ def _record(i: int, valid: list[str]) -> dict:
 
 def _write(folder, records, settings=SETTINGS):
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "labels.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    (folder / "labels.jsonl").write_text(
+        "".join(json.dumps(label_record(i, **r)) + "\n" for i, r in enumerate(records))
+    )
     (folder / "settings.json").write_text(json.dumps(settings))
     return folder
 
@@ -89,8 +92,8 @@ def test_missing_and_broken_files(tmp_path):
     with pytest.raises(FileNotFoundError, match="polar label"):
         validate(tmp_path / "nothing", tmp_path / "v")
     folder = _write(tmp_path / "labels", GOOD)
-    (folder / "labels.jsonl").write_text('{"id": 1}\n{broken\n')
-    with pytest.raises(ValueError, match="labels.jsonl:2: broken record"):
+    (folder / "labels.jsonl").write_text("{broken\n")
+    with pytest.raises(ValueError, match="labels.jsonl:1: broken record"):
         validate(folder, tmp_path / "v")
 
 

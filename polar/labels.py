@@ -1,0 +1,249 @@
+"""Label files: the record of one searched input, and the folder that holds them.
+
+A label folder, as ``polar label`` leaves it, holds ``labels.jsonl`` (one :class:`LabelRecord` per line,
+in input order), ``settings.json`` (the settings and prompt spec the records were made with) and
+``manifest.json``; while labeling, records are appended to ``shard-*.jsonl`` files, flushed one by one, so
+that a run killed at any point loses at most the input in progress. Search times go to
+``timings.jsonl``, which DVC ignores (.dvcignore): wall-clock seconds differ from run to run, labels must not.
+
+Every reader of labels goes through this module: a record that is not whole, or that was written under
+another schema version, is refused with its file and line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+from polar.tasks.prompts import PromptSpec
+
+__all__ = [
+    "MANIFEST",
+    "MERGED",
+    "SCHEMA",
+    "SETTINGS",
+    "TIMINGS",
+    "Evaluated",
+    "LabelRecord",
+    "ShardWriter",
+    "check_settings",
+    "label_prompt",
+    "merge_shards",
+    "read_labels",
+    "read_records",
+    "read_settings",
+    "read_timings",
+]
+
+SCHEMA = 2  # 1: records without a schema field (before the prompt spec and this module)
+MERGED = "labels.jsonl"
+MANIFEST = "manifest.json"
+SETTINGS = "settings.json"
+TIMINGS = "timings.jsonl"  # ignored by DVC (.dvcignore): not part of the labels' hash
+
+
+@dataclass(frozen=True)
+class Evaluated:
+    """One program the search ran on the input, and what it scored."""
+
+    program: str  # canonical text form
+    reward: float  # 1.0 when the answer was correct
+    length: int  # layers per token
+    prediction: str | None  # the extracted answer
+
+
+@dataclass(frozen=True)
+class LabelRecord:
+    """What the search found for one input (one line of ``labels.jsonl``)."""
+
+    id: str
+    task: str
+    level: str
+    question: str
+    answer: str
+    answer_kind: str
+    model: str  # the base model's spec
+    depth: int  # its layers
+    prompt: str  # the prompt spec's id (settings.json holds the spec)
+    prompt_tokens: int
+    space: str  # skip, loop or joint
+    base_program: str
+    base_prediction: str | None
+    base_text: str | None
+    base_correct: bool
+    evaluated: tuple[Evaluated, ...]  # every program run, in search order
+    valid: tuple[str, ...]  # the programs that answered correctly
+    shortest: str | None  # the shortest valid program
+    shortest_length: int | None
+    compact: str | None  # its compact form
+    compact_error: str | None  # why it has none
+    evaluations: int
+    schema: int = SCHEMA
+
+    def to_dict(self) -> dict:
+        return asdict(self) | {"valid": list(self.valid)}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict())
+
+    @classmethod
+    def from_dict(cls, data: dict, where: str = "label record") -> LabelRecord:
+        """Parse a record; ``where`` (file:line) starts every error message."""
+        schema = data.get("schema", 1) if isinstance(data, dict) else None
+        if schema != SCHEMA:
+            raise ValueError(
+                f"{where}: a label record of schema {schema}, but this polar reads schema {SCHEMA}: label the "
+                "inputs again (`polar label ... --restart-on-change`, or into a new folder)"
+            )
+        names = [f.name for f in fields(cls)]
+        missing = [n for n in names if n not in data]
+        if missing:
+            raise ValueError(f"{where}: not a whole label record (missing {', '.join(missing)})")
+        try:
+            evaluated = tuple(Evaluated(**e) for e in data["evaluated"])
+        except TypeError as err:
+            raise ValueError(f"{where}: broken 'evaluated' entry ({err})") from err
+        return cls(**{**{n: data[n] for n in names}, "evaluated": evaluated, "valid": tuple(data["valid"])})
+
+
+def _parse(line: str, where: str) -> LabelRecord:
+    try:
+        data = json.loads(line)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{where}: broken record ({err}); remove the line to continue") from err
+    return LabelRecord.from_dict(data, where)
+
+
+def read_labels(path: str | Path) -> list[LabelRecord]:
+    """The records of a merged label file (``labels.jsonl``, or the folder that holds it)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / MERGED
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: label to the end with `polar label` first")
+    with path.open() as f:
+        return [_parse(line, f"{path}:{n}") for n, line in enumerate(f, 1) if line.strip()]
+
+
+def read_records(out_dir: str | Path) -> Iterator[LabelRecord]:
+    """Every whole record in ``out_dir``: the merged labels, then the shards (first occurrence of each id)."""
+    seen: set[str] = set()
+    merged = Path(out_dir) / MERGED
+    for shard in [*([merged] if merged.exists() else []), *sorted(Path(out_dir).glob("shard-*.jsonl"))]:
+        with shard.open() as f:
+            for n, line in enumerate(f, 1):
+                if not line.endswith("\n"):
+                    continue  # torn tail of a killed run
+                record = _parse(line, f"{shard}:{n}")
+                if record.id not in seen:
+                    seen.add(record.id)
+                    yield record
+
+
+def read_settings(labels_dir: str | Path) -> dict:
+    """The ``settings.json`` of a label folder."""
+    path = Path(labels_dir) / SETTINGS
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: {labels_dir} is not a label folder written by `polar label`")
+    return json.loads(path.read_text())
+
+
+def label_prompt(labels_dir: str | Path) -> PromptSpec:
+    """The prompt a label folder was made with (recorded in its ``settings.json``)."""
+    settings = read_settings(labels_dir)
+    if "prompt" not in settings:
+        raise ValueError(f"{Path(labels_dir) / SETTINGS} records no prompt spec: these labels predate it; label again")
+    return PromptSpec.from_dict(settings["prompt"])
+
+
+def read_timings(labels_dir: str | Path) -> dict[str, float]:
+    """Search seconds per input id (the last run's, where an input was searched twice)."""
+    path = Path(labels_dir) / TIMINGS
+    if not path.exists():
+        return {}
+    entries = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return {e["id"]: e["seconds"] for e in entries}
+
+
+# ---------------------------------------------------------------------------------------------- shards
+def _repair(shard: Path) -> None:
+    """Drop a torn last line (a kill mid-write) so that the shard holds whole records only."""
+    data = shard.read_bytes()
+    if not data or data.endswith(b"\n"):
+        return
+    with shard.open("r+b") as f:
+        f.truncate(data.rfind(b"\n") + 1)
+
+
+class ShardWriter:
+    """Appends one worker's records to a new shard of ``out_dir``, each flushed to disk before the next."""
+
+    def __init__(self, out_dir: Path, worker: str) -> None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for shard in out_dir.glob(f"shard-{worker}-*.jsonl"):  # never another worker's: it may be writing
+            _repair(shard)
+        n = len(list(out_dir.glob(f"shard-{worker}-*.jsonl")))
+        self.path = out_dir / f"shard-{worker}-{n:04d}.jsonl"
+        self._f = None
+
+    def write(self, record: LabelRecord, seconds: float) -> None:
+        if self._f is None:
+            self._f = self.path.open("a")
+        self._f.write(record.to_json() + "\n")
+        self._f.flush()
+        os.fsync(self._f.fileno())
+        with (self.path.parent / TIMINGS).open("a") as f:  # after the record: a timing never outlives its label
+            f.write(json.dumps({"id": record.id, "seconds": round(seconds, 3)}) + "\n")
+
+    def close(self) -> None:
+        if self._f is not None:
+            self._f.close()
+
+
+def merge_shards(out_dir: str | Path, ids: Sequence[str]) -> Path:
+    """Write ``labels.jsonl`` with one record per id, in the order of ``ids``, then remove the shards.
+
+    The shards go only once the merged file is in place (a crash loses nothing), and only when they hold
+    no other inputs (a folder labeled further with a larger ``--limit`` keeps them).
+    """
+    out_dir = Path(out_dir)
+    records = {r.id: r for r in read_records(out_dir)}
+    missing = [i for i in ids if i not in records]
+    if missing:
+        raise ValueError(f"{len(missing)} inputs are not labeled yet (first: {missing[0]}); run `polar label` again")
+    tmp = out_dir / f".{MERGED}.{os.getpid()}.tmp"  # two shards finishing at once each merge whole
+    with tmp.open("w") as f:
+        for i in ids:
+            f.write(records[i].to_json() + "\n")
+    tmp.replace(out_dir / MERGED)
+    if set(records) <= set(ids):
+        for shard in out_dir.glob("shard-*.jsonl"):
+            shard.unlink(missing_ok=True)
+    return out_dir / MERGED
+
+
+def check_settings(out_dir: Path, settings: dict, restart_on_change: bool = False) -> None:
+    """Refuse to resume a folder labeled with other settings: records would not be comparable.
+
+    With ``restart_on_change`` (the pipeline's choice: DVC versions the old labels), the old records are
+    removed and labeling starts over instead.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / SETTINGS
+    settings = json.loads(json.dumps(settings))  # as it reads back
+    if path.exists():
+        before = json.loads(path.read_text())
+        if before == settings:
+            return
+        if not restart_on_change:
+            changed = sorted(k for k in settings.keys() | before.keys() if before.get(k) != settings.get(k))
+            raise ValueError(
+                f"{out_dir} holds labels made with other settings ({', '.join(changed)} differ); "
+                "label into a new folder, or delete this one to start over"
+            )
+        for old in [*out_dir.glob("shard-*.jsonl"), *(out_dir / f for f in (MERGED, MANIFEST, TIMINGS))]:
+            old.unlink(missing_ok=True)
+    path.write_text(json.dumps(settings, indent=2) + "\n")
