@@ -17,10 +17,10 @@ from tqdm import tqdm
 
 from polar.backbone import load
 from polar.ingest import synthetic_shots
-from polar.tasks.files import split_path, write_examples
 from polar.programs import Program
 from polar.tasks import synthetic
 from polar.tasks.answers import grade
+from polar.tasks.files import split_path, write_examples
 from polar.tasks.prompts import PROMPT_STYLES, PromptSpec, stop_token_ids
 from polar.tasks.splits import FRACTIONS
 
