@@ -20,8 +20,8 @@ import torch
 
 from polar.backbone import load
 from polar.ingest import synthetic_shots
-from polar.label import LabelConfig, label_one
-from polar.search import SearchConfig
+from polar.label import label_one
+from polar.settings import LabelConfig, SearchConfig
 from polar.tasks import synthetic
 from polar.tasks.answers import extract_answer, is_equivalent
 from polar.tasks.prompts import PROMPT_STYLES, PromptSpec, answer_line, stop_token_ids

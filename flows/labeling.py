@@ -26,13 +26,14 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from pipeline import check_prefect
 from prefect import flow, get_client, get_run_logger
 from prefect.deployments import run_deployment
 from tqdm import tqdm
 
-from polar.label import LabelConfig, finish, label, prepare
+from flows.api import check_prefect
+from polar.label import finish, label, prepare
 from polar.labels import read_records
+from polar.settings import LabelConfig
 from polar.tasks.files import read_examples
 
 DEPLOYMENT_FLOW = "polar-label-shard"

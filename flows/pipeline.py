@@ -8,7 +8,7 @@ artifacts (``evaluation-<model>``). One run at a time per repository: a second r
 during a manual run) waits for the first, then finds DVC's stages up to date.
 
     polar pipeline                                  # every model, Prefect's temporary local server
-    python flows/pipeline.py --models smollm2-135m
+    python -m flows.pipeline --models smollm2-135m
 """
 
 from __future__ import annotations
@@ -28,15 +28,56 @@ from filelock import FileLock, Timeout
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
-from prefect.settings import PREFECT_API_URL
 
-from polar.pipeline import base_models, check_models, outputs, registry_status
-from polar.registry import PARENT_ENV
-from polar.servers import check_reachable
-from polar.tracking import end_pipeline_run, log_stage, start_pipeline_run
+from flows.tracking import end_pipeline_run, log_stage, start_pipeline_run
+from polar.layout import Outputs
+from polar.registry import registry_status
+from polar.tracking import PARENT_ENV
+
+__all__ = ["PER_MODEL", "ROOT", "base_models", "check_models", "pipeline", "project_root", "summary"]
 
 ROOT = Path(__file__).resolve().parents[1]
 PER_MODEL = ("convert", "label", "validate", "train", "evaluate", "register")
+
+
+def project_root(cwd: str | Path = ".") -> Path:
+    """The DVC project to run: ``cwd`` when it has dvc.yaml and params.yaml."""
+    root = Path(cwd).resolve()
+    missing = [name for name in ("dvc.yaml", "params.yaml") if not (root / name).exists()]
+    if missing:
+        raise FileNotFoundError(
+            f"{root} has no {' or '.join(missing)}: run `polar pipeline` from the root of a polar checkout"
+        )
+    return root
+
+
+def base_models(root: str | Path) -> list[str]:
+    """The base models of params.yaml, in order."""
+    import yaml
+
+    return list(yaml.safe_load((Path(root) / "params.yaml").read_text()).get("base_models") or {})
+
+
+def check_models(root: str | Path, models: list[str] | None) -> None:
+    """Refuse base models that params.yaml does not list (before any server starts)."""
+    known = base_models(root)
+    unknown = sorted(set(models or []) - set(known))
+    if unknown:
+        raise ValueError(f"unknown base models {unknown}: params.yaml lists {known} (add one under base_models)")
+
+
+def summary(root: Path, model: str) -> dict:
+    """What the stages wrote for ``model``: evaluation metrics, validation, registry (those that exist)."""
+    out = Outputs(Path(root), model)
+    info = {"model": model, "report": out.evaluation / "report.md"}
+    for key, path in (
+        ("metrics", out.evaluation / "metrics.json"),
+        ("validation", out.validation),
+        ("registry", out.registry),
+    ):
+        if path.exists():
+            info[key] = json.loads(path.read_text())
+    return info
 
 
 def _dvc() -> str:
@@ -110,30 +151,16 @@ def push(cwd: str = str(ROOT)) -> bool:
 @task
 def evaluation_artifact(model: str, cwd: str = str(ROOT)) -> str | None:
     """Publish the model's evaluation table as a Markdown artifact; returns the table."""
-    out = outputs(cwd, model)
-    report = out["evaluation"] / "report.md"
+    out = Outputs(Path(cwd), model)
+    report = out.evaluation / "report.md"
     if not report.exists():
         return None
     text = report.read_text()
-    if out["registry"].exists():
-        text += f"\n\nRegistered: {registry_status(json.loads(out['registry'].read_text()))}.\n"
+    if out.registry.exists():
+        text += f"\n\nRegistered: {registry_status(json.loads(out.registry.read_text()))}.\n"
     key = "evaluation-" + "".join(c if c.isalnum() else "-" for c in model.lower())
     create_markdown_artifact(key=key, markdown=text, description=f"polar evaluation of {model}")
     return text
-
-
-def check_prefect() -> str | None:
-    """The Prefect API in use, checked to answer; None for Prefect's temporary local server."""
-    url = os.environ.get("PREFECT_API_URL") or PREFECT_API_URL.value()
-    if not url:
-        return None
-    check_reachable(
-        url.rstrip("/") + "/health",
-        "Prefect server",
-        "start it (prefect server start), or unset PREFECT_API_URL (prefect config unset PREFECT_API_URL) "
-        "to run on a temporary local server",
-    )
-    return url
 
 
 def _repo_lock(cwd: str | Path) -> FileLock:

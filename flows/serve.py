@@ -1,6 +1,6 @@
 """Deployments of the pipeline: scheduled retraining, and a run whenever a base model is added.
 
-    python flows/serve.py            # long-running; needs a Prefect server (PREFECT_API_URL)
+    python -m flows.serve            # long-running; needs a Prefect server (PREFECT_API_URL)
 
 * ``polar-pipeline/scheduled-retraining`` re-runs the pipeline on ``schedule.cron`` of params.yaml: DVC
   re-runs only what is stale (new base models, changed parameters or code), and the registry promotes
@@ -17,18 +17,37 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import yaml
-from pipeline import ROOT, pipeline
 from prefect import flow, get_run_logger, serve
 from prefect.events import DeploymentEventTrigger, emit_event
 from prefect.variables import Variable
+
+from flows.pipeline import ROOT, pipeline
+from polar.config import load, setting
 
 DEPLOYMENT = "scheduled-retraining"
 TRIGGERED = "new-base-model"
 EVENT = "polar.base-model.added"
 ANNOUNCED = "polar-announced-base-models"  # Prefect variable: {checkout: [models announced]}
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """When the pipeline re-runs on its own (params.yaml ``schedule``)."""
+
+    SECTION: ClassVar[str] = "schedule"
+
+    cron: str = setting("", "Cron expression of scheduled retraining (empty: none).")
+    models: list[str] | None = setting(None, "Base models the schedule re-runs (None: all).")
+    watch_seconds: int = setting(300, "How often params.yaml is checked for base models without a registered chain.")
+
+
+def _schedule(cwd: str | Path) -> Schedule:
+    return load(Schedule, Path(cwd) / "params.yaml")
 
 
 def _params(cwd: str | Path) -> dict:
@@ -37,13 +56,13 @@ def _params(cwd: str | Path) -> dict:
 
 def retraining_deployment(cwd: str | Path = ROOT):
     """The scheduled deployment of the pipeline flow, from ``schedule`` in params.yaml."""
-    schedule = _params(cwd).get("schedule") or {}
-    if not schedule.get("cron"):
+    schedule = _schedule(cwd)
+    if not schedule.cron:
         raise ValueError("params.yaml has no schedule.cron: add e.g. `schedule: {cron: '0 3 * * 1'}`")
     return pipeline.to_deployment(
         name=DEPLOYMENT,
-        cron=schedule["cron"],
-        parameters={"models": schedule.get("models"), "cwd": str(cwd)},
+        cron=schedule.cron,
+        parameters={"models": schedule.models, "cwd": str(cwd)},
         description="Re-run the polar pipeline on its schedule (DVC re-runs only what is stale).",
     )
 
@@ -91,7 +110,7 @@ def watch_base_models(cwd: str = str(ROOT)) -> list[str]:
 
 
 def watch_deployment(cwd: str | Path = ROOT):
-    seconds = (_params(cwd).get("schedule") or {}).get("watch_seconds", 300)
+    seconds = _schedule(cwd).watch_seconds
     return watch_base_models.to_deployment(
         name="params", interval=seconds, parameters={"cwd": str(cwd)}, description="Announce new base models."
     )

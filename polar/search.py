@@ -23,44 +23,10 @@ import random
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 
-from polar.programs import DEFAULT_MAX_VISITS, Program
+from polar.programs import Program
+from polar.settings import SearchConfig
 
-__all__ = ["SPACES", "Evaluation", "SearchConfig", "SearchResult", "child_programs", "search"]
-
-SPACES = ("skip", "loop", "joint")
-
-
-@dataclass(frozen=True)
-class SearchConfig:
-    """Search settings; defaults are the reference settings of the public code."""
-
-    space: str = "joint"  # skip: skip actions only; loop: repeat actions only; joint: both
-    simulations: int = 100
-    length_penalty: float = 5.0
-    exploration: float = 2.0
-    random_select: float = 0.1
-    min_length_ratio: float = 0.55
-    max_length_ratio: float = 1.2
-    max_visits: int = DEFAULT_MAX_VISITS
-    root_block: int = 4  # root edits span 1..root_block positions
-    widen_c: float = 2.0  # progressive widening: children <= widen_c * visits ** widen_alpha
-    widen_alpha: float = 0.5
-    batch: int = 16  # programs evaluated together (rewards do not depend on it)
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.space not in SPACES:
-            raise ValueError(f"search space must be one of {SPACES}, got {self.space!r}")
-        if self.simulations < 0 or self.batch < 1:
-            raise ValueError("simulations must be >= 0 and batch >= 1")
-        if not 0 < self.min_length_ratio <= 1 <= self.max_length_ratio:
-            raise ValueError("length bounds must satisfy 0 < min_length_ratio <= 1 <= max_length_ratio")
-
-    def bounds(self, depth: int) -> tuple[int, int]:
-        return math.ceil(self.min_length_ratio * depth), math.floor(self.max_length_ratio * depth)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+__all__ = ["Evaluation", "SearchResult", "child_programs", "search"]
 
 
 @dataclass(frozen=True)

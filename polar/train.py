@@ -17,48 +17,21 @@ import json
 import math
 import random
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch.nn import functional as F
 from tqdm import tqdm
 
-from polar.embedder import DEFAULT_EMBEDDER, load_embedder
-from polar.labels import label_prompt, read_labels
-from polar.predictor import OPS, PredictorConfig, ProgramPredictor, check_identity_rule, save
+from polar.embedder import load_embedder
+from polar.labels import label_prompt, read_labels, read_settings
+from polar.predictor import OPS, PredictorConfig, ProgramPredictor, save
 from polar.programs import DEFAULT_K_MAX, CompactProgram, Program, ProgramError
-from polar.search import SPACES
+from polar.settings import TrainConfig
 from polar.tasks.prompts import PromptMismatch, PromptSpec
 
-__all__ = ["Target", "TrainConfig", "load_targets", "split_by_question", "train"]
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    embedder: str = DEFAULT_EMBEDDER
-    epochs: int = 10
-    lr: float = 5e-4
-    weight_decay: float = 0.01
-    batch: int = 128
-    full_weight: float = 0.3  # weight of the full-depth target where a shorter valid program exists
-    max_targets: int = 8  # valid programs per input used as targets, shortest first
-    val_fraction: float = 0.2
-    seed: int = 0
-    d_model: int = 256
-    encoder_layers: int = 2
-    dropout: float = 0.1
-    space: str = "joint"  # keep valid programs of this space: skip (no repeats), loop (no skips) or joint (all)
-    levels: tuple[str, ...] = ()  # train on inputs of these levels only (empty: all), for out-of-distribution tests
-    identity_rule: str = "mass"  # decoding: where the identity ranks (polar.predictor.PredictorConfig)
-
-    def __post_init__(self) -> None:
-        if self.space not in SPACES:
-            raise ValueError(f"space must be one of {SPACES}, got {self.space!r}")
-        check_identity_rule(self.identity_rule)  # early: before any embedding is computed
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+__all__ = ["Target", "load_targets", "split_by_question", "train"]
 
 
 @dataclass(frozen=True)
@@ -123,7 +96,11 @@ def load_targets(label_files: Sequence[str | Path], config: TrainConfig) -> tupl
             f"no input in the label files has a valid {config.space} program expressible in compact form"
             + (f" at levels {', '.join(config.levels)}" if config.levels else "")
         )
+    budgets = {read_settings(Path(p).parent).get("config", {}).get("max_new_tokens") for p in label_files}
+    if len(budgets) > 1:
+        raise ValueError(f"the label files were made with different generation budgets {sorted(budgets, key=str)}")
     summary = {"depth": depth, "model": model, "inputs": inputs, "inputs_with_targets": used}
+    summary["max_new_tokens"] = budgets.pop()
     return targets, summary | {"prompt": prompt.to_dict()}
 
 
@@ -232,6 +209,7 @@ def train(
             "label_files": [str(p) for p in label_files],
             "labels_sha256": file_sha256(label_files),
             "prompt": summary.pop("prompt"),  # evaluation and serving prompt exactly as labeling did
+            "max_new_tokens": summary.pop("max_new_tokens"),  # and the same generation budget
             "train": config.to_dict(),
             "data": {**summary, "train_targets": len(train_t), "val_targets": len(val_t)},
         },

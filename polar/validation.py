@@ -22,17 +22,17 @@ import logging
 import math
 import os
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import pandas as pd
 
 from polar.labels import LabelRecord, read_labels, read_settings
 from polar.programs import CompactProgram, Program, ProgramError
+from polar.settings import ValidateConfig
 from polar.tasks.files import read_examples
 from polar.tasks.splits import normalise
 
-__all__ = ["ValidateConfig", "ValidationFailed", "label_tables", "validate"]
+__all__ = ["ValidationFailed", "label_tables", "validate"]
 
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 LENGTH_BINS = (0.0, 0.7, 0.8, 0.9, 0.95, 1.0, 1.05, 1.1, 10.0)  # shortest length / D
@@ -40,16 +40,6 @@ LENGTH_BINS = (0.0, 0.7, 0.8, 0.9, 0.95, 1.0, 1.05, 1.1, 10.0)  # shortest lengt
 
 class ValidationFailed(RuntimeError):
     """The labels failed their suite: training must not start."""
-
-
-@dataclass(frozen=True)
-class ValidateConfig:
-    min_valid_share: float = 0.2  # share of inputs with at least one valid program
-    max_kl: float = 0.5  # drift bound (nats) of op and length distributions against the reference
-    holdout: float = 0.05  # weight given to values the reference never saw, so that they do not make the KL infinite
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def label_tables(records: list[LabelRecord]) -> dict[str, pd.DataFrame]:

@@ -300,7 +300,7 @@ def test_a_question_answer_file_of_ones_own_is_a_task(tmp_path, cache):
 
 def test_ingest_splits_any_file_by_question_with_a_pool_of_its_own(tmp_path):
     from polar.ingest import ingest
-    from polar.tasks.benchmarks import Fields
+    from polar.settings import IngestConfig
     from polar.tasks.files import read_examples
     from polar.tasks.splits import normalise, split_of
 
@@ -308,7 +308,9 @@ def test_ingest_splits_any_file_by_question_with_a_pool_of_its_own(tmp_path):
     rows.append({"question": "what is 3 PLUS 3?", "answer": 6})  # the same question as row 3, written otherwise
     path = tmp_path / "plus.csv"
     path.write_text("question,answer\n" + "".join(f'"{r["question"]}",{r["answer"]}\n' for r in rows))
-    paths, bad = ingest(tmp_path / "tasks", task="plus", source=str(path), fields=Fields(), sizes={"test": 30})
+    paths, bad = ingest(
+        tmp_path / "tasks", IngestConfig(task="plus", test=30, source=str(path), question_field="question")
+    )
     assert [b.reason for b in bad] == ["same question as plus/plus/3"]
     splits = {name: read_examples(p) for name, p in paths.items()}
     assert len(splits["test"]) == 30 and len(splits["train"]) > 200 and splits["shots"]

@@ -9,9 +9,10 @@ from tiny import tiny_model
 
 from polar.backbone import Backbone
 from polar.baselines import block_influence, random_program, shortgpt_program
-from polar.evaluate import EvalConfig, evaluate, mcnemar_p, pass_at_k, wilson
+from polar.evaluate import evaluate, mcnemar_p, pass_at_k, wilson
 from polar.programs import Program
 from polar.report import paired_interval, verdict
+from polar.settings import EvalConfig
 from polar.tasks.prompts import PromptMismatch
 
 
@@ -64,15 +65,15 @@ def test_block_influence_on_a_tiny_model():
 def test_label_train_evaluate_report(tmp_path, smollm2):
     """The whole chain on a tiny model: every number in the report comes from running programs."""
     from polar.ingest import ingest
-    from polar.label import LabelConfig, label
+    from polar.label import label
     from polar.report import write_report
-    from polar.search import SearchConfig
-    from polar.train import TrainConfig, train
+    from polar.settings import IngestConfig, LabelConfig, SearchConfig, TrainConfig
+    from polar.train import train
 
     model_dir = tmp_path / "tiny"
     tiny_model("llama", vocab_size=len(smollm2.tokenizer)).save_pretrained(model_dir)
     smollm2.tokenizer.save_pretrained(model_dir)
-    paths, _ = ingest(tmp_path / "tasks", levels=[1, 2], sizes={"train": 6, "validation": 1, "test": 6})
+    paths, _ = ingest(tmp_path / "tasks", IngestConfig(levels="1,2", train=6, validation=1, test=6))
     tasks = paths["train"]  # evaluated on its own training inputs: the oracle's labels must cover them
     cfg = LabelConfig(shots=1, max_new_tokens=4, search=SearchConfig(simulations=8, batch=8))
     labels = label(str(model_dir), tasks, tmp_path / "labels", cfg, device="cpu")

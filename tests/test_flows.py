@@ -8,11 +8,10 @@ from pathlib import Path
 
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "flows"))
+from flows.pipeline import _stream
+from flows.serve import new_base_models, new_model_deployment
 
-from pipeline import _stream  # noqa: E402
-from serve import new_base_models, new_model_deployment  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 CHILD = r"""
 import sys, time

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from polar.ingest import ingest
-from polar.label import LabelConfig, label, label_one
+from polar.label import label, label_one
 from polar.labels import TIMINGS, LabelRecord, label_prompt, read_records
-from polar.search import SearchConfig
+from polar.settings import IngestConfig, LabelConfig, SearchConfig
 from polar.tasks.prompts import PromptSpec, stop_token_ids
 
 pytestmark = pytest.mark.slow  # needs the bundled tokenizer
@@ -22,7 +22,7 @@ CONFIG = LabelConfig(shots=1, max_new_tokens=6, search=SearchConfig(simulations=
 
 @pytest.fixture(scope="module")
 def tasks(tmp_path_factory):
-    paths, _ = ingest(tmp_path_factory.mktemp("tasks"), levels=[1, 4], sizes={"train": 5, "validation": 1, "test": 1})
+    paths, _ = ingest(tmp_path_factory.mktemp("tasks"), IngestConfig(levels="1,4", train=5, validation=1, test=1))
     return paths["train"]
 
 
@@ -167,7 +167,9 @@ def test_diagnosis_report_from_three_search_spaces(tiny_dir, tasks, tmp_path):
 def test_labels_a_real_benchmark_file(tiny_dir, tmp_path):
     from conftest import shared_data
 
-    paths, bad = ingest(tmp_path / "gsm8k", task="gsm8k", source=str(shared_data() / "gsm8k/test.jsonl"), limit=300)
+    paths, bad = ingest(
+        tmp_path / "gsm8k", IngestConfig(task="gsm8k", source=str(shared_data() / "gsm8k/test.jsonl"), limit=300)
+    )
     assert not bad
     merged = label(str(tiny_dir), paths["train"], tmp_path / "labels", CONFIG, limit=2, device="cpu")
     records = [json.loads(line) for line in merged.open()]

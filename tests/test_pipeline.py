@@ -43,9 +43,8 @@ def _repo(tmp: Path, **overrides) -> Path:
 
 RUNNER = """
 import json, sys
-sys.path.insert(0, sys.argv[1])
 from prefect.testing.utilities import prefect_test_harness
-from pipeline import pipeline
+from flows.pipeline import pipeline
 with prefect_test_harness(server_startup_timeout=180):
     print("OUTCOME", json.dumps(pipeline(cwd=sys.argv[2])))
 """
@@ -179,8 +178,7 @@ def test_pipeline_end_to_end_cached_then_gated(tmp_path):
 
 
 def test_unknown_base_model_is_refused_before_any_stage():
-    sys.path.insert(0, str(ROOT / "flows"))
-    from pipeline import base_models, pipeline
+    from flows.pipeline import base_models, pipeline
 
     assert base_models(ROOT) == list(yaml.safe_load((ROOT / "params.yaml").read_text())["base_models"])
     with pytest.raises(ValueError, match="unknown base models \\['nope'\\]: params.yaml lists"):
@@ -188,8 +186,7 @@ def test_unknown_base_model_is_refused_before_any_stage():
 
 
 def test_scheduled_retraining_deployment_follows_params():
-    sys.path.insert(0, str(ROOT / "flows"))
-    from serve import DEPLOYMENT, retraining_deployment
+    from flows.serve import DEPLOYMENT, retraining_deployment
 
     deployment = retraining_deployment(ROOT)
     cron = yaml.safe_load((ROOT / "params.yaml").read_text())["schedule"]["cron"]

@@ -10,7 +10,8 @@ from tiny import tiny_model
 from polar.backbone import Backbone
 from polar.predictor import OPS, PredictorConfig, ProgramPredictor, decode, load, save
 from polar.programs import CompactProgram, Op, Program
-from polar.train import TrainConfig, _targets_of, load_targets, split_by_question, train
+from polar.settings import TrainConfig
+from polar.train import _targets_of, load_targets, split_by_question, train
 
 
 def _logits_for(compact: CompactProgram, confident: float = 6.0) -> tuple[torch.Tensor, torch.Tensor]:

@@ -16,8 +16,8 @@ import yaml
 from servers import BIN, env_with_bin, free_port, running
 
 from polar.ingest import ingest
-from polar.label import LabelConfig, label
-from polar.search import SearchConfig
+from polar.label import label
+from polar.settings import IngestConfig, LabelConfig, SearchConfig
 
 pytestmark = pytest.mark.slow  # a server, workers, the bundled tokenizer
 
@@ -63,7 +63,7 @@ def _online(api: str, pool: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def tasks(tmp_path_factory):
-    paths, _ = ingest(tmp_path_factory.mktemp("tasks"), levels=[1, 4], sizes={"train": 3, "validation": 1, "test": 1})
+    paths, _ = ingest(tmp_path_factory.mktemp("tasks"), IngestConfig(levels="1,4", train=3, validation=1, test=1))
     return paths["train"]
 
 
@@ -134,7 +134,6 @@ def test_missing_servers_and_workers_are_clear_errors(server, tasks, tmp_path):
 
 PRELUDE = """
 import json, sys, time
-sys.path.insert(0, sys.argv[1])
 from prefect import get_client
 
 def runs_of(deployment_id, seconds=90):
@@ -176,7 +175,7 @@ def test_a_new_base_model_triggers_its_pipeline(server, tmp_path):
     repo = _repo(tmp_path, ["smollm2-135m", "gemma3-270m"])
     (repo / "dvc.lock").write_text(yaml.safe_dump({"schema": "2.0", "stages": {"register@smollm2-135m": {}}}))
     script = """
-from serve import new_model_deployment, watch_base_models
+from flows.serve import new_model_deployment, watch_base_models
 deployment_id = new_model_deployment(sys.argv[2]).apply()
 print("ANNOUNCED", json.dumps([watch_base_models(sys.argv[2]), watch_base_models(sys.argv[2])]))
 print("RUNS", json.dumps([r.parameters for r in runs_of(deployment_id)]))
@@ -189,7 +188,7 @@ print("RUNS", json.dumps([r.parameters for r in runs_of(deployment_id)]))
 def test_scheduled_retraining_gets_its_runs_on_the_server(server, tmp_path):
     # The server's scheduler must insert the cron's runs (it failed silently with SQLAlchemy 2.1).
     script = """
-from serve import retraining_deployment
+from flows.serve import retraining_deployment
 deployment_id = retraining_deployment(sys.argv[2]).apply()
 print("SCHEDULED", json.dumps([r.state.type.value for r in runs_of(deployment_id)]))
 """

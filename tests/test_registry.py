@@ -9,7 +9,8 @@ from servers import BIN, env_with_bin, free_port, running
 from tiny import tiny_model
 
 from polar.predictor import PredictorConfig, ProgramPredictor, save
-from polar.registry import Gates, configure, promote, register
+from polar.registry import configure, promote, register
+from polar.settings import Gates
 from polar.tasks.prompts import PromptSpec
 
 
@@ -154,16 +155,16 @@ def test_the_served_model_answers_exactly_as_the_evaluation_did(store, smollm2):
     """Label, train, evaluate, register; then `mlflow models serve` gives the evaluation's programs and answers."""
     import urllib.request
 
-    from polar.evaluate import EvalConfig, evaluate
+    from polar.evaluate import evaluate
     from polar.ingest import ingest
-    from polar.label import LabelConfig, label
-    from polar.search import SearchConfig
-    from polar.train import TrainConfig, train
+    from polar.label import label
+    from polar.settings import EvalConfig, IngestConfig, LabelConfig, SearchConfig, TrainConfig
+    from polar.train import train
 
     model_dir = store / "tiny"
     tiny_model("llama", vocab_size=len(smollm2.tokenizer)).save_pretrained(model_dir)
     smollm2.tokenizer.save_pretrained(model_dir)
-    tasks, _ = ingest(store / "tasks", levels=[1, 3], sizes={"train": 4, "validation": 1, "test": 3})
+    tasks, _ = ingest(store / "tasks", IngestConfig(levels="1,3", train=4, validation=1, test=3))
     config = LabelConfig(shots=2, max_new_tokens=5, search=SearchConfig(simulations=4, batch=4))
     labels = label(str(model_dir), tasks["train"], store / "labels", config, device="cpu")
     records = [json.loads(line) for line in labels.open()]

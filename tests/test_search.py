@@ -1,7 +1,8 @@
 import pytest
 
 from polar.programs import Program
-from polar.search import Evaluation, SearchConfig, child_programs, search
+from polar.search import Evaluation, child_programs, search
+from polar.settings import SearchConfig
 
 D = 12
 

@@ -6,7 +6,8 @@ import pytest
 from conftest import label_record
 
 from polar.programs import CompactProgram, Program
-from polar.validation import ValidateConfig, ValidationFailed, validate
+from polar.settings import ValidateConfig
+from polar.validation import ValidationFailed, validate
 
 DEPTH = 10
 SETTINGS = {

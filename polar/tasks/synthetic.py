@@ -16,12 +16,13 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from polar.settings import SYNTHETIC_TASK
 from polar.tasks.schema import Example
 from polar.tasks.splits import FRACTIONS, digest, split_of
 
 __all__ = ["LEVELS", "TASK", "Form", "generate", "size"]
 
-TASK = "arith"
+TASK = SYNTHETIC_TASK
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,84 @@
+"""`polar pipeline`: the main job, the Prefect flow of flows/pipeline.py over the DVC stages, and its summary."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from polar.cli.options import app, console, fail
+
+
+@app.command(name="pipeline")
+def pipeline_cmd(
+    model: Annotated[
+        list[str] | None,
+        typer.Option("--model", "-m", help="Base model of params.yaml to run (repeatable; default: all)."),
+    ] = None,
+    push: Annotated[bool, typer.Option(help="dvc push the outputs to the default remote at the end.")] = True,
+) -> None:
+    """The main job: ingest, label, validate, train, evaluate and register every base model of params.yaml.
+
+    Runs the Prefect flow of flows/pipeline.py over the DVC stages of dvc.yaml, from the project root; stages that DVC finds up to date are skipped.
+
+    Uses $PREFECT_API_URL when set, else a temporary local Prefect server, and $MLFLOW_TRACKING_URI when set, else mlflow/mlflow.db. Exit 1 when a model's chain stops (e.g. its labels fail validation).
+    """
+    # The temporary server's telemetry heartbeat races the flow for its SQLite file ("database is locked").
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    from flows.api import check_prefect
+    from flows.pipeline import check_models, pipeline, project_root, summary
+    from polar.tracking import default_tracking_uri
+
+    try:
+        root = project_root()
+        check_models(root, model)
+        prefect_url = check_prefect()
+        outcome = pipeline(models=model or None, cwd=str(root), push_outputs=push)
+    except (ValueError, FileNotFoundError, ConnectionError) as err:
+        fail(str(err))
+    for name, result in outcome.items():
+        _print_summary(summary(root, name), result, root)
+    console.print("\n[bold]Where to look[/]")
+    uri = default_tracking_uri(root)
+    ui = f"{uri}" if uri.startswith("http") else f"mlflow ui --backend-store-uri {uri}  (then http://127.0.0.1:5000)"
+    where = prefect_url or "on a temporary server, gone with it (`prefect server start` keeps them)"
+    for line in (
+        f"  MLflow UI        {ui}",
+        f"  Prefect runs     {where}",
+        "  stage outputs    dvc status; dvc metrics show; dvc plots show",
+    ):
+        console.print(line, soft_wrap=True)
+    if any(result != "registered" for result in outcome.values()):
+        raise typer.Exit(1)
+
+
+def _print_summary(info: dict, result: str, root: Path) -> None:
+    from polar.registry import registry_status
+
+    console.print(f"\n[bold]{info['model']}[/]: {result}")
+    if "metrics" in info:
+        m = info["metrics"]
+        table = Table(title=f"{m['inputs']} test inputs, D = {m['depth']}")
+        for col in ("method", "pass@1", "95% CI", "avg layers", "p vs base"):
+            table.add_column(col)
+        for method, row in m["methods"].items():
+            lo, hi = row["ci95"]
+            table.add_row(
+                method,
+                f"{row['pass@1']:.1%}",
+                f"{lo:.0%}-{hi:.0%}",
+                f"{row['avg_layers']:.1f}",
+                f"{row['p_vs_base']:.3g}",
+            )
+        console.print(table)
+        console.print(f"  report           {info['report'].relative_to(root)}", soft_wrap=True)
+    if "validation" in info:
+        report = info["validation"].get("report") or info["validation"]["data_docs"]
+        console.print(f"  validation       {report}", soft_wrap=True)
+    if "registry" in info:
+        reg = info["registry"]
+        console.print(f"  registry         {registry_status(reg)}", soft_wrap=True)
+        console.print(f"  lineage          polar lineage models:/{reg['name']}/{reg['version']}", soft_wrap=True)

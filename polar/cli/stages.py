@@ -1,0 +1,237 @@
+"""The pipeline's stages as commands: ingest, label, validate, train, evaluate (and the diagnosis report).
+
+Each command's settings are the fields of its class in :mod:`polar.settings`: an option each, or the class's
+section of ``--params params.yaml`` (what the DVC stages pass). The commands only call the stage and print.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from polar.cli.options import DeviceOpt, ModelOpt, app, configured, console, err_console, fail, name_value
+from polar.settings import EvalConfig, IngestConfig, LabelConfig, PoolConfig, TrainConfig, ValidateConfig
+
+
+def _command() -> str:
+    return "polar " + " ".join(sys.argv[1:])
+
+
+@app.command()
+@configured(config=IngestConfig)
+def ingest(
+    out: Annotated[
+        str, typer.Option(help="Output folder: train, validation, test and shots (few-shot pool) Parquet files.")
+    ] = "data/tasks",
+    *,
+    config: IngestConfig,
+) -> None:
+    """Split a task into train, validation and test files (and a few-shot pool) by a hash of each question.
+
+    The same question always lands in the same split, in every file and every run, so the splits never overlap whatever their sizes. Synthetic levels give each size per level; for benchmarks and your own files a size caps a split per level (default: everything in it).
+    """
+    from polar.ingest import MANIFEST
+    from polar.ingest import ingest as run
+
+    try:
+        _, bad = run(out, config)
+    except (ValueError, FileNotFoundError, ConnectionError) as err:
+        fail(str(err))
+    for record in bad[:10]:
+        err_console.print(f"[yellow]skipped[/] {record}", highlight=False)
+    if len(bad) > 10:
+        err_console.print(f"[yellow]... and {len(bad) - 10} more skipped records[/]")
+    manifest = json.loads((Path(out) / MANIFEST).read_text())
+    counts = ", ".join(f"{split} {info['examples']}" for split, info in manifest["splits"].items())
+    console.print(f"wrote {counts} examples to {out}/ ({len(bad)} records skipped)")
+
+
+@app.command(name="label")
+@configured(config=LabelConfig, where=PoolConfig)
+def label_cmd(
+    model: ModelOpt = "smollm2-135m",
+    tasks: Annotated[str, typer.Option(help="Task file written by `polar ingest` (its train split).")] = (
+        "data/tasks/train.parquet"
+    ),
+    out: Annotated[
+        str | None,
+        typer.Option(
+            help="Output folder: labels.jsonl, settings.json, manifest.json (default: data/labels/MODEL/SPACE)."
+        ),
+    ] = None,
+    limit: Annotated[int | None, typer.Option(help="Label only the first N inputs.")] = None,
+    worker: Annotated[str, typer.Option(help="Name of this worker's shards.")] = "0",
+    restart_on_change: Annotated[
+        bool, typer.Option(help="Start over when OUT holds labels made with other settings (instead of refusing).")
+    ] = False,
+    shard: Annotated[
+        str | None, typer.Option(help="K/N: label only every N-th input from the K-th (one of N workers on OUT).")
+    ] = None,
+    device: DeviceOpt = "auto",
+    *,
+    config: LabelConfig,
+    where: PoolConfig,
+) -> None:
+    """Search layer programs for every input of a task file. Resumable: run it again after a crash.
+
+    With --pool, the inputs are split into shards labeled by the pool's workers (one GPU each) and merged here when all are done.
+    """
+    from polar.backbone import ModelSpecError
+    from polar.hf import UnsupportedModelError
+    from polar.label import label
+
+    if out is None:
+        out = f"data/labels/{Path(model.rstrip('/')).name.removesuffix('.gguf')}/{config.search.space}"
+    try:
+        if where.pool:
+            if shard:
+                raise ValueError("--shard and --pool do not mix: --pool makes the shards itself (--shards N)")
+            from flows.labeling import label_on_pool
+
+            merged = label_on_pool(
+                model, tasks, out, config, where.pool, where.shards, limit, device, restart_on_change
+            )
+        else:
+            kn = _shard(shard) if shard else None
+            merged = label(
+                model, tasks, out, config, limit, worker, device, restart_on_change=restart_on_change, shard=kn
+            )
+    except (ValueError, FileNotFoundError, ModelSpecError, UnsupportedModelError, ConnectionError) as err:
+        fail(str(err))
+    except RuntimeError as err:  # shard runs on the pool failed; what they labeled is kept
+        fail(str(err), code=1)
+    if merged is None:
+        console.print(f"shard {shard} done; other shards still label into {out} (the last one merges)")
+    else:
+        console.print(f"labels: {merged}")
+
+
+def _shard(text: str) -> tuple[int, int]:
+    k, sep, n = text.partition("/")
+    if not sep or not k.isdigit() or not n.isdigit():
+        raise ValueError(f"--shard {text!r}: write K/N, e.g. 0/4")
+    return int(k), int(n)
+
+
+@app.command(name="validate")
+@configured(config=ValidateConfig)
+def validate_cmd(
+    labels: Annotated[str, typer.Option(help="Label folder written by `polar label` (labels.jsonl, settings.json).")],
+    out: Annotated[str, typer.Option(help="Output folder: validation.json, validation.html and Data Docs (gx/).")],
+    reference: Annotated[
+        str | None,
+        typer.Option(help="JSON of the last accepted labels' distributions for this base model (drift check)."),
+    ] = None,
+    accept: Annotated[bool, typer.Option(help="Make passing labels the new reference.")] = True,
+    heldout: Annotated[
+        list[str] | None,
+        typer.Option(help="Validation or test task file whose questions must not be in the labels (repeatable)."),
+    ] = None,
+    *,
+    config: ValidateConfig,
+) -> None:
+    """Check label files with a great-expectations suite; exit 1 (and keep the reference) when they fail.
+
+    With --heldout, no question of those files may be among the training labels (compared by normalised text). Writes validation.json and validation.html, a report that reads offline.
+    """
+    from polar.validation import ValidationFailed, validate
+
+    try:
+        summary = validate(labels, out, config, reference, accept, heldout or [])
+    except ValidationFailed as err:
+        fail(str(err), code=1)
+    except (ValueError, FileNotFoundError) as err:
+        fail(str(err))
+    checks = sum(len(v) for v in summary["results"].values())
+    drift = "with" if summary["drift_checked"] else "without (no reference yet)"
+    console.print(f"labels valid: {checks} expectations passed, {drift} drift check; report: {summary['report']}")
+
+
+@app.command(name="train")
+@configured(config=TrainConfig)
+def train_cmd(
+    labels: Annotated[list[str], typer.Option(help="Merged label files (labels.jsonl) of one base model; repeatable.")],
+    out: Annotated[str, typer.Option(help="Output folder: predictor.safetensors, config.json, history.json.")],
+    model: Annotated[
+        str | None, typer.Option("--model", "-m", help="Base model spec (default: the one named in the labels).")
+    ] = None,
+    device: DeviceOpt = "auto",
+    *,
+    config: TrainConfig,
+) -> None:
+    """Train the program predictor on label files; keeps the checkpoint with the best validation loss."""
+    from polar.backbone import ModelSpecError
+    from polar.embedder import EmbedderError
+    from polar.train import train
+
+    try:
+        path = train(labels, out, config, base_model=model, device=device)
+    except (ValueError, FileNotFoundError, ModelSpecError, EmbedderError) as err:
+        fail(str(err))
+    meta = json.loads((path / "config.json").read_text())["meta"]
+    console.print(
+        f"predictor: {path} (best epoch {meta['best']['epoch']}, validation loss {meta['best']['val_loss']:.3f}; "
+        f"{meta['data']['inputs_with_targets']}/{meta['data']['inputs']} inputs had a valid program)"
+    )
+
+
+@app.command(name="evaluate")
+@configured(config=EvalConfig)
+def evaluate_cmd(
+    predictor: Annotated[str, typer.Option(help="Predictor folder written by `polar train`.")],
+    tasks: Annotated[str, typer.Option(help="Task file of the inputs to evaluate on (held out from training).")],
+    out: Annotated[str, typer.Option(help="Output folder: metrics.json, results.jsonl, report.md, plot.")],
+    model: Annotated[
+        str | None, typer.Option("--model", "-m", help="Base model (default: the predictor's base model).")
+    ] = None,
+    other: Annotated[
+        list[str] | None, typer.Option(help="Another predictor to compare, as NAME=FOLDER (repeatable).")
+    ] = None,
+    oracle_labels: Annotated[
+        str | None, typer.Option(help="labels.jsonl of the same inputs: the search oracle as upper bound.")
+    ] = None,
+    limit: Annotated[int | None, typer.Option(help="Evaluate only the first N inputs.")] = None,
+    device: DeviceOpt = "auto",
+    *,
+    config: EvalConfig,
+) -> None:
+    """Run the predictor's programs on the model against baselines; write the report and metrics."""
+    from polar.backbone import ModelSpecError
+    from polar.evaluate import evaluate
+
+    try:
+        others = dict(name_value(o) for o in other or [])
+        metrics = evaluate(
+            model, predictor, tasks, out, config, others, oracle_labels, limit, device, command=_command()
+        )
+    except (ValueError, FileNotFoundError, ModelSpecError) as err:
+        fail(str(err))
+    m = json.loads(metrics.read_text())
+    table = Table(title=f"{m['model']}: {m['inputs']} inputs")
+    for col in ("method", "pass@1", "95% CI", "layers / D"):
+        table.add_column(col)
+    for name, r in m["methods"].items():
+        lo, hi = r["ci95"]
+        table.add_row(name, f"{100 * r['pass@1']:.1f}%", f"{100 * lo:.0f}-{100 * hi:.0f}%", f"{r['layers_ratio']:.2f}")
+    console.print(table)
+    console.print(f"report: {metrics.with_name('report.md')}")
+
+
+@app.command()
+def diagnose(
+    labels: Annotated[str, typer.Option(help="Folder with skip/, loop/ and joint/ label folders of one model.")],
+    out: Annotated[str, typer.Option(help="Report folder (report.md and PNG plots).")],
+) -> None:
+    """Write the diagnosis report (oracle accuracy, shorter programs, edited segments, layer heat map)."""
+    from polar.diagnose import diagnose as run
+
+    try:
+        report = run(labels, out, command=_command())
+    except (FileNotFoundError, ValueError) as err:
+        fail(str(err))
+    console.print(f"report: {report}")

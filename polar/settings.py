@@ -1,0 +1,269 @@
+"""Every stage's settings, declared once: each class is a section of params.yaml and the options of its command.
+
+A field's default and help (:func:`polar.config.setting`) make its ``polar <stage>`` option and its params.yaml
+key (``SECTION``); tests hold params.yaml, the commands and dvc.yaml to these classes. This module imports
+nothing heavy, so that ``polar --help`` is quick.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar
+
+from polar.config import names, setting
+from polar.programs import DEFAULT_K_MAX, DEFAULT_MAX_VISITS
+
+if TYPE_CHECKING:
+    from polar.tasks.benchmarks import Fields
+    from polar.tasks.prompts import PromptSpec
+
+__all__ = [
+    "DEFAULT_EMBEDDER",
+    "IDENTITY_RULES",
+    "SPACES",
+    "SYNTHETIC_SIZES",
+    "STAGE_SETTINGS",
+    "EvalConfig",
+    "Gates",
+    "IngestConfig",
+    "LabelConfig",
+    "PoolConfig",
+    "SearchConfig",
+    "TrainConfig",
+    "ValidateConfig",
+]
+
+SPACES = ("skip", "loop", "joint")  # search spaces: skip actions only, repeat actions only, both
+IDENTITY_RULES = ("mass", "marginal")  # where the predictor's decoding ranks the full-depth program
+DEFAULT_EMBEDDER = "minilm"
+SYNTHETIC_TASK = "arith"
+SYNTHETIC_SIZES = {"train": 40, "validation": 10, "test": 20}  # questions per level unless given
+
+
+@dataclass(frozen=True)
+class IngestConfig:
+    """Which questions, and how many per split (params.yaml ``ingest``)."""
+
+    SECTION: ClassVar[str] = "ingest"
+
+    task: str = setting(
+        SYNTHETIC_TASK,
+        "arith (synthetic levels), a benchmark (gsm8k, mawps, asdiv, math, math500, mmlu-pro-math, arc), "
+        "or any name for a file of your own (with --question-field and --answer-field).",
+    )
+    levels: str = setting("1-5", "Synthetic levels, e.g. 1-5 or 1,3.")
+    train: int | None = setting(None, "Train questions per level (synthetic: 40; else default all).")
+    validation: int | None = setting(None, "Validation questions per level (synthetic: 10; else default all).")
+    test: int | None = setting(None, "Test questions per level (synthetic: 20; else default all).")
+    seed: int = setting(0, "Seed of the synthetic draw (splits do not depend on it).")
+    source: str | None = setting(None, "Benchmark or own file, folder or hub id.")
+    source_split: str = setting("test", "Split to read from a folder or hub id.")
+    limit: int | None = setting(None, "Read at most this many usable records of the source.")
+    question_field: str | None = setting(None, "Own file: the question's field.")
+    answer_field: str = setting("answer", "Own file: the reference answer's field.")
+    level_field: str | None = setting(None, "Own file: a level's field (default: none).")
+    answer_kind: str = setting("number", "Own file: number, math or choice.")
+
+    def level_numbers(self) -> list[int]:
+        try:
+            return sorted({int(x) for x in names(self.levels)})
+        except ValueError:
+            raise ValueError(f"levels must look like '1-5' or '1,3', got {self.levels!r}") from None
+
+    def sizes(self) -> dict[str, int | None]:
+        """Questions per level by split; the synthetic levels default to 40 / 10 / 20."""
+        given = {"train": self.train, "validation": self.validation, "test": self.test}
+        if self.task != SYNTHETIC_TASK:
+            return given
+        return {s: SYNTHETIC_SIZES[s] if n is None else n for s, n in given.items()}
+
+    def fields(self) -> Fields | None:
+        from polar.tasks.benchmarks import Fields
+
+        if self.question_field is None:
+            return None
+        return Fields(self.question_field, self.answer_field, self.level_field, self.answer_kind)
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """Search settings; defaults are the reference settings of the public code."""
+
+    space: str = setting("joint", "Search space: skip (skip actions only), loop (repeat actions only) or joint.")
+    simulations: int = setting(100, "MCTS simulations per input.")
+    length_penalty: float = setting(
+        5.0, "Selection penalty: UCB minus length_penalty * program length / depth (favours shorter programs)."
+    )
+    exploration: float = setting(2.0, "UCT exploration constant.")
+    random_select: float = setting(0.1, "Chance of a uniformly random child at each selection step.")
+    min_length_ratio: float = setting(0.55, "Shortest program searched, as a share of the depth.")
+    max_length_ratio: float = setting(1.2, "Longest program searched, as a share of the depth.")
+    max_visits: int = setting(DEFAULT_MAX_VISITS, "Most times one layer may run in a program.")
+    root_block: int = setting(4, "Root edits span 1..root_block positions.")
+    widen_c: float = setting(2.0, "Progressive widening: children <= widen_c * visits ** widen_alpha.")
+    widen_alpha: float = setting(0.5, "Progressive widening exponent.")
+    batch: int = setting(16, "Programs evaluated together (rewards do not depend on it).")
+    seed: int = setting(0, "Seed of the search.")
+
+    def __post_init__(self) -> None:
+        if self.space not in SPACES:
+            raise ValueError(f"search space must be one of {SPACES}, got {self.space!r}")
+        if self.simulations < 0 or self.batch < 1:
+            raise ValueError("simulations must be >= 0 and batch >= 1")
+        if not 0 < self.min_length_ratio <= 1 <= self.max_length_ratio:
+            raise ValueError("length bounds must satisfy 0 < min_length_ratio <= 1 <= max_length_ratio")
+
+    def bounds(self, depth: int) -> tuple[int, int]:
+        return math.ceil(self.min_length_ratio * depth), math.floor(self.max_length_ratio * depth)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class LabelConfig:
+    """What labels are made with (params.yaml ``label``): the prompt, the generation budget and the search."""
+
+    SECTION: ClassVar[str] = "label"
+
+    shots: int = setting(3, "Few-shot examples per prompt.")
+    prompt: str = setting("plain", "Prompt style: plain (Question/Answer blocks) or chat (the model's chat template).")
+    max_new_tokens: int = setting(50, "Generation budget of each program's answer (the reward's).")
+    k_max: int = setting(DEFAULT_K_MAX, "Longest segment of the compact form of the shortest program.")
+    prefix_store_mb: int = setting(1024, "Memory for reusing prompt states across search rounds (speed only).")
+    shots_from: str = setting("", "Few-shot pool (default: shots.parquet beside the task file, from `polar ingest`).")
+    search: SearchConfig = setting(factory=SearchConfig)
+
+    def prompt_spec(self, tasks_path: str | Path) -> PromptSpec:
+        """The prompt of these settings for the inputs of ``tasks_path``."""
+        from polar.tasks.files import SHOTS_FILE
+        from polar.tasks.prompts import PromptSpec
+
+        pool = Path(self.shots_from) if self.shots_from else Path(tasks_path).with_name(SHOTS_FILE)
+        return PromptSpec.from_pool(pool, self.prompt, self.shots)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> LabelConfig:
+        """The inverse of :meth:`to_dict` (a shard run on a worker gets its settings this way)."""
+        return cls(**{**data, "search": SearchConfig(**data.get("search", {}))})
+
+
+@dataclass(frozen=True)
+class PoolConfig:
+    """Where labeling runs (params.yaml ``label_pool``): it never changes the labels."""
+
+    SECTION: ClassVar[str] = "label_pool"
+
+    pool: str = setting(
+        "",
+        "Prefect work pool to label on, one flow run per shard (e.g. gpu; needs PREFECT_API_URL and workers: "
+        "prefect worker start --pool gpu --limit 1). Empty: label in this process.",
+    )
+    shards: int = setting(0, "With a pool: shards to split the inputs into (0: one per online worker).")
+
+
+@dataclass(frozen=True)
+class ValidateConfig:
+    """The gate's bounds (params.yaml ``validate``)."""
+
+    SECTION: ClassVar[str] = "validate"
+
+    min_valid_share: float = setting(0.2, "Least share of inputs with a valid program.")
+    max_kl: float = setting(0.5, "Drift bound (KL, nats) of the op and length distributions against the reference.")
+    holdout: float = setting(
+        0.05, "Weight given to values the reference never saw, so that they do not make the KL infinite."
+    )
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How the predictor is trained (params.yaml ``train``)."""
+
+    SECTION: ClassVar[str] = "train"
+
+    embedder: str = setting(
+        DEFAULT_EMBEDDER,
+        "Question embedder: minilm (all-MiniLM-L6-v2), backbone:N (the base model's hidden states after N layers), "
+        "or an encoder folder / hub id.",
+    )
+    epochs: int = setting(10, "Training epochs; the epoch with the best validation loss is kept.")
+    lr: float = setting(5e-4, "Peak learning rate (AdamW, cosine decay).")
+    weight_decay: float = setting(0.01, "AdamW weight decay.")
+    batch: int = setting(128, "Targets per optimisation step.")
+    full_weight: float = setting(0.3, "Weight of the full-depth target where a shorter valid program exists.")
+    max_targets: int = setting(8, "Valid programs per input used as targets, shortest first.")
+    val_fraction: float = setting(0.2, "Share of questions held out for the validation loss.")
+    seed: int = setting(0, "Seed of the split, the initialisation and the batches.")
+    d_model: int = setting(256, "Width of the predictor's transformer.")
+    encoder_layers: int = setting(2, "Layers of the predictor's transformer.")
+    dropout: float = setting(0.1, "Dropout in the predictor.")
+    space: str = setting("joint", "Learn only valid programs of this space: skip (no repeats), loop (no skips), joint.")
+    levels: tuple[str, ...] = setting(
+        (), "Train on these levels only, e.g. 1-3 (out-of-distribution tests; empty: all).", parse=names
+    )
+    identity_rule: str = setting(
+        "mass",
+        "Decoding: mass ranks the full-depth program first only when the model gives it at least half the "
+        "probability; marginal keeps the plain beam order.",
+    )
+
+    def __post_init__(self) -> None:
+        if self.space not in SPACES:
+            raise ValueError(f"space must be one of {SPACES}, got {self.space!r}")
+        if self.identity_rule not in IDENTITY_RULES:
+            raise ValueError(
+                f"identity_rule must be one of {IDENTITY_RULES}, got {self.identity_rule!r}"
+            )  # early: before any embedding is computed
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """How a predictor is evaluated (params.yaml ``evaluate``).
+
+    The prompt and the generation budget default to the predictor's (those its labels were made with); given,
+    they must match.
+    """
+
+    SECTION: ClassVar[str] = "evaluate"
+
+    k: int = setting(5, "pass@1..k: the predictor's top-k programs against k samples of the base model.")
+    shots: int | None = setting(None, "Few-shot examples; must be the labels' (default: the predictor's).")
+    prompt: str | None = setting(None, "Prompt style; must be the labels' (default: the predictor's).")
+    shots_from: str = setting("", "Few-shot pool; its shots must be the labels' (default: the predictor's).")
+    max_new_tokens: int | None = setting(None, "Generation budget (default: the labels', as the predictor records).")
+    temperature: float = setting(0.7, "Base model's sampling temperature for its own pass@k.")
+    top_p: float = setting(0.95, "Base model's nucleus sampling for its own pass@k.")
+    seed: int = setting(0, "Seed of the samples and of the random-program baseline.")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Gates:
+    """What a candidate must show to become champion (params.yaml ``promote``)."""
+
+    SECTION: ClassVar[str] = "promote"
+
+    tolerance: float = setting(0.02, "Largest pass@1 drop allowed against the current champion.")
+    layer_budget: float = setting(1.0, "Largest average layers / D allowed.")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# params.yaml section -> the settings it holds (``base_models`` and ``schedule`` are read by flows/).
+STAGE_SETTINGS: dict[str, type] = {
+    cls.SECTION: cls for cls in (IngestConfig, LabelConfig, PoolConfig, ValidateConfig, TrainConfig, EvalConfig, Gates)
+}
