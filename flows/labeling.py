@@ -1,6 +1,6 @@
 """GPU-scheduled labeling: one Prefect flow run per shard of a task file, on a work pool's workers.
 
-``polar label --pool gpu`` (and the label stage with ``label.pool: gpu`` in params.yaml) registers the
+``polar label --pool gpu`` (and the label stage with ``label_pool: {pool: gpu}`` in params.yaml) registers the
 deployment ``polar-label-shard/<pool>`` and submits one run of it per shard; each run labels inputs
 ``k, k+n, k+2n, ...`` into the shared label folder (resumable, like any ``polar label``) on the GPU of
 the worker that picked it up, or its CPU where it has none. Start one worker per GPU, each taking one

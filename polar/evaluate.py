@@ -28,6 +28,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from polar import predictor as P
+from polar.answering import Answerer
 from polar.baselines import block_influence, random_program, shortgpt_program
 from polar.embedder import load_embedder
 from polar.executor import Sampling
@@ -37,7 +38,7 @@ from polar.report import write_report
 from polar.settings import EvalConfig
 from polar.tasks.answers import grade
 from polar.tasks.files import SHOTS_FILE, read_examples
-from polar.tasks.prompts import PromptSpec, stop_token_ids
+from polar.tasks.prompts import PromptSpec
 
 __all__ = ["TIMINGS", "evaluate", "mcnemar_p", "pass_at_k", "wilson"]
 
@@ -142,19 +143,20 @@ def evaluate(
     if not model:
         raise ValueError(f"{predictor_dir} does not record its base model; pass --model")
     backbone = backbone or load(model, device=device)
-    executor, depth, tok = backbone.executor, backbone.executor.depth, backbone.tokenizer
+    executor, depth = backbone.executor, backbone.executor.depth
     predictors = {"predictor": P.load(predictor_dir, device=executor.device)}
     for name, path in (others or {}).items():
         predictors[name] = P.load(path, device=executor.device)
     for name, pred in predictors.items():
         if pred.config.depth != depth:
             raise ValueError(f"{name} was trained for a {pred.config.depth}-layer model; {model} has {depth} layers")
-    prompt, stops = resolve_prompt(predictors["predictor"], config, tasks_path), stop_token_ids(tok)
+    prompt = resolve_prompt(predictors["predictor"], config, tasks_path)
     config = replace(config, max_new_tokens=resolve_budget(predictors["predictor"], config))
+    answerer = Answerer(backbone, prompt, config.max_new_tokens)  # as the registered model will serve
     for name, pred in predictors.items():
         if name != "predictor":
             prompt.check(P.prompt_spec(pred), f"the predictor {name!r}")
-    prompts = [prompt.encode(e.question, e.level, tok) for e in examples]
+    prompts = [answerer.encode(e.question, e.level) for e in examples]
     questions = [e.question for e in examples]
 
     ranked, overhead = {}, {}
@@ -176,7 +178,7 @@ def evaluate(
     for i, (example, ids) in enumerate(tqdm(list(zip(examples, prompts, strict=True)), desc="evaluate", unit="input")):
         top = ranked["predictor"][i]
         start = time.perf_counter()  # the top-1 program alone: its time is the denominator of the overhead
-        first = executor.generate([ids], [top[0]], config.max_new_tokens, stop_token_ids=stops)[0]
+        first = answerer.generate([ids], [top[0]])[0]
         gen_seconds.append(time.perf_counter() - start)
         static = {
             "base": full,
@@ -187,14 +189,14 @@ def evaluate(
         # Each distinct program runs once (the identity is often both top-1 and base); a program's greedy
         # text does not depend on what else is in the batch.
         batch = list(dict.fromkeys(p for p in [*top[1:], *static.values()] if p != top[0]))
-        outs = executor.generate([ids], batch, config.max_new_tokens, stop_token_ids=stops) if batch else []
+        outs = answerer.generate([ids], batch) if batch else []
         ok = {top[0]: correct(first.text, example)} | {
             p: correct(g.text, example) for p, g in zip(batch, outs, strict=True)
         }
         topk_ok = [ok[p] for p in top]
         static_ok = {name: ok[p] for name, p in static.items()}
         sampling = Sampling(temperature=config.temperature, top_p=config.top_p, seed=config.seed + i)
-        samples = executor.generate([ids] * config.k, [full], config.max_new_tokens, sampling, stop_token_ids=stops)
+        samples = answerer.generate([ids] * config.k, [full], sampling)
         rows.append(
             {
                 "id": example.id,

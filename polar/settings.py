@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 from polar.config import names, setting
 from polar.programs import DEFAULT_K_MAX, DEFAULT_MAX_VISITS
+from polar.tasks.synthetic import TASK as SYNTHETIC_TASK
 
 if TYPE_CHECKING:
     from polar.tasks.benchmarks import Fields
@@ -38,7 +39,7 @@ __all__ = [
 SPACES = ("skip", "loop", "joint")  # search spaces: skip actions only, repeat actions only, both
 IDENTITY_RULES = ("mass", "marginal")  # where the predictor's decoding ranks the full-depth program
 DEFAULT_EMBEDDER = "minilm"
-SYNTHETIC_TASK = "arith"
+
 SYNTHETIC_SIZES = {"train": 40, "validation": 10, "test": 20}  # questions per level unless given
 
 

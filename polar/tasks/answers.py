@@ -14,6 +14,7 @@ from polar.tasks.schema import ANSWER_KINDS
 
 __all__ = [
     "answer_line",
+    "answer_of",
     "extract_answer",
     "format_number",
     "grade",
@@ -394,7 +395,12 @@ def answer_line(text: str) -> str:
     return text.split("\n", 1)[0]
 
 
+def answer_of(text: str | None, kind: str) -> str | None:
+    """The answer extracted from a generation's answer line (None when it holds none)."""
+    return extract_answer(answer_line(text or ""), kind)
+
+
 def grade(text: str | None, reference: str, kind: str) -> tuple[str | None, bool]:
     """The answer extracted from a generation's answer line, and whether it equals ``reference``."""
-    prediction = extract_answer(answer_line(text or ""), kind)
+    prediction = answer_of(text, kind)
     return prediction, bool(is_equivalent(prediction, reference, kind))
