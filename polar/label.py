@@ -44,7 +44,7 @@ from polar.tasks.files import read_examples
 from polar.tasks.prompts import PromptSpec, stop_token_ids
 from polar.tasks.schema import Example
 
-__all__ = ["finish", "label", "label_one", "prepare"]
+__all__ = ["finish", "label", "label_one", "prepare", "worker_lock"]
 
 
 # ----------------------------------------------------------------------------------------------- label
@@ -133,7 +133,7 @@ def label(
     prompt = prepare(model, tasks_path, out_dir, config, restart_on_change)
     if shard is not None and worker == "0":
         worker = f"{shard[0]}of{shard[1]}"
-    lock = _worker_lock(out_dir, worker)
+    lock = worker_lock(out_dir, worker)
     try:
         writer = ShardWriter(out_dir, worker)  # repairs this worker's torn shards before reading them
         done = {r.id for r in read_records(out_dir)}
@@ -164,7 +164,7 @@ def label(
     return finish(model, tasks_path, out_dir, config, ids)
 
 
-def _worker_lock(out_dir: Path, worker: str) -> FileLock:
+def worker_lock(out_dir: Path, worker: str) -> FileLock:
     """Hold the right to write ``worker``'s shards of ``out_dir`` (two writers would interleave records).
 
     The lock file lives in the temporary folder, not in ``out_dir``, which DVC hashes.

@@ -6,6 +6,9 @@ in input order), ``settings.json`` (the settings and prompt spec the records wer
 that a run killed at any point loses at most the input in progress. Search times go to
 ``timings.jsonl``, which DVC ignores (.dvcignore): wall-clock seconds differ from run to run, labels must not.
 
+A menu folder (``polar label --menu``) holds the same files around ``menu.jsonl``: one :class:`MenuRecord`
+per input, every program of a fixed menu run on it, exported as a reward matrix (``rewards.parquet``).
+
 Every reader of labels goes through this module: a record that is not whole, or that was written under
 another schema version, is refused with its file and line.
 """
@@ -26,8 +29,11 @@ __all__ = [
     "SCHEMA",
     "SETTINGS",
     "TIMINGS",
+    "MENU",
     "Evaluated",
     "LabelRecord",
+    "MenuRecord",
+    "MenuResult",
     "ShardWriter",
     "check_settings",
     "label_prompt",
@@ -40,6 +46,7 @@ __all__ = [
 
 SCHEMA = 2  # 1: records without a schema field (before the prompt spec and this module)
 MERGED = "labels.jsonl"
+MENU = "menu.jsonl"  # a menu folder's merged records
 MANIFEST = "manifest.json"
 SETTINGS = "settings.json"
 TIMINGS = "timings.jsonl"  # ignored by DVC (.dvcignore): not part of the labels' hash
@@ -92,12 +99,7 @@ class LabelRecord:
     @classmethod
     def from_dict(cls, data: dict, where: str = "label record") -> LabelRecord:
         """Parse a record; ``where`` (file:line) starts every error message."""
-        schema = data.get("schema", 1) if isinstance(data, dict) else None
-        if schema != SCHEMA:
-            raise ValueError(
-                f"{where}: a label record of schema {schema}, but this polar reads schema {SCHEMA}: label the "
-                "inputs again (`polar label ... --restart-on-change`, or into a new folder)"
-            )
+        _check_schema(data, where)
         names = [f.name for f in fields(cls)]
         missing = [n for n in names if n not in data]
         if missing:
@@ -109,35 +111,104 @@ class LabelRecord:
         return cls(**{**{n: data[n] for n in names}, "evaluated": evaluated, "valid": tuple(data["valid"])})
 
 
-def _parse(line: str, where: str) -> LabelRecord:
+@dataclass(frozen=True)
+class MenuResult:
+    """One menu program run on one input."""
+
+    program: str  # canonical text form
+    correct: bool
+    prediction: str | None  # the extracted answer
+    layers: int  # layers per token
+    logprob: float  # log-probability of the generated answer line under the program
+    tokens: int  # tokens generated
+
+
+@dataclass(frozen=True)
+class MenuRecord:
+    """Every program of a menu on one input (one line of ``menu.jsonl``), and the base model's confidence."""
+
+    id: str
+    task: str
+    level: str
+    question: str
+    answer: str
+    answer_kind: str
+    model: str
+    depth: int
+    prompt: str  # the prompt spec's id
+    menu: str  # the menu's id (settings.json holds its programs)
+    results: tuple[MenuResult, ...]  # in menu order; the first is the full-depth program
+    base_logprob: float  # mean log-probability per token of the base model's greedy answer line
+    base_margin: float  # top-1 minus top-2 probability at the answer's first token
+    base_entropy: float  # entropy (nats) of the next-token distribution at the answer's first token
+    sample_agreement: float  # share of sampled answers equal to the greedy one
+    schema: int = SCHEMA
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict())
+
+    @classmethod
+    def from_dict(cls, data: dict, where: str = "menu record") -> MenuRecord:
+        _check_schema(data, where)
+        names = [f.name for f in fields(cls)]
+        missing = [n for n in names if n not in data]
+        if missing:
+            raise ValueError(f"{where}: not a whole menu record (missing {', '.join(missing)})")
+        try:
+            results = tuple(MenuResult(**r) for r in data["results"])
+        except TypeError as err:
+            raise ValueError(f"{where}: broken 'results' entry ({err})") from err
+        return cls(**{**{n: data[n] for n in names}, "results": results})
+
+
+def _check_schema(data: object, where: str) -> None:
+    schema = data.get("schema", 1) if isinstance(data, dict) else None
+    if schema != SCHEMA:
+        raise ValueError(
+            f"{where}: a label record of schema {schema}, but this polar reads schema {SCHEMA}: label the "
+            "inputs again (`polar label ... --restart-on-change`, or into a new folder)"
+        )
+
+
+Record = LabelRecord | MenuRecord
+
+
+def _parse(line: str, where: str, kind: type = LabelRecord) -> Record:
     try:
         data = json.loads(line)
     except json.JSONDecodeError as err:
         raise ValueError(f"{where}: broken record ({err}); remove the line to continue") from err
-    return LabelRecord.from_dict(data, where)
+    return kind.from_dict(data, where)
 
 
-def read_labels(path: str | Path) -> list[LabelRecord]:
-    """The records of a merged label file (``labels.jsonl``, or the folder that holds it)."""
+def _merged_name(kind: type) -> str:
+    return MENU if kind is MenuRecord else MERGED
+
+
+def read_labels(path: str | Path, kind: type = LabelRecord) -> list[Record]:
+    """The records of a merged label file (``labels.jsonl``, ``menu.jsonl`` for menu records, or their folder)."""
     path = Path(path)
     if path.is_dir():
-        path = path / MERGED
+        path = path / _merged_name(kind)
     if not path.exists():
         raise FileNotFoundError(f"{path} not found: label to the end with `polar label` first")
     with path.open() as f:
-        return [_parse(line, f"{path}:{n}") for n, line in enumerate(f, 1) if line.strip()]
+        return [_parse(line, f"{path}:{n}", kind) for n, line in enumerate(f, 1) if line.strip()]
 
 
-def read_records(out_dir: str | Path) -> Iterator[LabelRecord]:
+def read_records(out_dir: str | Path, kind: type = LabelRecord) -> Iterator[Record]:
     """Every whole record in ``out_dir``: the merged labels, then the shards (first occurrence of each id)."""
     seen: set[str] = set()
-    merged = Path(out_dir) / MERGED
+    merged = Path(out_dir) / _merged_name(kind)
     for shard in [*([merged] if merged.exists() else []), *sorted(Path(out_dir).glob("shard-*.jsonl"))]:
         with shard.open() as f:
             for n, line in enumerate(f, 1):
                 if not line.endswith("\n"):
                     continue  # torn tail of a killed run
-                record = _parse(line, f"{shard}:{n}")
+                record = _parse(line, f"{shard}:{n}", kind)
                 if record.id not in seen:
                     seen.add(record.id)
                     yield record
@@ -189,7 +260,7 @@ class ShardWriter:
         self.path = out_dir / f"shard-{worker}-{n:04d}.jsonl"
         self._f = None
 
-    def write(self, record: LabelRecord, seconds: float) -> None:
+    def write(self, record: Record, seconds: float) -> None:
         if self._f is None:
             self._f = self.path.open("a")
         self._f.write(record.to_json() + "\n")
@@ -203,26 +274,27 @@ class ShardWriter:
             self._f.close()
 
 
-def merge_shards(out_dir: str | Path, ids: Sequence[str]) -> Path:
-    """Write ``labels.jsonl`` with one record per id, in the order of ``ids``, then remove the shards.
+def merge_shards(out_dir: str | Path, ids: Sequence[str], kind: type = LabelRecord) -> Path:
+    """Write ``labels.jsonl`` (``menu.jsonl``) with one record per id, in the order of ``ids``; remove the shards.
 
     The shards go only once the merged file is in place (a crash loses nothing), and only when they hold
     no other inputs (a folder labeled further with a larger ``--limit`` keeps them).
     """
     out_dir = Path(out_dir)
-    records = {r.id: r for r in read_records(out_dir)}
+    records = {r.id: r for r in read_records(out_dir, kind)}
+    merged = out_dir / _merged_name(kind)
     missing = [i for i in ids if i not in records]
     if missing:
         raise ValueError(f"{len(missing)} inputs are not labeled yet (first: {missing[0]}); run `polar label` again")
-    tmp = out_dir / f".{MERGED}.{os.getpid()}.tmp"  # two shards finishing at once each merge whole
+    tmp = out_dir / f".{merged.name}.{os.getpid()}.tmp"  # two shards finishing at once each merge whole
     with tmp.open("w") as f:
         for i in ids:
             f.write(records[i].to_json() + "\n")
-    tmp.replace(out_dir / MERGED)
+    tmp.replace(merged)
     if set(records) <= set(ids):
         for shard in out_dir.glob("shard-*.jsonl"):
             shard.unlink(missing_ok=True)
-    return out_dir / MERGED
+    return merged
 
 
 def check_settings(out_dir: Path, settings: dict, restart_on_change: bool = False) -> None:
@@ -244,6 +316,6 @@ def check_settings(out_dir: Path, settings: dict, restart_on_change: bool = Fals
                 f"{out_dir} holds labels made with other settings ({', '.join(changed)} differ); "
                 "label into a new folder, or delete this one to start over"
             )
-        for old in [*out_dir.glob("shard-*.jsonl"), *(out_dir / f for f in (MERGED, MANIFEST, TIMINGS))]:
+        for old in [*out_dir.glob("shard-*.jsonl"), *(out_dir / f for f in (MERGED, MENU, MANIFEST, TIMINGS))]:
             old.unlink(missing_ok=True)
     path.write_text(json.dumps(settings, indent=2) + "\n")

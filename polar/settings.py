@@ -30,6 +30,7 @@ __all__ = [
     "Gates",
     "IngestConfig",
     "LabelConfig",
+    "MenuConfig",
     "PoolConfig",
     "SearchConfig",
     "TrainConfig",
@@ -264,7 +265,24 @@ class Gates:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class MenuConfig:
+    """Dense menu labeling (params.yaml ``menu``): every program of a menu on every input, instead of MCTS."""
+
+    SECTION: ClassVar[str] = "menu"
+
+    menu: str = setting(
+        "",
+        "Label densely with this menu instead of searching: a file of programs (one per line, text or compact form) "
+        "or auto:K (the full-depth program and the K programs valid on the most inputs of --discovery). Empty: MCTS.",
+    )
+    discovery: str = setting("", "For auto:K menus: a label folder of MCTS labels with the same model and prompt.")
+    samples: int = setting(4, "Samples of the base model per input whose answers are compared with its greedy one.")
+    temperature: float = setting(0.7, "Sampling temperature of those samples.")
+
+
 # params.yaml section -> the settings it holds (``base_models`` and ``schedule`` are read by flows/).
 STAGE_SETTINGS: dict[str, type] = {
-    cls.SECTION: cls for cls in (IngestConfig, LabelConfig, PoolConfig, ValidateConfig, TrainConfig, EvalConfig, Gates)
+    cls.SECTION: cls
+    for cls in (IngestConfig, LabelConfig, PoolConfig, MenuConfig, ValidateConfig, TrainConfig, EvalConfig, Gates)
 }

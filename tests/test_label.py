@@ -194,10 +194,10 @@ def test_sharded_workers_merge_to_the_same_labels(tiny_dir, tasks, tmp_path):
 
 
 def test_two_writers_of_one_worker_are_refused(tiny_dir, tasks, tmp_path):
-    from polar.label import _worker_lock
+    from polar.label import worker_lock
 
     out = tmp_path / "labels"
-    held = _worker_lock(out, "0")  # as if another `polar label` were writing worker 0's shards
+    held = worker_lock(out, "0")  # as if another `polar label` were writing worker 0's shards
     try:
         with pytest.raises(ValueError, match="another `polar label` is writing worker '0'"):
             label(str(tiny_dir), tasks, out, CONFIG, limit=1, device="cpu")

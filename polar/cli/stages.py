@@ -15,7 +15,7 @@ import typer
 from rich.table import Table
 
 from polar.cli.options import DeviceOpt, ModelOpt, app, configured, console, err_console, fail, name_value
-from polar.settings import EvalConfig, IngestConfig, LabelConfig, PoolConfig, TrainConfig, ValidateConfig
+from polar.settings import EvalConfig, IngestConfig, LabelConfig, MenuConfig, PoolConfig, TrainConfig, ValidateConfig
 
 
 def _command() -> str:
@@ -52,7 +52,7 @@ def ingest(
 
 
 @app.command(name="label")
-@configured(config=LabelConfig, where=PoolConfig)
+@configured(config=LabelConfig, where=PoolConfig, dense=MenuConfig)
 def label_cmd(
     model: ModelOpt = "smollm2-135m",
     tasks: Annotated[str, typer.Option(help="Task file written by `polar ingest` (its train split).")] = (
@@ -76,19 +76,28 @@ def label_cmd(
     *,
     config: LabelConfig,
     where: PoolConfig,
+    dense: MenuConfig,
 ) -> None:
     """Search layer programs for every input of a task file. Resumable: run it again after a crash.
 
-    With --pool, the inputs are split into shards labeled by the pool's workers (one GPU each) and merged here when all are done.
+    With --pool, the inputs are split into shards labeled by the pool's workers (one GPU each) and merged here when all are done. With --menu, every program of a menu runs on every input instead (a reward matrix: menu.jsonl, rewards.parquet, inputs.parquet).
     """
     from polar.backbone import ModelSpecError
     from polar.hf import UnsupportedModelError
     from polar.label import label
 
     if out is None:
-        out = f"data/labels/{Path(model.rstrip('/')).name.removesuffix('.gguf')}/{config.search.space}"
+        kind = "menu" if dense.menu else config.search.space
+        out = f"data/labels/{Path(model.rstrip('/')).name.removesuffix('.gguf')}/{kind}"
     try:
-        if where.pool:
+        if dense.menu:
+            if where.pool:
+                raise ValueError("--menu labels in this process (or with --shard K/N): leave --pool out")
+            from polar.menu import label_menu
+
+            kn = _shard(shard) if shard else None
+            merged = label_menu(model, tasks, out, config, dense, limit, worker, device, None, restart_on_change, kn)
+        elif where.pool:
             if shard:
                 raise ValueError("--shard and --pool do not mix: --pool makes the shards itself (--shards N)")
             from flows.labeling import label_on_pool

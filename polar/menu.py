@@ -1,0 +1,283 @@
+"""Dense menu labeling: every program of a fixed menu run on every input, into a reward matrix.
+
+Where MCTS (:mod:`polar.label`) searches each input for programs that answer it, a menu labels every input with
+the same programs: a dense (input x program) matrix of correctness, predictions, layers and answer
+log-probabilities, from which a selector learns which program to run for which input. Menus are a file of
+programs (text or compact form, one per line, ``#`` comments) or ``auto:K``: the full-depth program and the K
+programs valid on the most inputs of an MCTS discovery run (``--discovery``, a label folder of the same model
+and prompt; the search's root edits are among its candidates).
+
+Each input's :class:`~polar.labels.MenuRecord` also holds the base model's confidence in its own answer: the
+answer's mean token log-probability, the top-2 margin and the entropy at its first token, and how many of a few
+samples agree with it. Records go to resumable shards as MCTS labels do; the merged ``menu.jsonl`` is exported
+as ``rewards.parquet`` (one row per input and program) and ``inputs.parquet`` (one row per input).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from polar.labels import (
+    MANIFEST,
+    SCHEMA,
+    MenuRecord,
+    MenuResult,
+    ShardWriter,
+    check_settings,
+    label_prompt,
+    merge_shards,
+    read_labels,
+    read_records,
+)
+from polar.programs import CompactProgram, Program, ProgramError
+from polar.settings import LabelConfig, MenuConfig
+from polar.tasks.answers import grade
+from polar.tasks.files import read_examples
+from polar.tasks.prompts import PromptSpec, stop_token_ids
+from polar.tasks.schema import Example
+
+__all__ = ["REWARDS", "INPUTS", "export", "label_menu", "menu_id", "resolve_menu", "run_menu"]
+
+REWARDS = "rewards.parquet"
+INPUTS = "inputs.parquet"
+
+
+# ------------------------------------------------------------------------------------------------ menus
+def resolve_menu(
+    spec: str, depth: int, max_visits: int, prompt: PromptSpec | None = None, discovery: str = ""
+) -> list[Program]:
+    """The programs of ``spec`` (a file or ``auto:K``), the full-depth program first, each once."""
+    identity = Program.identity(depth)
+    if spec.startswith("auto:"):
+        try:
+            k = int(spec.removeprefix("auto:"))
+        except ValueError:
+            raise ValueError(f"menu {spec!r}: write auto:K with K a number of programs, e.g. auto:31") from None
+        programs = _discovered(k, depth, prompt, discovery)
+    else:
+        path = Path(spec)
+        if not path.exists():
+            raise FileNotFoundError(f"menu file not found: {path} (or write auto:K with --discovery LABELS)")
+        programs = []
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            text = line.split("#", 1)[0].strip()
+            if not text:
+                continue
+            try:
+                program = CompactProgram.parse(text).to_program() if "(" in text else Program.parse(text)
+                programs.append(program.validate(depth, max_visits=max_visits))
+            except ProgramError as err:
+                raise ValueError(f"{path}:{n}: {err}") from err
+    return list(dict.fromkeys([identity, *programs]))
+
+
+def _discovered(k: int, depth: int, prompt: PromptSpec | None, discovery: str) -> list[Program]:
+    """The ``k`` programs valid on the most inputs of the MCTS labels in ``discovery`` (then shorter first)."""
+    if not discovery:
+        raise ValueError(
+            "an auto menu needs --discovery LABELS: MCTS labels of a few inputs with the same model and prompt, "
+            "e.g. `polar label --limit 16 --out data/labels/discovery`"
+        )
+    records = read_labels(discovery)
+    if prompt is not None and label_prompt(discovery).id != prompt.id:
+        raise ValueError(f"{discovery} was labeled with the prompt {label_prompt(discovery).id}, not {prompt.id}")
+    if records and records[0].depth != depth:
+        raise ValueError(f"{discovery} labels a {records[0].depth}-layer model; this one has {depth} layers")
+    valid = Counter(p for r in records for p in set(r.valid))
+    identity = Program.identity(depth).text
+    ranked = sorted((p for p in valid if p != identity), key=lambda p: (-valid[p], len(Program.parse(p)), p))
+    return [Program.parse(p) for p in ranked[:k]]
+
+
+def menu_id(programs: Sequence[Program]) -> str:
+    """``menu-<n>-<12 hex>``: the number of programs and a digest of their texts in order."""
+    digest = hashlib.sha256("\n".join(p.text for p in programs).encode()).hexdigest()[:12]
+    return f"menu-{len(programs)}-{digest}"
+
+
+# ------------------------------------------------------------------------------------------------ running
+def run_menu(
+    backbone,
+    example: Example,
+    ids: list[int],
+    menu: Sequence[Program],
+    config: LabelConfig,
+    dense: MenuConfig,
+    stops: list[int],
+    menu_name: str,
+    prompt_id: str,
+) -> MenuRecord:
+    """Every program of ``menu`` on one input, and the base model's confidence (the menu's first program)."""
+    executor = backbone.executor
+    outs = executor.generate([ids], list(menu), config.max_new_tokens, stop_token_ids=stops)
+    scores = executor.score([ids], [g.tokens or [executor.pad_token_id] for g in outs], list(menu))
+    results = []
+    for program, g, s in zip(menu, outs, scores, strict=True):
+        prediction, ok = grade(g.text, example.answer, example.answer_kind)
+        results.append(MenuResult(program.text, ok, prediction, len(program), round(s.logprob, 4), len(g.tokens)))
+    margin, entropy = _first_token(executor, ids, menu[0])
+    base = results[0]
+    samples = _samples(executor, ids, menu[0], config, dense, stops, example)
+    agree = sum(a == base.prediction for a in samples) / len(samples) if samples else 1.0
+    return MenuRecord(
+        id=example.id,
+        task=example.task,
+        level=example.level,
+        question=example.question,
+        answer=example.answer,
+        answer_kind=example.answer_kind,
+        model=backbone.spec,
+        depth=executor.depth,
+        prompt=prompt_id,
+        menu=menu_name,
+        results=tuple(results),
+        base_logprob=round(base.logprob / max(base.tokens, 1), 4),
+        base_margin=round(margin, 4),
+        base_entropy=round(entropy, 4),
+        sample_agreement=round(agree, 4),
+    )
+
+
+def _first_token(executor, ids: list[int], program: Program) -> tuple[float, float]:
+    """Top-1 minus top-2 probability, and the entropy, of the next-token distribution after the prompt."""
+    x, mask = executor.pad_left([ids])
+    logits = executor.forward(x, mask, executor.plan([program]), keep=1)[0, -1]
+    probs = torch.softmax(logits.float(), dim=-1)
+    top = probs.topk(2).values.tolist()
+    entropy = float(-(probs * torch.log(probs.clamp_min(1e-30))).sum())
+    return top[0] - top[1], entropy
+
+
+def _samples(executor, ids, program, config: LabelConfig, dense: MenuConfig, stops, example: Example) -> list:
+    from polar.executor import Sampling
+
+    if dense.samples == 0:
+        return []
+    seed = int(hashlib.sha256(example.id.encode()).hexdigest()[:8], 16)  # per input: independent of the batch
+    sampling = Sampling(temperature=dense.temperature, seed=seed)
+    outs = executor.generate([ids] * dense.samples, [program], config.max_new_tokens, sampling, stop_token_ids=stops)
+    return [grade(g.text, example.answer, example.answer_kind)[0] for g in outs]
+
+
+# ------------------------------------------------------------------------------------------------ the stage
+def label_menu(
+    model: str,
+    tasks_path: str | Path,
+    out_dir: str | Path,
+    config: LabelConfig,
+    dense: MenuConfig,
+    limit: int | None = None,
+    worker: str = "0",
+    device: str = "auto",
+    backbone=None,
+    restart_on_change: bool = False,
+    shard: tuple[int, int] | None = None,
+) -> Path | None:
+    """Run the menu of ``dense`` on every input of ``tasks_path`` into ``out_dir`` (resumable, shardable).
+
+    Returns the merged ``menu.jsonl`` (with ``rewards.parquet`` and ``inputs.parquet`` beside it), or None when
+    other shards still have inputs to label.
+    """
+    from polar.backbone import load
+    from polar.label import worker_lock
+
+    if shard is not None and not 0 <= shard[0] < shard[1]:
+        raise ValueError(f"shard {shard[0]}/{shard[1]}: write K/N with 0 <= K < N")
+    out_dir = Path(out_dir)
+    examples = read_examples(tasks_path)[:limit]
+    prompt = config.prompt_spec(tasks_path)
+    backbone = backbone or load(model, device=device)
+    menu = resolve_menu(dense.menu, backbone.depth, config.search.max_visits, prompt, dense.discovery)
+    name = menu_id(menu)
+    settings = {
+        "schema": SCHEMA,
+        "kind": "menu",
+        "model": model,
+        "tasks": str(tasks_path),
+        "config": {"max_new_tokens": config.max_new_tokens, "samples": dense.samples, "temperature": dense.temperature},
+        "prompt": prompt.to_dict(),
+        "menu": {"id": name, "spec": dense.menu, "programs": [p.text for p in menu]},
+    }
+    check_settings(out_dir, settings, restart_on_change)
+    if shard is not None and worker == "0":
+        worker = f"{shard[0]}of{shard[1]}"
+    lock = worker_lock(out_dir, worker)
+    try:
+        writer = ShardWriter(out_dir, worker)
+        done = {r.id for r in read_records(out_dir, MenuRecord)}
+        mine = examples if shard is None else examples[shard[0] :: shard[1]]
+        todo = [e for e in mine if e.id not in done]
+        stops = stop_token_ids(backbone.tokenizer)
+        bar = tqdm(todo, desc=f"menu {name} on {model}", unit="input", initial=len(mine) - len(todo), total=len(mine))
+        try:
+            for example in bar:
+                ids = prompt.encode(example.question, example.level, backbone.tokenizer)
+                start = time.perf_counter()
+                record = run_menu(backbone, example, ids, menu, config, dense, stops, name, prompt.id)
+                writer.write(record, time.perf_counter() - start)
+                bar.set_postfix(correct=sum(r.correct for r in record.results))
+        finally:
+            writer.close()
+            bar.close()
+    finally:
+        lock.release()
+    ids = [e.id for e in examples]
+    if shard is not None and not set(ids) <= {r.id for r in read_records(out_dir, MenuRecord)}:
+        return None
+    merged = merge_shards(out_dir, ids, MenuRecord)
+    export(merged)
+    manifest = {"model": model, "tasks": str(tasks_path), "inputs": len(ids), "menu": name, "prompt": prompt.id}
+    (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    return merged
+
+
+def export(merged: str | Path) -> tuple[Path, Path]:
+    """Write ``rewards.parquet`` (one row per input and program) and ``inputs.parquet`` beside ``menu.jsonl``."""
+    merged = Path(merged)
+    records = read_labels(merged, MenuRecord)
+    rewards = pd.DataFrame(
+        [
+            {
+                "id": r.id,
+                "level": r.level,
+                "program": x.program,
+                "correct": x.correct,
+                "prediction": x.prediction,
+                "layers": x.layers,
+                "logprob": x.logprob,
+                "tokens": x.tokens,
+            }
+            for r in records
+            for x in r.results
+        ]
+    )
+    inputs = pd.DataFrame(
+        [
+            {
+                "id": r.id,
+                "level": r.level,
+                "question": r.question,
+                "answer": r.answer,
+                "depth": r.depth,
+                "base_correct": r.results[0].correct,
+                "base_logprob": r.base_logprob,
+                "base_margin": r.base_margin,
+                "base_entropy": r.base_entropy,
+                "sample_agreement": r.sample_agreement,
+            }
+            for r in records
+        ]
+    )
+    paths = merged.with_name(REWARDS), merged.with_name(INPUTS)
+    rewards.to_parquet(paths[0], index=False)
+    inputs.to_parquet(paths[1], index=False)
+    return paths

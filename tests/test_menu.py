@@ -1,0 +1,82 @@
+"""Dense menu labeling: every program on every input, equal to running each program alone; resumable; auto menus."""
+
+import pandas as pd
+import pytest
+from conftest import write_labels
+
+from polar.ingest import ingest
+from polar.labels import MenuRecord, read_labels
+from polar.menu import label_menu, resolve_menu
+from polar.programs import Program
+from polar.settings import IngestConfig, LabelConfig, MenuConfig
+from polar.tasks.answers import grade
+from polar.tasks.files import read_examples
+from polar.tasks.prompts import stop_token_ids
+
+pytestmark = pytest.mark.slow  # the bundled tokenizer
+
+CONFIG = LabelConfig(shots=1, max_new_tokens=6)
+MENU = ["0-5", "0-3,5", "0-2,2-5", "1-5"]
+
+
+@pytest.fixture(scope="module")
+def tasks(tmp_path_factory):
+    paths, _ = ingest(tmp_path_factory.mktemp("tasks"), IngestConfig(levels="1,3", train=3, validation=1, test=1))
+    return paths["train"]
+
+
+def _menu(tmp_path, programs=MENU):
+    path = tmp_path / "menu.txt"
+    path.write_text("# a menu\n" + "\n".join(programs[1:]) + "\n")  # the identity comes first by itself
+    return MenuConfig(menu=str(path), samples=2)
+
+
+def test_every_reward_equals_running_the_program_alone(tiny_dir, tasks, tmp_path):
+    from polar.backbone import load
+
+    backbone = load(str(tiny_dir), device="cpu")
+    merged = label_menu(str(tiny_dir), tasks, tmp_path / "m", CONFIG, _menu(tmp_path), backbone=backbone)
+    records = read_labels(merged, MenuRecord)
+    examples = read_examples(tasks)
+    assert [r.id for r in records] == [e.id for e in examples]
+    spec, stops = CONFIG.prompt_spec(tasks), stop_token_ids(backbone.tokenizer)
+    for record, example in zip(records, examples, strict=True):
+        assert [x.program for x in record.results] == MENU
+        ids = spec.encode(example.question, example.level, backbone.tokenizer)
+        for x in record.results:
+            alone = backbone.executor.generate([ids], [Program.parse(x.program)], 6, stop_token_ids=stops)[0]
+            assert (x.prediction, x.correct) == grade(alone.text, example.answer, example.answer_kind)
+            assert x.tokens == len(alone.tokens) and x.layers == len(Program.parse(x.program))
+            score = backbone.executor.score([ids], [alone.tokens], [x.program])[0]
+            assert x.logprob == pytest.approx(score.logprob, abs=1e-3)
+        assert 0 <= record.sample_agreement <= 1 and record.base_margin >= 0 and record.base_entropy >= 0
+    rewards = pd.read_parquet(tmp_path / "m" / "rewards.parquet")
+    assert len(rewards) == len(examples) * len(MENU) and set(rewards["program"]) == set(MENU)
+    assert len(pd.read_parquet(tmp_path / "m" / "inputs.parquet")) == len(examples)
+
+
+def test_resume_and_changed_menus(tiny_dir, tasks, tmp_path):
+    first = label_menu(str(tiny_dir), tasks, tmp_path / "m", CONFIG, _menu(tmp_path), limit=2, device="cpu")
+    assert len(read_labels(first, MenuRecord)) == 2
+    again = label_menu(str(tiny_dir), tasks, tmp_path / "m", CONFIG, _menu(tmp_path), device="cpu")
+    records = read_labels(again, MenuRecord)
+    assert len(records) == len(read_examples(tasks)) and records[:2] == read_labels(first, MenuRecord)[:2]
+    with pytest.raises(ValueError, match="other settings .*menu"):
+        label_menu(str(tiny_dir), tasks, tmp_path / "m", CONFIG, _menu(tmp_path, MENU[:2]), device="cpu")
+
+
+def test_menu_files_and_auto_menus(tmp_path):
+    bad = tmp_path / "bad.txt"
+    bad.write_text("0-5\n0-9\n")
+    with pytest.raises(ValueError, match="bad.txt:2: layer 6 is out of range"):
+        resolve_menu(str(bad), 6, 2)
+    with pytest.raises(ValueError, match="needs --discovery"):
+        resolve_menu("auto:2", 6, 2)
+    records = [
+        {"valid": ["0-5", "0-3,5", "1-5"]},
+        {"valid": ["0-3,5", "1-5"]},
+        {"valid": ["0-3,5", "0-2,2-5"]},
+    ]
+    write_labels(tmp_path / "d" / "labels.jsonl", records)
+    menu = resolve_menu("auto:2", 6, 2, discovery=str(tmp_path / "d"))
+    assert [p.text for p in menu] == ["0-5", "0-3,5", "1-5"]  # identity, then most often valid (ties: shorter)
