@@ -272,6 +272,8 @@ def finish(tokens: torch.Tensor, steps: int, stops: torch.Tensor) -> tuple[list[
     Args:
         tokens: (B, >= steps) what each row produced, from :func:`decode` or :func:`decode_recomputed`.
     """
+    if steps == 0:
+        return [[] for _ in range(tokens.shape[0])], [False] * tokens.shape[0]
     tokens = tokens[:, :steps]
     hits = torch.isin(tokens, stops)  # (B, steps)
     stopped = hits.any(-1)
