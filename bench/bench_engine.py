@@ -87,7 +87,12 @@ def paired(a, b, repeats: int) -> dict:
         ta.append(timed(a)[0])
         tb.append(timed(b)[0])
     ratios = [y / x for x, y in zip(ta, tb, strict=True)]
-    return {"ratio": statistics.median(ratios), "a_s": statistics.median(ta), "b_s": statistics.median(tb)}
+    return {
+        "ratio": statistics.median(ratios),
+        "a_s": statistics.median(ta),
+        "b_s": statistics.median(tb),
+        "ratios": sorted(round(r, 3) for r in ratios),  # the spread: how much the machine's load moved
+    }
 
 
 def main() -> None:
