@@ -2,7 +2,12 @@
 
 1. program generation at full depth vs the stock ``model.generate`` (same tokens, goal: within 5%);
 2. cost vs executed layers: a half-depth program vs full depth (goal: at most 0.6);
-3. N programs over one prompt, batched vs one at a time.
+3. N programs over one prompt, batched vs one at a time;
+4. this executor vs the one of commit ``--before`` (its executor, hf, plan and prefix modules read with
+   ``git show`` and imported as the package ``polar_before``; goal: no slower), on (a) one prompt at full
+   depth, (b) N one-edit programs over one question whose rows stop at different steps (the labeling
+   case: newline and EOS end a row), (c) a batch of different questions under the full program. Both
+   must produce the same tokens; tokens/s counts the tokens the rows keep.
 
 Each comparison alternates its two sides ``--repeats`` times and reports the median of the per-pair
 ratios, so that drift in machine load hits both sides alike.
@@ -14,9 +19,13 @@ ratios, so that drift in machine load hits both sides alike.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import platform
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -25,8 +34,39 @@ import torch
 from polar.backbone import load, resolve_device
 from polar.executor import Executor
 from polar.programs import Program
+from polar.tasks.prompts import stop_token_ids
 
 PROMPT = "Write a short story about a robot who learns to paint."
+# (b): one-edit variants of the full program answer this in 8 to 50 tokens (SmolLM2-135M-Instruct).
+QUESTION = "Name the capital of France in one word."
+# (c): questions whose answers end after a line, a few lines, or not within the budget.
+QUESTIONS = [
+    QUESTION,
+    "What is 17 + 25? Reply with the number only.",
+    "Write a short story about a robot who learns to paint.",
+    "Is the sky blue? Answer yes or no.",
+    "List three colours.",
+    "Explain in two sentences why the sea is salty.",
+    "Translate 'good morning' into French.",
+    "Give me a haiku about autumn.",
+]
+REPO = Path(__file__).resolve().parents[1]
+
+
+def load_before(rev: str):
+    """The Executor class of commit ``rev``, with that commit's hf, plan and prefix modules."""
+    root = Path(tempfile.mkdtemp()) / "polar_before"
+    root.mkdir()
+    (root / "__init__.py").write_text("")
+    modules = ("executor", "hf", "plan", "prefix")
+    for name in modules:
+        show = ["git", "-C", str(REPO), "show", f"{rev}:polar/{name}.py"]
+        source = subprocess.run(show, capture_output=True, text=True, check=True).stdout
+        for m in modules:
+            source = source.replace(f"from polar.{m} import", f"from polar_before.{m} import")
+        (root / f"{name}.py").write_text(source)
+    sys.path.insert(0, str(root.parent))
+    return importlib.import_module("polar_before.executor").Executor
 
 
 def timed(fn) -> tuple[float, object]:
@@ -47,7 +87,12 @@ def paired(a, b, repeats: int) -> dict:
         ta.append(timed(a)[0])
         tb.append(timed(b)[0])
     ratios = [y / x for x, y in zip(ta, tb, strict=True)]
-    return {"ratio": statistics.median(ratios), "a_s": statistics.median(ta), "b_s": statistics.median(tb)}
+    return {
+        "ratio": statistics.median(ratios),
+        "a_s": statistics.median(ta),
+        "b_s": statistics.median(tb),
+        "ratios": sorted(round(r, 3) for r in ratios),  # the spread: how much the machine's load moved
+    }
 
 
 def main() -> None:
@@ -58,6 +103,9 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--programs", type=int, default=16, help="N for the batched-programs comparison")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--before", default="de08103", help="commit of the executor to compare against (4.)")
+    parser.add_argument("--budget", type=int, default=50, help="max new tokens of 4. (b) and (c)")
+    parser.add_argument("--edits", type=int, default=16, help="programs of 4. (b): a search round")
     parser.add_argument("--out", default=None, help="write the results as JSON here")
     args = parser.parse_args()
 
@@ -120,10 +168,57 @@ def main() -> None:
         "programs_per_s_one_by_one": args.programs / r["a_s"],
     }
 
+    results["vs_before"] = versus_before(executor, backbone, args)
+
     print(json.dumps(results, indent=2))
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+
+
+def versus_before(executor: Executor, backbone, args) -> dict:
+    """4.: the same generate() calls through this executor and through the one of ``args.before``."""
+    old = load_before(args.before)(executor.model, executor.tokenizer)
+    depth, tok = executor.depth, backbone.tokenizer
+    stops = stop_token_ids(tok)
+    full = Program.identity(depth)
+    rng = torch.Generator().manual_seed(0)
+    edits = []  # one-edit variants of the full program, as search proposes: loop or skip one layer
+    for k in range(args.edits):
+        i = int(torch.randint(1, depth - 2, (1,), generator=rng))
+        loop = tuple(range(i + 1)) + (i,) + tuple(range(i + 1, depth))
+        edits.append(Program(loop if k % 2 else tuple(j for j in range(depth) if j != i)))
+    question = backbone.encode_prompt(QUESTION)
+    cases = {
+        "a_one_prompt_full_depth": ([backbone.encode_prompt(PROMPT)], [full], args.new_tokens, ()),
+        f"b_{args.edits}_programs_one_question": ([question], edits, args.budget, stops),
+        f"c_{len(QUESTIONS)}_questions_one_program": (
+            [backbone.encode_prompt(q) for q in QUESTIONS],
+            [full],
+            args.budget,
+            stops,
+        ),
+    }
+    out = {"before": args.before}
+    for name, (prompts, programs, budget, stop) in cases.items():
+
+        def run(ex, prompts=prompts, programs=programs, budget=budget, stop=stop):
+            return ex.generate(prompts, programs, budget, stop_token_ids=stop)
+
+        new, before = run(executor), run(old)
+        assert [g.tokens for g in new] == [g.tokens for g in before], f"{name}: tokens differ from {args.before}"
+        n_tokens = sum(len(g.tokens) for g in new)
+        r = paired(lambda run=run: run(old), lambda run=run: run(executor), args.repeats)
+        out[name] = {
+            **r,
+            "goal": "<= 1.0",
+            "rows": len(new),
+            "max_new_tokens": budget,
+            "tokens_per_row": [len(g.tokens) for g in new],
+            "tokens_per_s_before": n_tokens / r["a_s"],
+            "tokens_per_s_new": n_tokens / r["b_s"],
+        }
+    return out
 
 
 if __name__ == "__main__":

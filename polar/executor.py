@@ -5,9 +5,10 @@ one program and a batch of programs over one prompt are both just rows. At step 
 rows are grouped by the layer they visit; each group is one layer call on its rows, with its own KV
 cache slot (:class:`~polar.hf.ProgramCache`), so a repeated layer keeps one history per visit.
 
-Two paths produce the same tokens: cached decoding (prefill once, then one token per step) and the
-slow reference semantics (``use_cache=False``: recompute the whole sequence at every step). Tests hold
-them equal, token for token, for skip and loop programs on every supported architecture.
+Two paths produce the same tokens: cached decoding (prefill once, then one token per step over
+preallocated state, :mod:`polar.decoding`) and the slow reference semantics (``use_cache=False``:
+recompute the whole sequence at every step). Tests hold them equal, token for token, for skip and loop
+programs on every supported architecture.
 """
 
 from __future__ import annotations
@@ -19,29 +20,13 @@ from dataclasses import asdict, dataclass
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from polar.decoding import GREEDY, Sampling, decode, decode_recomputed, finish, run_plan
 from polar.hf import Decoder, ProgramCache
 from polar.plan import Plan
-from polar.prefix import PrefixStore, prefill_shared
+from polar.prefix import PrefixStore
 from polar.programs import Program
 
-__all__ = ["Executor", "Generation", "Sampling", "Score"]
-
-
-@dataclass(frozen=True)
-class Sampling:
-    """Sampling settings; ``temperature == 0`` means greedy decoding."""
-
-    temperature: float = 0.0
-    top_p: float = 1.0
-    top_k: int = 0
-    seed: int = 0
-
-    @property
-    def greedy(self) -> bool:
-        return self.temperature <= 0
-
-
-GREEDY = Sampling()
+__all__ = ["Executor", "Generation", "Sampling", "Score"]  # Sampling lives in polar.decoding
 
 
 @dataclass(frozen=True)
@@ -72,15 +57,6 @@ class Score:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def _rows(x, rows: torch.Tensor | None):
-    """Select rows of a batch-first tensor (or of a tuple of them); batch-1 tensors broadcast."""
-    if rows is None or x is None:
-        return x
-    if isinstance(x, tuple):
-        return tuple(_rows(t, rows) for t in x)
-    return x if x.shape[0] == 1 else x.index_select(0, rows)
 
 
 class Executor:
@@ -143,29 +119,9 @@ class Executor:
     ) -> torch.Tensor:
         """Hidden states (B, q, C) after each row's program, before the final norm (``plan=None``: the
         token embeddings, as the model scales them)."""
-        dec = self.decoder
-        q = input_ids.shape[1]
-        hidden = dec.embed(input_ids)  # (B, q, C)
         if plan is None:
-            return hidden
-        position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -q:]  # (B, q)
-        masks = dec.masks(hidden, attention_mask, cache, position_ids, plan.kinds)
-        rope = dec.position_embeddings(hidden, position_ids, plan.kinds)
-        for c in plan.calls:
-            slot = cache.select(c.slot) if cache is not None else None
-            if c.rows is None:  # every row visits this layer now
-                hidden = dec.run_layer(c.layer, hidden, masks[c.kind], rope[c.kind], position_ids, slot)
-                continue
-            h = dec.run_layer(  # some rows make this call; the others carry their hidden states
-                c.layer,
-                _rows(hidden, c.rows),
-                _rows(masks[c.kind], c.rows),
-                _rows(rope[c.kind], c.rows),
-                _rows(position_ids, c.rows),
-                slot,
-            )
-            hidden = hidden.index_copy(0, c.rows, h)
-        return hidden
+            return self.decoder.embed(input_ids)
+        return run_plan(self.decoder, input_ids, attention_mask, plan, cache)
 
     # ------------------------------------------------------------------------------------- generation
     @torch.inference_mode()
@@ -183,7 +139,8 @@ class Executor:
 
         ``prompts`` and ``programs`` pair up row by row; a single prompt is run under every program and
         a single program over every prompt. A row ends at an EOS token or one of ``stop_token_ids``
-        (kept in its tokens), or after ``max_new_tokens``; finished rows leave the batch. With
+        (kept in its tokens), or after ``max_new_tokens``. Finished rows stop costing work within a few
+        steps (see :mod:`polar.decoding` for when they leave the batch); the others are unaffected. With
         ``use_cache=False`` the whole sequence is recomputed at every step (the slow reference semantics
         that cached decoding must reproduce). Programs over one shared prompt compute the prompt's
         hidden states and KV entries once per distinct prefix of layer visits; a ``prefix_store`` keeps
@@ -191,63 +148,33 @@ class Executor:
         """
         prompts, programs = _broadcast(prompts, programs)
         plan = self.plan(programs)
-        all_programs = plan.programs  # the plan shrinks as rows finish
         start = time.perf_counter()
         ids, mask = self.pad_left(prompts)
-        n_rows = ids.shape[0]
         generator = None
         if not sampling.greedy:
             generator = torch.Generator(device=self.device).manual_seed(sampling.seed)
         stops = torch.tensor(sorted(self.eos_token_ids | set(stop_token_ids)) or [-1], device=self.device)
-        new = torch.full((n_rows, max_new_tokens), self.pad_token_id, dtype=torch.long, device=self.device)
-        lengths = torch.full((n_rows,), max_new_tokens, dtype=torch.long, device=self.device)
-        done = torch.zeros(n_rows, dtype=torch.bool, device=self.device)
-        active = torch.arange(n_rows, device=self.device)  # batch row -> original row
-        shared_prompt = use_cache and (n_rows > 1 or prefix_store is not None) and all(p == prompts[0] for p in prompts)
-        cache = ProgramCache(plan.n_slots) if use_cache and not shared_prompt else None
-        step_input = ids
-        for t in range(max_new_tokens):
-            if t == 0 and shared_prompt:
-                logits, cache = prefill_shared(self.decoder, ids[:1], mask[:1], plan, prefix_store)
-            else:
-                logits = self.forward(step_input, mask, plan, cache, keep=1)
-            token = _next_token(logits[:, -1], sampling, generator)  # (b,)
-            new[active, t] = token
-            hit = torch.isin(token, stops)
-            if bool(hit.any()):
-                lengths[active[hit]] = t + 1
-                done[active[hit]] = True
-                if bool(hit.all()):
-                    break
-                keep = (~hit).nonzero()[:, 0]
-                active, token, mask, ids = active[keep], token[keep], mask[keep], ids[keep]
-                plan, sources = plan.select(keep.tolist())
-                if cache is not None:
-                    cache = cache.gather(sources)
-            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-            if use_cache:
-                step_input = token[:, None]
-            else:
-                ids = torch.cat([ids, token[:, None]], dim=1)
-                step_input = ids
+        run = (self.decoder, ids, mask, plan, max_new_tokens, sampling, stops, generator)
+        if use_cache:
+            shared = (len(prompts) > 1 or prefix_store is not None) and all(p == prompts[0] for p in prompts)
+            tokens, steps = decode(*run, shared_prompt=shared, store=prefix_store)
+        else:
+            tokens, steps = decode_recomputed(*run)
+        rows, stopped = finish(tokens, steps, stops)
         seconds = time.perf_counter() - start
-        new_list, lengths_list, done_list = new.tolist(), lengths.tolist(), done.tolist()
-        out = []
-        for r, program in enumerate(all_programs):
-            tokens = new_list[r][: lengths_list[r]]
-            out.append(
-                Generation(
-                    program=program.text,
-                    prompt_tokens=len(prompts[r]),
-                    tokens=tokens,
-                    text=self.decode(tokens),
-                    finish_reason="stop" if done_list[r] else "length",
-                    layers_per_token=len(program),
-                    depth=self.depth,
-                    seconds=seconds,
-                )
+        return [
+            Generation(
+                program=program.text,
+                prompt_tokens=len(prompt),
+                tokens=row,
+                text=self.decode(row),
+                finish_reason="stop" if stop else "length",
+                layers_per_token=len(program),
+                depth=self.depth,
+                seconds=seconds,
             )
-        return out
+            for program, prompt, row, stop in zip(plan.programs, prompts, rows, stopped, strict=True)
+        ]
 
     def decode(self, tokens: Sequence[int]) -> str | None:
         if self.tokenizer is None:
@@ -319,22 +246,6 @@ def _broadcast(prompts: Sequence[Sequence[int]], programs: Sequence) -> tuple[li
     if len(prompts) != len(programs):
         raise ValueError(f"{len(prompts)} prompts and {len(programs)} programs: give one of either, or as many")
     return prompts, programs
-
-
-def _next_token(logits: torch.Tensor, sampling: Sampling, generator: torch.Generator | None) -> torch.Tensor:
-    if sampling.greedy:
-        return logits.argmax(-1)
-    logits = logits / sampling.temperature
-    if sampling.top_k > 0:
-        kth = torch.topk(logits, min(sampling.top_k, logits.shape[-1]), dim=-1).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    probs = torch.softmax(logits, dim=-1)
-    if sampling.top_p < 1.0:
-        sorted_p, order = probs.sort(dim=-1, descending=True)
-        drop = sorted_p.cumsum(-1) - sorted_p > sampling.top_p  # keep the smallest set reaching top_p
-        sorted_p = sorted_p.masked_fill(drop, 0.0)
-        probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
-    return torch.multinomial(probs, 1, generator=generator)[:, 0]
 
 
 def _eos_token_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase | None) -> set[int]:

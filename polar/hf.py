@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 from transformers import PreTrainedModel
-from transformers.cache_utils import Cache, DynamicLayer
+from transformers.cache_utils import Cache, DynamicLayer, StaticLayer
 from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
 
 __all__ = [
@@ -63,10 +63,18 @@ class ProgramCache(Cache):
     ``update(k, v, layer_idx)`` as usual and the keys land in the selected slot, whatever the layer's
     own ``layer_idx`` is. A layer visited twice therefore keeps two independent histories. Every slot
     sees every token, so all slots have the same length and masks can be sized from slot 0.
+
+    Without ``capacity`` the slots grow by concatenation (prefill, scoring). With it, each slot is a
+    transformers ``StaticLayer``: keys and values preallocated for ``capacity`` positions and written in
+    place at the next index. The layers then attend over all ``capacity`` positions, and the mask, sized
+    by the cache (``get_mask_sizes``), must hide the positions not yet written: the causal rule does
+    (they lie after the query), and the decoder's full-width padding mask does too.
     """
 
-    def __init__(self, n_slots: int) -> None:
-        super().__init__(layers=[DynamicLayer() for _ in range(n_slots)])
+    def __init__(self, n_slots: int, capacity: int | None = None) -> None:
+        layers = [DynamicLayer() if capacity is None else StaticLayer(capacity) for _ in range(n_slots)]
+        super().__init__(layers=layers)
+        self.capacity = capacity
         self._slot = 0
 
     def select(self, slot: int) -> ProgramCache:
@@ -74,31 +82,36 @@ class ProgramCache(Cache):
         return self
 
     @classmethod
-    def from_states(cls, states: list[tuple[torch.Tensor, torch.Tensor]]) -> ProgramCache:
-        """A cache whose slot ``i`` holds keys and values ``states[i]`` (each (b, heads, T, head_dim))."""
-        cache = cls(len(states))
+    def from_states(cls, states: list[tuple[torch.Tensor, torch.Tensor]], capacity: int | None = None) -> ProgramCache:
+        """A cache whose slot ``i`` holds keys and values ``states[i]`` (each (b, heads, T, head_dim)),
+        static slots of ``capacity`` positions if given."""
+        cache = cls(len(states), capacity)
         for layer, (keys, values) in zip(cache.layers, states, strict=True):
             layer.update(keys, values)
         return cache
 
-    def gather(self, sources: list[list[tuple[int, int]]]) -> ProgramCache:
+    def gather(self, sources: list[list[tuple[int, int]]], length: int | None = None) -> ProgramCache:
         """A new cache whose slot ``i`` stacks, per member, row ``pos`` of old slot ``slot`` for each
-        ``(slot, pos)`` in ``sources[i]``."""
+        ``(slot, pos)`` in ``sources[i]``. A static cache needs ``length``, the positions written so far
+        (only those are copied); the new cache has the same capacity."""
+        if self.capacity is not None and length is None:
+            raise ValueError("gathering a static cache needs the number of positions written")
+        end = length if self.capacity is not None else None
         states = []
         for members in sources:
             slots = {s for s, _ in members}
             if len(slots) == 1:  # the common case: one old slot, some of its rows
                 layer = self.layers[members[0][0]]
                 idx = torch.tensor([p for _, p in members], device=layer.keys.device)
-                states.append((layer.keys.index_select(0, idx), layer.values.index_select(0, idx)))
+                states.append((layer.keys[idx, :, :end], layer.values[idx, :, :end]))
             else:
                 states.append(
                     (
-                        torch.cat([self.layers[s].keys[p : p + 1] for s, p in members]),
-                        torch.cat([self.layers[s].values[p : p + 1] for s, p in members]),
+                        torch.cat([self.layers[s].keys[p : p + 1, :, :end] for s, p in members]),
+                        torch.cat([self.layers[s].values[p : p + 1, :, :end] for s, p in members]),
                     )
                 )
-        return ProgramCache.from_states(states)
+        return ProgramCache.from_states(states, self.capacity)
 
     def update(self, key_states, value_states, layer_idx, *args, **kwargs):  # noqa: ARG002 - layer_idx ignored on purpose
         return self.layers[self._slot].update(key_states, value_states, *args, **kwargs)

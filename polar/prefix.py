@@ -43,11 +43,17 @@ class PrefixStore:
 
 
 def prefill_shared(
-    dec: Decoder, ids: torch.Tensor, mask: torch.Tensor, plan: Plan, store: PrefixStore | None = None
+    dec: Decoder,
+    ids: torch.Tensor,
+    mask: torch.Tensor,
+    plan: Plan,
+    store: PrefixStore | None = None,
+    capacity: int | None = None,
 ) -> tuple[torch.Tensor, ProgramCache]:
     """Prefill one prompt ``ids`` (1, T) under every program of ``plan``.
 
-    Returns the last-position logits (B, 1, V) and the per-visit cache laid out as ``plan`` expects.
+    Returns the last-position logits (B, 1, V) and the per-visit cache laid out as ``plan`` expects
+    (static slots of ``capacity`` positions if given, see :class:`~polar.hf.ProgramCache`).
     """
     if store is not None:
         store.bind(tuple(ids[0].tolist()))
@@ -90,4 +96,4 @@ def prefill_shared(
     for c in plan.calls:
         parts = [states[programs[r][: v + 1]] for r, v in zip(c.members, c.visits, strict=True)]
         slots.append((torch.cat([k for k, _ in parts]), torch.cat([v for _, v in parts])))
-    return dec.logits(last), ProgramCache.from_states(slots)
+    return dec.logits(last), ProgramCache.from_states(slots, capacity)

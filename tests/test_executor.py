@@ -4,6 +4,7 @@ import pytest
 import torch
 from tiny import ARCHS, DEPTH, prompt, tiny_model
 
+from polar import decoding
 from polar.executor import Executor, Sampling
 from polar.hf import ProgramCache
 from polar.programs import Program, ProgramError
@@ -205,3 +206,85 @@ def test_a_prefix_store_reused_across_calls_changes_nothing(executor):
         executor.generate([other], [LOOP], 10, prefix_store=store)[0].tokens
         == executor.generate([other], [LOOP], 10)[0].tokens
     )
+
+
+# ------------------------------------------------------------------------- the token loop's state
+@pytest.mark.parametrize(
+    "check_every,compact_at",
+    [(1, 0.0), (3, 0.5), (2, 1.0), (1000, 0.5)],
+    ids=["leave-at-once", "every-3-half", "never-compact", "never-check"],
+)
+def test_finished_rows_kept_in_the_batch_change_nothing(executor, monkeypatch, check_every, compact_at):
+    # Rows stop at different steps; whether they leave at once, in groups, or run to the end with
+    # the others, each row's tokens are those it produces alone.
+    monkeypatch.setattr(decoding, "CHECK_EVERY", check_every)
+    monkeypatch.setattr(decoding, "COMPACT_AT", compact_at)
+    p = prompt(22, 9)
+    programs = [*PROGRAMS, Program.parse("0-3"), SKIP]
+    batched = executor.generate([p], programs, 16, stop_token_ids=STOPS)
+    alone = [executor.generate([p], [q], 16, stop_token_ids=STOPS)[0] for q in programs]
+    assert len({len(g.tokens) for g in alone}) > 1, "the stop tokens should end rows at different steps"
+    assert [(g.tokens, g.finish_reason) for g in batched] == [(g.tokens, g.finish_reason) for g in alone]
+    prompts = [prompt(23, 5), prompt(24, 11), prompt(25, 8)]  # left padding, one program
+    batched = executor.generate(prompts, [LOOP], 16, stop_token_ids=STOPS)
+    assert [g.tokens for g in batched] == [
+        executor.generate([q], [LOOP], 16, stop_token_ids=STOPS)[0].tokens for q in prompts
+    ]
+
+
+def test_a_static_cache_longer_than_needed_gives_the_same_tokens(executor):
+    # The layers attend over every position of a slot: the mask must hide the ones not yet written.
+    prompts, programs = [prompt(26, 10), prompt(27, 6)], [LOOP, SKIP_LOOP]
+    ids, mask = executor.pad_left(prompts)
+    plan = executor.plan(programs)
+    stops = torch.tensor([-1])
+    with torch.inference_mode():
+        exact, steps = decoding.decode(executor.decoder, ids, mask, plan, 14, Sampling(), stops)
+        longer, _ = decoding.decode(executor.decoder, ids, mask, plan, 14, Sampling(), stops, capacity=10 + 14 + 17)
+        with pytest.raises(ValueError, match="cannot hold"):
+            decoding.decode(executor.decoder, ids, mask, plan, 14, Sampling(), stops, capacity=10 + 12)
+    assert steps == 14
+    assert torch.equal(exact, longer)
+    assert exact.tolist() == [g.tokens for g in executor.generate(prompts, programs, 14, use_cache=False)]
+
+
+def test_a_decoding_step_never_waits_for_the_device(executor, monkeypatch):
+    # No .item(), bool(tensor), .tolist() ... in a step: neither ours nor in the transformers code it calls.
+    syncs = []
+    for name in ("__bool__", "__int__", "__float__", "__index__", "item", "tolist", "nonzero", "numpy"):
+        original = getattr(torch.Tensor, name)
+
+        def spy(self, *args, _name=name, _original=original, **kwargs):
+            syncs.append(_name)
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, spy)
+    ids, mask = executor.pad_left([prompt(28, 10), prompt(29, 7)])
+    stops = torch.tensor(STOPS)
+    with torch.inference_mode():
+        logits, state = decoding.prefill(executor.decoder, ids, mask, executor.plan([LOOP, SKIP]), 6)
+        decoding.record(state, logits.argmax(-1), stops)
+        syncs.clear()  # the prefill may ask (once per call); the steps may not
+        for _ in range(5):
+            logits = decoding.decode_step(executor.decoder, state)
+            decoding.record(state, decoding.next_token(logits, Sampling(), None), stops)
+    assert syncs == []
+    assert state.length == 10 + 5 and state.steps == 6
+
+
+def test_sampled_rows_leave_the_batch_at_once(executor):
+    # Rows draw from one generator in batch order: cached decoding keeps the reference's rule that a
+    # finished row leaves at once, so the same seed gives the same samples on both paths.
+    p = prompt(30, 8)
+    sampling = Sampling(temperature=1.0, seed=5)
+    cached = executor.generate([p] * 6, [LOOP], 16, sampling, stop_token_ids=STOPS)
+    recomputed = executor.generate([p] * 6, [LOOP], 16, sampling, use_cache=False, stop_token_ids=STOPS)
+    assert len({len(g.tokens) for g in cached}) > 1
+    assert [g.tokens for g in cached] == [g.tokens for g in recomputed]
+
+
+def test_one_and_no_new_tokens(executor):
+    p = prompt(31, 7)
+    one = executor.generate([p], [LOOP, SKIP], 1)
+    assert [g.tokens for g in one] == [g.tokens[:1] for g in executor.generate([p], [LOOP, SKIP], 3)]
+    assert [g.tokens for g in executor.generate([p], [LOOP], 0)] == [[]]
