@@ -23,9 +23,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
-import torch
 from tqdm import tqdm
 
+from polar.grid import generate_grid
 from polar.labels import (
     MANIFEST,
     SCHEMA,
@@ -107,65 +107,70 @@ def menu_id(programs: Sequence[Program]) -> str:
 # ------------------------------------------------------------------------------------------------ running
 def run_menu(
     backbone,
-    example: Example,
-    ids: list[int],
+    examples: Sequence[Example],
+    prompt: PromptSpec,
     menu: Sequence[Program],
     config: LabelConfig,
     dense: MenuConfig,
-    stops: list[int],
     menu_name: str,
-    prompt_id: str,
-) -> MenuRecord:
-    """Every program of ``menu`` on one input, and the base model's confidence (the menu's first program)."""
-    executor = backbone.executor
-    outs = executor.generate([ids], list(menu), config.max_new_tokens, stop_token_ids=stops)
-    scores = executor.score([ids], [g.tokens or [executor.pad_token_id] for g in outs], list(menu))
-    results = []
-    for program, g, s in zip(menu, outs, scores, strict=True):
-        prediction, ok = grade(g.text, example.answer, example.answer_kind)
-        results.append(MenuResult(program.text, ok, prediction, len(program), round(s.logprob, 4), len(g.tokens)))
-    margin, entropy = _first_token(executor, ids, menu[0])
-    base = results[0]
-    samples = _samples(executor, ids, menu[0], config, dense, stops, example)
-    agree = sum(a == base.prediction for a in samples) / len(samples) if samples else 1.0
-    return MenuRecord(
-        id=example.id,
-        task=example.task,
-        level=example.level,
-        question=example.question,
-        answer=example.answer,
-        answer_kind=example.answer_kind,
-        model=backbone.spec,
-        depth=executor.depth,
-        prompt=prompt_id,
-        menu=menu_name,
-        results=tuple(results),
-        base_logprob=round(base.logprob / max(base.tokens, 1), 4),
-        base_margin=round(margin, 4),
-        base_entropy=round(entropy, 4),
-        sample_agreement=round(agree, 4),
-    )
-
-
-def _first_token(executor, ids: list[int], program: Program) -> tuple[float, float]:
-    """Top-1 minus top-2 probability, and the entropy, of the next-token distribution after the prompt."""
-    x, mask = executor.pad_left([ids])
-    logits = executor.forward(x, mask, executor.plan([program]), keep=1)[0, -1]
-    probs = torch.softmax(logits.float(), dim=-1)
-    top = probs.topk(2).values.tolist()
-    entropy = float(-(probs * torch.log(probs.clamp_min(1e-30))).sum())
-    return top[0] - top[1], entropy
+) -> list[MenuRecord]:
+    """Every program of ``menu`` on each of ``examples`` (one grid: their shared few-shot prefix runs once per
+    program), and the base model's confidence (the menu's first program, the full depth)."""
+    tok, executor = backbone.tokenizer, backbone.executor
+    stops = stop_token_ids(tok)
+    prompts = [prompt.encode(e.question, e.level, tok) for e in examples]
+    grid = generate_grid(executor, prompts, menu, config.max_new_tokens, stops)
+    records = []
+    for example, ids, row in zip(examples, prompts, grid, strict=True):
+        results = []
+        for program, cell in zip(menu, row, strict=True):
+            prediction, ok = grade(cell.text, example.answer, example.answer_kind)
+            results.append(
+                MenuResult(program.text, ok, prediction, len(program), round(cell.logprob, 4), len(cell.tokens))
+            )
+        base, first = results[0], row[0]
+        samples = _samples(executor, ids, menu[0], config, dense, stops, example)
+        agree = sum(a == base.prediction for a in samples) / len(samples) if samples else 1.0
+        records.append(
+            MenuRecord(
+                id=example.id,
+                task=example.task,
+                level=example.level,
+                question=example.question,
+                answer=example.answer,
+                answer_kind=example.answer_kind,
+                model=backbone.spec,
+                depth=executor.depth,
+                prompt=prompt.id,
+                menu=menu_name,
+                results=tuple(results),
+                base_logprob=round(base.logprob / max(base.tokens, 1), 4),
+                base_margin=round(first.margin, 4),
+                base_entropy=round(first.entropy, 4),
+                sample_agreement=round(agree, 4),
+            )
+        )
+    return records
 
 
 def _samples(executor, ids, program, config: LabelConfig, dense: MenuConfig, stops, example: Example) -> list:
+    """The answers of ``dense.samples`` samples of ``program`` (seeded by the input: independent of the batch)."""
     from polar.executor import Sampling
 
     if dense.samples == 0:
         return []
-    seed = int(hashlib.sha256(example.id.encode()).hexdigest()[:8], 16)  # per input: independent of the batch
+    seed = int(hashlib.sha256(example.id.encode()).hexdigest()[:8], 16)
     sampling = Sampling(temperature=dense.temperature, seed=seed)
     outs = executor.generate([ids] * dense.samples, [program], config.max_new_tokens, sampling, stop_token_ids=stops)
     return [grade(g.text, example.answer, example.answer_kind)[0] for g in outs]
+
+
+def _batches(examples: Sequence[Example], size: int) -> list[list[Example]]:
+    """Inputs of one level together (they share their few-shot prefix), ``size`` at a time, in input order."""
+    by_level: dict[str, list[Example]] = {}
+    for e in examples:
+        by_level.setdefault(e.level, []).append(e)
+    return [group[i : i + size] for group in by_level.values() for i in range(0, len(group), size)]
 
 
 # ------------------------------------------------------------------------------------------------ the stage
@@ -216,15 +221,16 @@ def label_menu(
         done = {r.id for r in read_records(out_dir, MenuRecord)}
         mine = examples if shard is None else examples[shard[0] :: shard[1]]
         todo = [e for e in mine if e.id not in done]
-        stops = stop_token_ids(backbone.tokenizer)
-        bar = tqdm(todo, desc=f"menu {name} on {model}", unit="input", initial=len(mine) - len(todo), total=len(mine))
+        bar = tqdm(desc=f"menu {name} on {model}", unit="input", initial=len(mine) - len(todo), total=len(mine))
         try:
-            for example in bar:
-                ids = prompt.encode(example.question, example.level, backbone.tokenizer)
+            for batch in _batches(todo, dense.batch):
                 start = time.perf_counter()
-                record = run_menu(backbone, example, ids, menu, config, dense, stops, name, prompt.id)
-                writer.write(record, time.perf_counter() - start)
-                bar.set_postfix(correct=sum(r.correct for r in record.results))
+                records = run_menu(backbone, batch, prompt, menu, config, dense, name)
+                seconds = (time.perf_counter() - start) / len(batch)
+                for record in records:
+                    writer.write(record, seconds)
+                bar.update(len(batch))
+                bar.set_postfix(base=sum(r.results[0].correct for r in records), programs=len(menu))
         finally:
             writer.close()
             bar.close()

@@ -80,3 +80,18 @@ def test_menu_files_and_auto_menus(tmp_path):
     write_labels(tmp_path / "d" / "labels.jsonl", records)
     menu = resolve_menu("auto:2", 6, 2, discovery=str(tmp_path / "d"))
     assert [p.text for p in menu] == ["0-5", "0-3,5", "1-5"]  # identity, then most often valid (ties: shorter)
+
+
+def test_the_bundled_model_gives_each_program_alone(smollm2, tasks):
+    """On SmolLM2 with its real few-shot prompts: the grid's rows are the programs run alone, token for token."""
+    from polar.grid import generate_grid
+
+    spec = LabelConfig(shots=3).prompt_spec(tasks)
+    examples = [e for e in read_examples(tasks) if e.level == "1"][:2]
+    prompts = [spec.encode(e.question, e.level, smollm2.tokenizer) for e in examples]
+    programs = [Program.parse(p) for p in ("0-29", "0-27", "0-14,13-29", "2-29")]
+    stops = stop_token_ids(smollm2.tokenizer)
+    grid = generate_grid(smollm2.executor, prompts, programs, 12, stops)
+    for ids, row in zip(prompts, grid, strict=True):
+        alone = smollm2.executor.generate([ids], programs, 12, stop_token_ids=stops)
+        assert [c.tokens for c in row] == [g.tokens for g in alone]

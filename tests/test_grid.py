@@ -1,0 +1,43 @@
+"""Prompts sharing a prefix x programs: the prefix runs once per program, and every row is its prompt run alone."""
+
+import pytest
+from tiny import ARCHS, DEPTH, prompt, tiny_model
+
+from polar.executor import Executor
+from polar.grid import common_prefix, generate_grid
+from polar.programs import Program
+
+PROGRAMS = [Program.identity(DEPTH), Program.parse("0-2,4-5"), Program.parse("0-3,2-5"), Program.parse("0-5,5")]
+
+
+@pytest.fixture(scope="module", params=ARCHS)
+def executor(request):
+    return Executor(tiny_model(request.param))
+
+
+def _prompts():
+    shared = prompt(0, 14)  # the few-shot block
+    return [shared + prompt(s, n) for s, n in ((1, 3), (2, 6), (3, 1), (4, 4))]  # questions of several lengths
+
+
+def test_every_row_is_its_prompt_alone(executor):
+    prompts = _prompts()
+    assert common_prefix(prompts) == 14
+    grid = generate_grid(executor, prompts, PROGRAMS, 10, stop_token_ids=[7, 11])
+    for ids, row in zip(prompts, grid, strict=True):
+        for program, cell in zip(PROGRAMS, row, strict=True):
+            alone = executor.generate([ids], [program], 10, stop_token_ids=[7, 11])[0]
+            assert cell.tokens == alone.tokens, (program.text, ids)
+            score = executor.score([ids], [alone.tokens], [program])[0]
+            assert cell.logprob == pytest.approx(score.logprob, abs=1e-3)
+            assert 0 <= cell.margin <= 1 and cell.entropy >= 0
+
+
+def test_prompts_without_a_common_prefix(executor):
+    prompts = [prompt(5, 6), prompt(6, 9)]
+    assert common_prefix(prompts) == 0
+    grid = generate_grid(executor, prompts, PROGRAMS[:2], 6)
+    assert [[c.tokens for c in row] for row in grid] == [
+        [executor.generate([ids], [p], 6)[0].tokens for p in PROGRAMS[:2]] for ids in prompts
+    ]
+    assert common_prefix([[1, 2, 3], [1, 2, 3]]) == 2  # each prompt keeps a token of its own
