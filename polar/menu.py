@@ -45,7 +45,7 @@ from polar.tasks.files import read_examples
 from polar.tasks.prompts import PromptSpec, stop_token_ids
 from polar.tasks.schema import Example
 
-__all__ = ["REWARDS", "INPUTS", "export", "label_menu", "menu_id", "resolve_menu", "run_menu"]
+__all__ = ["INPUTS", "REWARDS", "export", "label_menu", "level_batches", "menu_id", "resolve_menu", "run_menu"]
 
 REWARDS = "rewards.parquet"
 INPUTS = "inputs.parquet"
@@ -165,7 +165,7 @@ def _samples(executor, ids, program, config: LabelConfig, dense: MenuConfig, sto
     return [grade(g.text, example.answer, example.answer_kind)[0] for g in outs]
 
 
-def _batches(examples: Sequence[Example], size: int) -> list[list[Example]]:
+def level_batches(examples: Sequence[Example], size: int) -> list[list[Example]]:
     """Inputs of one level together (they share their few-shot prefix), ``size`` at a time, in input order."""
     by_level: dict[str, list[Example]] = {}
     for e in examples:
@@ -223,7 +223,7 @@ def label_menu(
         todo = [e for e in mine if e.id not in done]
         bar = tqdm(desc=f"menu {name} on {model}", unit="input", initial=len(mine) - len(todo), total=len(mine))
         try:
-            for batch in _batches(todo, dense.batch):
+            for batch in level_batches(todo, dense.grid_inputs):
                 start = time.perf_counter()
                 records = run_menu(backbone, batch, prompt, menu, config, dense, name)
                 seconds = (time.perf_counter() - start) / len(batch)

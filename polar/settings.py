@@ -279,7 +279,7 @@ class MenuConfig:
     discovery: str = setting("", "For auto:K menus: a label folder of MCTS labels with the same model and prompt.")
     samples: int = setting(4, "Samples of the base model per input whose answers are compared with its greedy one.")
     temperature: float = setting(0.7, "Sampling temperature of those samples.")
-    batch: int = setting(4, "Inputs of one level run together, every menu program each (speed only).")
+    grid_inputs: int = setting(4, "Inputs of one level run together, under every menu program each (speed only).")
 
 
 # params.yaml section -> the settings it holds (``base_models`` and ``schedule`` are read by flows/).
