@@ -142,6 +142,7 @@ class MenuRecord:
     base_margin: float  # top-1 minus top-2 probability at the answer's first token
     base_entropy: float  # entropy (nats) of the next-token distribution at the answer's first token
     sample_agreement: float  # share of sampled answers equal to the greedy one
+    sample_correct: float  # share of sampled answers that are correct
     schema: int = SCHEMA
 
     def to_dict(self) -> dict:

@@ -8,9 +8,10 @@ programs valid on the most inputs of an MCTS discovery run (``--discovery``, a l
 and prompt; the search's root edits are among its candidates).
 
 Each input's :class:`~polar.labels.MenuRecord` also holds the base model's confidence in its own answer: the
-answer's mean token log-probability, the top-2 margin and the entropy at its first token, and how many of a few
-samples agree with it. Records go to resumable shards as MCTS labels do; the merged ``menu.jsonl`` is exported
-as ``rewards.parquet`` (one row per input and program) and ``inputs.parquet`` (one row per input).
+answer's mean token log-probability, the top-2 margin and the entropy at its first token, and the shares of a few
+samples that agree with it and that are correct. Records go to resumable shards as MCTS labels do; the merged
+``menu.jsonl`` is exported as ``rewards.parquet`` (one row per input and program) and ``inputs.parquet`` (one
+row per input).
 """
 
 from __future__ import annotations
@@ -130,7 +131,8 @@ def run_menu(
             )
         base, first = results[0], row[0]
         samples = _samples(executor, ids, menu[0], config, dense, stops, example)
-        agree = sum(a == base.prediction for a in samples) / len(samples) if samples else 1.0
+        agree = sum(a == base.prediction for a, _ in samples) / len(samples) if samples else 1.0
+        right = sum(ok for _, ok in samples) / len(samples) if samples else float(base.correct)
         records.append(
             MenuRecord(
                 id=example.id,
@@ -148,13 +150,16 @@ def run_menu(
                 base_margin=round(first.margin, 4),
                 base_entropy=round(first.entropy, 4),
                 sample_agreement=round(agree, 4),
+                sample_correct=round(right, 4),
             )
         )
     return records
 
 
-def _samples(executor, ids, program, config: LabelConfig, dense: MenuConfig, stops, example: Example) -> list:
-    """The answers of ``dense.samples`` samples of ``program`` (seeded by the input: independent of the batch)."""
+def _samples(
+    executor, ids, program, config: LabelConfig, dense: MenuConfig, stops, example: Example
+) -> list[tuple[str | None, bool]]:
+    """(answer, correct) of ``dense.samples`` samples of ``program`` (seeded by the input: independent of the batch)."""
     from polar.executor import Sampling
 
     if dense.samples == 0:
@@ -162,7 +167,7 @@ def _samples(executor, ids, program, config: LabelConfig, dense: MenuConfig, sto
     seed = int(hashlib.sha256(example.id.encode()).hexdigest()[:8], 16)
     sampling = Sampling(temperature=dense.temperature, seed=seed)
     outs = executor.generate([ids] * dense.samples, [program], config.max_new_tokens, sampling, stop_token_ids=stops)
-    return [grade(g.text, example.answer, example.answer_kind)[0] for g in outs]
+    return [grade(g.text, example.answer, example.answer_kind) for g in outs]
 
 
 def level_batches(examples: Sequence[Example], size: int) -> list[list[Example]]:
@@ -279,6 +284,7 @@ def export(merged: str | Path) -> tuple[Path, Path]:
                 "base_margin": r.base_margin,
                 "base_entropy": r.base_entropy,
                 "sample_agreement": r.sample_agreement,
+                "sample_correct": r.sample_correct,
             }
             for r in records
         ]

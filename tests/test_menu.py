@@ -49,7 +49,8 @@ def test_every_reward_equals_running_the_program_alone(tiny_dir, tasks, tmp_path
             assert x.tokens == len(alone.tokens) and x.layers == len(Program.parse(x.program))
             score = backbone.executor.score([ids], [alone.tokens], [x.program])[0]
             assert x.logprob == pytest.approx(score.logprob, abs=1e-3)
-        assert 0 <= record.sample_agreement <= 1 and record.base_margin >= 0 and record.base_entropy >= 0
+        assert 0 <= record.sample_agreement <= 1 and 0 <= record.sample_correct <= 1
+        assert record.base_margin >= 0 and record.base_entropy >= 0
     rewards = pd.read_parquet(tmp_path / "m" / "rewards.parquet")
     assert len(rewards) == len(examples) * len(MENU) and set(rewards["program"]) == set(MENU)
     assert len(pd.read_parquet(tmp_path / "m" / "inputs.parquet")) == len(examples)
