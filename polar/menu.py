@@ -46,10 +46,22 @@ from polar.tasks.files import read_examples
 from polar.tasks.prompts import PromptSpec, stop_token_ids
 from polar.tasks.schema import Example
 
-__all__ = ["INPUTS", "REWARDS", "export", "label_menu", "level_batches", "menu_id", "resolve_menu", "run_menu"]
+__all__ = [
+    "INPUTS",
+    "MENU_FILE",
+    "REWARDS",
+    "export",
+    "label_menu",
+    "level_batches",
+    "menu_id",
+    "resolve_menu",
+    "run_menu",
+    "write_menu",
+]
 
 REWARDS = "rewards.parquet"
 INPUTS = "inputs.parquet"
+MENU_FILE = "menu.txt"
 
 
 # ------------------------------------------------------------------------------------------------ menus
@@ -97,6 +109,13 @@ def _discovered(k: int, depth: int, prompt: PromptSpec | None, discovery: str) -
     identity = Program.identity(depth).text
     ranked = sorted((p for p in valid if p != identity), key=lambda p: (-valid[p], len(Program.parse(p)), p))
     return [Program.parse(p) for p in ranked[:k]]
+
+
+def write_menu(path: str | Path, programs: Sequence[Program], title: str) -> Path:
+    """A menu file (one program per line) that ``--menu`` reads back as the same menu (the same :func:`menu_id`)."""
+    path = Path(path)
+    path.write_text(f"# {title}\n" + "".join(f"{p.text}\n" for p in programs))
+    return path
 
 
 def menu_id(programs: Sequence[Program]) -> str:
@@ -218,6 +237,9 @@ def label_menu(
         "menu": {"id": name, "spec": dense.menu, "programs": [p.text for p in menu]},
     }
     check_settings(out_dir, settings, restart_on_change)
+    write_menu(
+        out_dir / MENU_FILE, menu, f"{name}: {dense.menu}" + (f" from {dense.discovery}" if dense.discovery else "")
+    )
     if shard is not None and worker == "0":
         worker = f"{shard[0]}of{shard[1]}"
     lock = worker_lock(out_dir, worker)

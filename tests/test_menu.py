@@ -6,7 +6,7 @@ from conftest import write_labels
 
 from polar.ingest import ingest
 from polar.labels import MenuRecord, read_labels
-from polar.menu import label_menu, resolve_menu
+from polar.menu import MENU_FILE, label_menu, menu_id, resolve_menu
 from polar.programs import Program
 from polar.settings import IngestConfig, LabelConfig, MenuConfig
 from polar.tasks.answers import grade
@@ -54,6 +54,9 @@ def test_every_reward_equals_running_the_program_alone(tiny_dir, tasks, tmp_path
     rewards = pd.read_parquet(tmp_path / "m" / "rewards.parquet")
     assert len(rewards) == len(examples) * len(MENU) and set(rewards["program"]) == set(MENU)
     assert len(pd.read_parquet(tmp_path / "m" / "inputs.parquet")) == len(examples)
+    # The run leaves its menu as a file that reads back as the same menu (what a later split is labeled with).
+    again = resolve_menu(str(tmp_path / "m" / MENU_FILE), 6, 2)
+    assert [p.text for p in again] == MENU and menu_id(again) == records[0].menu
 
 
 def test_resume_and_changed_menus(tiny_dir, tasks, tmp_path):
