@@ -185,7 +185,9 @@ def _samples(
         return []
     seed = int(hashlib.sha256(example.id.encode()).hexdigest()[:8], 16)
     sampling = Sampling(temperature=dense.temperature, seed=seed)
-    outs = executor.generate([ids] * dense.samples, [program], config.max_new_tokens, sampling, stop_token_ids=stops)
+    # One prompt under the program repeated: the prompt is prefilled once for all samples.
+    programs = [program] * dense.samples
+    outs = executor.generate([ids], programs, config.max_new_tokens, sampling, stop_token_ids=stops)
     return [grade(g.text, example.answer, example.answer_kind) for g in outs]
 
 
