@@ -11,6 +11,9 @@ shard at a time:
 
 Workers need this checkout (same path) and the label folder on a file system they share.
 
+Dense menu labeling (``polar label --menu ... --pool gpu``) goes the same way: the dispatcher resolves the menu
+once and leaves it in the label folder as ``menu.txt``, which every shard run labels with.
+
 A shard run is an ordinary resumable ``polar label --shard K/N``, so a failed or killed shard loses at
 most the input it was on: running the same command again re-submits only the shards with inputs left,
 and re-attaches to shard runs still queued or running (same settings) instead of starting them twice.
@@ -22,7 +25,7 @@ import contextlib
 import json
 import os
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -32,8 +35,9 @@ from tqdm import tqdm
 
 from flows.api import check_prefect
 from polar.label import finish, label, prepare
-from polar.labels import read_records
-from polar.settings import LabelConfig
+from polar.labels import LabelRecord, MenuRecord, read_records
+from polar.menu import MENU_FILE, finish_menu, label_menu, model_depth, prepare_menu
+from polar.settings import LabelConfig, MenuConfig
 from polar.tasks.files import read_examples
 
 DEPLOYMENT_FLOW = "polar-label-shard"
@@ -49,13 +53,19 @@ def label_shard(
     shards: int,
     limit: int | None = None,
     device: str = "auto",
+    menu: dict | None = None,
 ) -> dict:
-    """Label shard ``shard`` of ``shards`` of ``tasks`` into ``out``; merges when it is the last to finish."""
+    """Label shard ``shard`` of ``shards`` of ``tasks`` into ``out`` (MCTS, or the dense ``menu`` settings);
+    merges when it is the last to finish."""
     import torch
 
     where = device if device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     get_run_logger().info("labeling shard %d/%d of %s on %s", shard, shards, tasks, where)
-    merged = label(model, tasks, out, LabelConfig.from_dict(config), limit=limit, device=device, shard=(shard, shards))
+    settings, part = LabelConfig.from_dict(config), (shard, shards)
+    if menu:
+        merged = label_menu(model, tasks, out, settings, MenuConfig(**menu), limit, device=device, shard=part)
+    else:
+        merged = label(model, tasks, out, settings, limit=limit, device=device, shard=part)
     return {"shard": shard, "shards": shards, "device": where, "merged": str(merged) if merged else None}
 
 
@@ -122,10 +132,11 @@ def label_on_pool(
     device: str = "auto",
     restart_on_change: bool = False,
     poll: float = 3.0,
+    dense: MenuConfig | None = None,
 ) -> Path:
     """Label ``tasks_path`` into ``out_dir`` as ``shards`` flow runs on the work pool ``pool``; merge them.
 
-    ``shards=0`` makes one shard per online worker. Paths are passed to the workers as absolute paths:
+    MCTS labels, or with ``dense`` (a menu) a reward matrix. ``shards=0`` makes one shard per online worker. Paths are passed to the workers as absolute paths:
     they must see the same files (this checkout, the task file and ``out_dir``).
 
     Raises:
@@ -145,7 +156,13 @@ def label_on_pool(
     tasks_path, out_dir = Path(tasks_path).resolve(), Path(out_dir).resolve()
     examples = read_examples(tasks_path)[:limit]
     ids = [e.id for e in examples]
-    prepare(model, tasks_path, out_dir, config, restart_on_change)  # once, before any worker writes
+    # Once, before any worker writes. A menu is resolved here, and the workers label with the file it leaves.
+    menu = None
+    if dense is not None and dense.menu:
+        prepare_menu(model, tasks_path, out_dir, config, dense, model_depth(model), restart_on_change)
+        menu = asdict(replace(dense, menu=str(out_dir / MENU_FILE), discovery=""))
+    else:
+        prepare(model, tasks_path, out_dir, config, restart_on_change)
 
     with get_client(sync_client=True) as client:
         _ensure_pool(client, pool)
@@ -163,9 +180,10 @@ def label_on_pool(
             "config": json.loads(json.dumps(config.to_dict())),  # as the server gives it back
             "limit": limit,
             "device": device,
+            "menu": menu,
         }
         running = _active_runs(client, deployment_id, common)
-        done = {r.id for r in read_records(out_dir)}
+        done = {r.id for r in read_records(out_dir, MenuRecord if menu else LabelRecord)}
         runs = {}
         for k in range(shards):
             if all(i in done for i in ids[k::shards]):
@@ -196,6 +214,8 @@ def label_on_pool(
             + "\n  ".join(lines)
             + "\nsee `prefect flow-run logs ID` for each"
         )
+    if menu:
+        return finish_menu(model, tasks_path, out_dir, ids)
     return finish(model, tasks_path, out_dir, config, ids)
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -114,8 +115,16 @@ def _discovered(k: int, depth: int, prompt: PromptSpec | None, discovery: str) -
 def write_menu(path: str | Path, programs: Sequence[Program], title: str) -> Path:
     """A menu file (one program per line) that ``--menu`` reads back as the same menu (the same :func:`menu_id`)."""
     path = Path(path)
-    path.write_text(f"# {title}\n" + "".join(f"{p.text}\n" for p in programs))
+    if path.exists() and [p.text for p in programs] == _programs_in(path):
+        return path  # already there (another worker of the same run, or a resumed run): left as it is
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(f"# {title}\n" + "".join(f"{p.text}\n" for p in programs))
+    tmp.replace(path)  # atomic: a worker reading it never sees half a menu
     return path
+
+
+def _programs_in(path: Path) -> list[str]:
+    return [t for line in path.read_text().splitlines() if (t := line.split("#", 1)[0].strip())]
 
 
 def menu_id(programs: Sequence[Program]) -> str:
@@ -200,6 +209,77 @@ def level_batches(examples: Sequence[Example], size: int) -> list[list[Example]]
 
 
 # ------------------------------------------------------------------------------------------------ the stage
+def model_depth(model: str) -> int:
+    """The number of layers of ``model`` (any spec ``polar.backbone.load`` takes), read from its config alone."""
+    from transformers import AutoConfig
+
+    from polar.backbone import BUNDLED, ensure_converted
+
+    source, kwargs = model, {}
+    if model in BUNDLED:
+        source = str(ensure_converted(model))
+    elif model.endswith(".gguf"):
+        source, kwargs = str(Path(model).parent), {"gguf_file": Path(model).name}
+    try:
+        config = AutoConfig.from_pretrained(source, **kwargs)
+    except (OSError, ValueError) as err:
+        raise ValueError(
+            f"could not read the config of {model!r} ({err.__class__.__name__}): give a bundled model, a local model "
+            "folder, a .gguf file or a hub id that is reachable from here"
+        ) from err
+    return config.get_text_config().num_hidden_layers
+
+
+def prepare_menu(
+    model: str,
+    tasks_path: str | Path,
+    out_dir: str | Path,
+    config: LabelConfig,
+    dense: MenuConfig,
+    depth: int,
+    restart_on_change: bool = False,
+) -> tuple[list[Program], PromptSpec]:
+    """Resolve the menu, create ``out_dir`` for these settings (or check that what it holds was made with
+    them) and leave the menu there as ``menu.txt``. The menu's programs, not how it was given, are part of
+    the settings: a run given ``auto:K`` resumes with ``--menu OUT/menu.txt``."""
+    out_dir = Path(out_dir)
+    prompt = config.prompt_spec(tasks_path)
+    menu = resolve_menu(dense.menu, depth, config.search.max_visits, prompt, dense.discovery)
+    name = menu_id(menu)
+    settings = {
+        "schema": SCHEMA,
+        "kind": "menu",
+        "model": model,
+        "tasks": str(tasks_path),
+        "config": {"max_new_tokens": config.max_new_tokens, "samples": dense.samples, "temperature": dense.temperature},
+        "prompt": prompt.to_dict(),
+        "menu": {"id": name, "programs": [p.text for p in menu]},
+    }
+    check_settings(out_dir, settings, restart_on_change)
+    source = f" from {dense.discovery}" if dense.discovery else ""
+    write_menu(out_dir / MENU_FILE, menu, f"{name}: {dense.menu}{source}")
+    return menu, prompt
+
+
+def finish_menu(model: str, tasks_path: str | Path, out_dir: str | Path, ids: Sequence[str]) -> Path:
+    """Merge the shards of ``out_dir`` into ``menu.jsonl`` (in the order of ``ids``), export the Parquet
+    matrices and write the manifest."""
+    out_dir = Path(out_dir)
+    merged = merge_shards(out_dir, ids, MenuRecord)
+    records = read_labels(merged, MenuRecord)
+    export(merged)
+    manifest = {
+        "model": model,
+        "tasks": str(tasks_path),
+        "inputs": len(ids),
+        "menu": records[0].menu if records else None,
+        "prompt": records[0].prompt if records else None,
+        "base_correct": sum(r.results[0].correct for r in records),
+    }
+    (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    return merged
+
+
 def label_menu(
     model: str,
     tasks_path: str | Path,
@@ -225,23 +305,9 @@ def label_menu(
         raise ValueError(f"shard {shard[0]}/{shard[1]}: write K/N with 0 <= K < N")
     out_dir = Path(out_dir)
     examples = read_examples(tasks_path)[:limit]
-    prompt = config.prompt_spec(tasks_path)
     backbone = backbone or load(model, device=device)
-    menu = resolve_menu(dense.menu, backbone.depth, config.search.max_visits, prompt, dense.discovery)
+    menu, prompt = prepare_menu(model, tasks_path, out_dir, config, dense, backbone.depth, restart_on_change)
     name = menu_id(menu)
-    settings = {
-        "schema": SCHEMA,
-        "kind": "menu",
-        "model": model,
-        "tasks": str(tasks_path),
-        "config": {"max_new_tokens": config.max_new_tokens, "samples": dense.samples, "temperature": dense.temperature},
-        "prompt": prompt.to_dict(),
-        "menu": {"id": name, "spec": dense.menu, "programs": [p.text for p in menu]},
-    }
-    check_settings(out_dir, settings, restart_on_change)
-    write_menu(
-        out_dir / MENU_FILE, menu, f"{name}: {dense.menu}" + (f" from {dense.discovery}" if dense.discovery else "")
-    )
     if shard is not None and worker == "0":
         worker = f"{shard[0]}of{shard[1]}"
     lock = worker_lock(out_dir, worker)
@@ -268,11 +334,7 @@ def label_menu(
     ids = [e.id for e in examples]
     if shard is not None and not set(ids) <= {r.id for r in read_records(out_dir, MenuRecord)}:
         return None
-    merged = merge_shards(out_dir, ids, MenuRecord)
-    export(merged)
-    manifest = {"model": model, "tasks": str(tasks_path), "inputs": len(ids), "menu": name, "prompt": prompt.id}
-    (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-    return merged
+    return finish_menu(model, tasks_path, out_dir, ids)
 
 
 def export(merged: str | Path) -> tuple[Path, Path]:

@@ -6,7 +6,7 @@ from conftest import write_labels
 
 from polar.ingest import ingest
 from polar.labels import MenuRecord, read_labels
-from polar.menu import MENU_FILE, label_menu, menu_id, resolve_menu
+from polar.menu import MENU_FILE, label_menu, menu_id, model_depth, resolve_menu
 from polar.programs import Program
 from polar.settings import IngestConfig, LabelConfig, MenuConfig
 from polar.tasks.answers import grade
@@ -67,6 +67,14 @@ def test_resume_and_changed_menus(tiny_dir, tasks, tmp_path):
     assert len(records) == len(read_examples(tasks)) and records[:2] == read_labels(first, MenuRecord)[:2]
     with pytest.raises(ValueError, match="other settings .*menu"):
         label_menu(str(tiny_dir), tasks, tmp_path / "m", CONFIG, _menu(tmp_path, MENU[:2]), device="cpu")
+    # A menu is its programs, however it was given: the run goes on from the menu file it left.
+    left = MenuConfig(menu=str(tmp_path / "m" / MENU_FILE), samples=2)
+    assert (
+        read_labels(label_menu(str(tiny_dir), tasks, tmp_path / "m", CONFIG, left, device="cpu"), MenuRecord) == records
+    )
+    assert model_depth(str(tiny_dir)) == 6  # from the config alone (the pool's dispatcher loads no weights)
+    with pytest.raises(ValueError, match="could not read the config of"):
+        model_depth(str(tmp_path / "no-model"))
 
 
 def test_menu_files_and_auto_menus(tmp_path):

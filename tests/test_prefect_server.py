@@ -17,7 +17,9 @@ from servers import BIN, env_with_bin, free_port, running
 
 from polar.ingest import ingest
 from polar.label import label
-from polar.settings import IngestConfig, LabelConfig, SearchConfig
+from polar.labels import MenuRecord, read_labels
+from polar.menu import label_menu
+from polar.settings import IngestConfig, LabelConfig, MenuConfig, SearchConfig
 
 pytestmark = pytest.mark.slow  # a server, workers, the bundled tokenizer
 
@@ -86,6 +88,27 @@ def test_labeling_fans_out_to_the_pool_workers(server, workers, tiny_dir, tasks,
     before = (out / "labels.jsonl").read_text()
     again = _polar([*args, "--pool", "gpu", "--shards", "3"], env)
     assert again.returncode == 0 and (out / "labels.jsonl").read_text() == before, again.stderr[-2000:]
+
+
+@pytest.mark.usefixtures("workers")
+def test_menus_fan_out_to_the_pool_workers_too(server, tiny_dir, tasks, tmp_path):
+    _, env = server
+    menu = tmp_path / "menu.txt"
+    menu.write_text("0-3,5\n1-5\n")
+    out = tmp_path / "pooled"
+    args = ["label", "--model", str(tiny_dir), "--tasks", str(tasks), "--out", str(out), *FLAGS]
+    proc = _polar([*args, "--menu", str(menu), "--samples", "1", "--pool", "gpu", "--shards", "2"], env)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    alone = label_menu(str(tiny_dir), tasks, tmp_path / "alone", CONFIG, MenuConfig(menu=str(menu), samples=1))
+    pooled, straight = read_labels(out / "menu.jsonl", MenuRecord), read_labels(alone, MenuRecord)
+    assert [r.id for r in pooled] == [r.id for r in straight] and pooled[0].menu == straight[0].menu
+    for a, b in zip(pooled, straight, strict=True):  # the same rewards, however the inputs were grouped
+        assert [(x.program, x.prediction, x.correct, x.tokens) for x in a.results] == [
+            (x.program, x.prediction, x.correct, x.tokens) for x in b.results
+        ]
+        assert a.sample_agreement == b.sample_agreement and a.sample_correct == b.sample_correct
+    assert (out / "rewards.parquet").exists() and not list(out.glob("shard-*.jsonl"))
+    assert (out / "menu.txt").read_text().splitlines()[1:] == ["0-5", "0-3,5", "1-5"]
 
 
 @pytest.mark.usefixtures("workers")

@@ -80,7 +80,7 @@ def label_cmd(
 ) -> None:
     """Search layer programs for every input of a task file. Resumable: run it again after a crash.
 
-    With --pool, the inputs are split into shards labeled by the pool's workers (one GPU each) and merged here when all are done. With --menu, every program of a menu runs on every input instead (a reward matrix: menu.jsonl, rewards.parquet, inputs.parquet).
+    With --menu, every program of a menu runs on every input instead of a search (a reward matrix: menu.jsonl, rewards.parquet, inputs.parquet). With --pool, the inputs are split into shards labeled by the pool's workers (one GPU each) and merged here when all are done, for either kind.
     """
     from polar.backbone import ModelSpecError
     from polar.hf import UnsupportedModelError
@@ -90,21 +90,19 @@ def label_cmd(
         kind = "menu" if dense.menu else config.search.space
         out = f"data/labels/{Path(model.rstrip('/')).name.removesuffix('.gguf')}/{kind}"
     try:
-        if dense.menu:
-            if where.pool:
-                raise ValueError("--menu labels in this process (or with --shard K/N): leave --pool out")
-            from polar.menu import label_menu
-
-            kn = _shard(shard) if shard else None
-            merged = label_menu(model, tasks, out, config, dense, limit, worker, device, None, restart_on_change, kn)
-        elif where.pool:
+        if where.pool:
             if shard:
                 raise ValueError("--shard and --pool do not mix: --pool makes the shards itself (--shards N)")
             from flows.labeling import label_on_pool
 
             merged = label_on_pool(
-                model, tasks, out, config, where.pool, where.shards, limit, device, restart_on_change
+                model, tasks, out, config, where.pool, where.shards, limit, device, restart_on_change, dense=dense
             )
+        elif dense.menu:
+            from polar.menu import label_menu
+
+            kn = _shard(shard) if shard else None
+            merged = label_menu(model, tasks, out, config, dense, limit, worker, device, None, restart_on_change, kn)
         else:
             kn = _shard(shard) if shard else None
             merged = label(
