@@ -136,8 +136,9 @@ def label_on_pool(
 ) -> Path:
     """Label ``tasks_path`` into ``out_dir`` as ``shards`` flow runs on the work pool ``pool``; merge them.
 
-    MCTS labels, or with ``dense`` (a menu) a reward matrix. ``shards=0`` makes one shard per online worker. Paths are passed to the workers as absolute paths:
-    they must see the same files (this checkout, the task file and ``out_dir``).
+    MCTS labels, or with ``dense`` (a menu) a reward matrix. ``shards=0`` makes one shard per online worker.
+    Paths are passed to the workers as absolute paths: they must see the same files (this checkout, the task
+    file and ``out_dir``).
 
     Raises:
         ConnectionError: no Prefect server (a temporary one cannot reach workers), it is unreachable, or

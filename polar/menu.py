@@ -52,9 +52,12 @@ __all__ = [
     "MENU_FILE",
     "REWARDS",
     "export",
+    "finish_menu",
     "label_menu",
     "level_batches",
     "menu_id",
+    "model_depth",
+    "prepare_menu",
     "resolve_menu",
     "run_menu",
     "write_menu",
@@ -267,7 +270,7 @@ def finish_menu(model: str, tasks_path: str | Path, out_dir: str | Path, ids: Se
     out_dir = Path(out_dir)
     merged = merge_shards(out_dir, ids, MenuRecord)
     records = read_labels(merged, MenuRecord)
-    export(merged)
+    export(merged, records)
     manifest = {
         "model": model,
         "tasks": str(tasks_path),
@@ -337,10 +340,10 @@ def label_menu(
     return finish_menu(model, tasks_path, out_dir, ids)
 
 
-def export(merged: str | Path) -> tuple[Path, Path]:
+def export(merged: str | Path, records: Sequence[MenuRecord] | None = None) -> tuple[Path, Path]:
     """Write ``rewards.parquet`` (one row per input and program) and ``inputs.parquet`` beside ``menu.jsonl``."""
     merged = Path(merged)
-    records = read_labels(merged, MenuRecord)
+    records = read_labels(merged, MenuRecord) if records is None else records
     rewards = pd.DataFrame(
         [
             {

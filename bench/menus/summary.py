@@ -14,33 +14,26 @@ import argparse
 import json
 from pathlib import Path
 
-import pandas as pd
-
 from polar.evaluate import pass_at_k, wilson
-from polar.menu import INPUTS, REWARDS
+from polar.selection import Matrix
 
 
 def summarise(folder: Path, samples: int) -> dict:
-    rewards, inputs = pd.read_parquet(folder / REWARDS), pd.read_parquet(folder / INPUTS)
-    programs = list(dict.fromkeys(rewards["program"]))
-    identity = programs[0]
-    wide = rewards.pivot(index="id", columns="program", values="correct").loc[inputs["id"], programs]
-    base = wide[identity].to_numpy(bool)
-    n = len(wide)
-    table = []
-    for p in programs:
-        right = wide[p].to_numpy(bool)
-        layers = int(rewards.loc[rewards["program"] == p, "layers"].iloc[0])
-        table.append(
-            {
-                "program": p,
-                "layers": layers,
-                "correct": int(right.sum()),
-                "fixes": int((right & ~base).sum()),
-                "breaks": int((~right & base).sum()),
-            }
-        )
-    others = wide[programs[1:]].to_numpy(bool)
+    matrix = Matrix.load(folder)
+    inputs, programs, correct = matrix.inputs, matrix.programs, matrix.correct
+    base = correct[:, 0]
+    n = len(matrix.ids)
+    table = [
+        {
+            "program": p,
+            "layers": int(matrix.layers[j]),
+            "correct": int(correct[:, j].sum()),
+            "fixes": int((correct[:, j] & ~base).sum()),
+            "breaks": int((~correct[:, j] & base).sum()),
+        }
+        for j, p in enumerate(programs)
+    ]
+    others = correct[:, 1:]
     m = others.shape[1]
     right_per_input = others.sum(1)
     oracle = base | others.any(1)
@@ -71,7 +64,7 @@ def summarise(folder: Path, samples: int) -> dict:
                 "inputs": len(group),
                 "base": int(base[idx].sum()),
                 "oracle": int(oracle[idx].sum()),
-                "best_static": max(int(wide.iloc[idx][p].sum()) for p in programs),
+                "best_static": int(correct[idx].sum(0).max()),
             }
         )
     agreement = inputs["sample_agreement"].to_numpy()
