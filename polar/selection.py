@@ -23,6 +23,7 @@ import pandas as pd
 
 from polar.evaluate import mcnemar_p, wilson
 from polar.menu import INPUTS, REWARDS
+from polar.report import paired_interval
 from polar.tasks.splits import normalise
 
 __all__ = [
@@ -55,6 +56,7 @@ class Matrix:
     layers: np.ndarray  # (m,) layers each program runs
     correct: np.ndarray  # (n, m) bool
     inputs: pd.DataFrame  # one row per input, in ``ids`` order: question, confidence features
+    predictions: np.ndarray | None = None  # (n, m) object: each program's extracted answer (None: no answer)
 
     @property
     def depth(self) -> int:
@@ -72,6 +74,7 @@ class Matrix:
         rewards, inputs = pd.read_parquet(folder / REWARDS), pd.read_parquet(folder / INPUTS)
         programs = tuple(dict.fromkeys(rewards["program"]))
         wide = rewards.pivot(index="id", columns="program", values="correct")
+        said = rewards.pivot(index="id", columns="program", values="prediction") if "prediction" in rewards else None
         if wide.isna().any().any() or set(wide.index) != set(inputs["id"]) or len(rewards) != wide.size:
             raise ValueError(f"{folder / REWARDS}: some inputs lack some programs (not a whole menu run)")
         layers = rewards.groupby("program", sort=False)["layers"].first().loc[list(programs)].to_numpy()
@@ -82,6 +85,29 @@ class Matrix:
             layers=layers,
             correct=wide.loc[inputs["id"], list(programs)].to_numpy(bool),
             inputs=inputs.reset_index(drop=True),
+            predictions=None if said is None else said.loc[inputs["id"], list(programs)].to_numpy(object),
+        )
+
+    @classmethod
+    def concat(cls, parts: Sequence[Matrix]) -> Matrix:
+        """One matrix of several labeled with one menu (the shards of a split labeled on different days)."""
+        if not parts:
+            raise ValueError("no matrices to join")
+        for part in parts[1:]:
+            parts[0].same_menu(part)
+        ids = [i for part in parts for i in part.ids]
+        if len(set(ids)) != len(ids):
+            raise ValueError("the matrices to join share inputs")
+        return cls(
+            ids=tuple(ids),
+            levels=np.concatenate([p.levels for p in parts]),
+            programs=parts[0].programs,
+            layers=parts[0].layers,
+            correct=np.concatenate([p.correct for p in parts]),
+            inputs=pd.concat([p.inputs for p in parts], ignore_index=True),
+            predictions=None
+            if any(p.predictions is None for p in parts)
+            else np.concatenate([p.predictions for p in parts]),
         )
 
     def same_menu(self, other: Matrix) -> None:
@@ -170,14 +196,18 @@ def tune_gate(validation: Matrix, j: int, feature: str) -> float:
 
 
 # ------------------------------------------------------------------------------------------------ scoring
-def score(matrix: Matrix, selection: Selection) -> dict:
-    """pass@1 (Wilson 95%), exact McNemar p against base greedy, fixes and breaks, layers / D."""
+def score(matrix: Matrix, selection: Selection, right: np.ndarray | None = None) -> dict:
+    """pass@1 (Wilson 95%), exact McNemar p against base greedy, the difference from it with its exact paired
+    interval (:func:`polar.report.paired_interval`), fixes and breaks, layers / D. ``right``: whether each chosen
+    program answered, as measured on the model (default: read from the matrix)."""
     n = len(matrix.ids)
     if len(selection.choice) != n:
         raise ValueError(f"{selection.name}: {len(selection.choice)} choices for {n} inputs")
-    right = matrix.correct[np.arange(n), selection.choice]
-    base = matrix.correct[:, 0]
+    if right is None:
+        right = matrix.correct[np.arange(n), selection.choice]
+    right, base = np.asarray(right, bool), matrix.correct[:, 0]
     k = int(right.sum())
+    fixes, breaks = int((right & ~base).sum()), int((~right & base).sum())
     return {
         "method": selection.name,
         "inputs": n,
@@ -185,8 +215,10 @@ def score(matrix: Matrix, selection: Selection) -> dict:
         "pass@1": k / n if n else 0.0,
         "ci95": wilson(k, n),
         "p_vs_base": mcnemar_p(list(base), list(right)),
-        "fixes": int((right & ~base).sum()),
-        "breaks": int((~right & base).sum()),
+        "diff": (fixes - breaks) / n if n else 0.0,
+        "diff_ci95": paired_interval(k, int(base.sum()), {"a_only": fixes, "b_only": breaks}, n),
+        "fixes": fixes,
+        "breaks": breaks,
         "layers_ratio": float(selection.cost.mean() / matrix.depth) if n else 0.0,
         "programs_used": len(set(selection.choice.tolist())),
     }

@@ -23,7 +23,7 @@ LAYERS = [6, 5, 8]
 def _matrix(folder, correct, levels, agreement=None, questions=None):
     """Write a menu folder as `polar label --menu` does: rewards.parquet and inputs.parquet."""
     n = len(correct)
-    ids = [f"t/{i}" for i in range(n)]
+    ids = [f"{folder.name}/{i}" for i in range(n)]
     rewards = pd.DataFrame(
         [
             {"id": ids[i], "level": levels[i], "program": p, "correct": bool(correct[i][j]), "layers": LAYERS[j]}
@@ -85,6 +85,11 @@ def test_splits_must_be_disjoint_and_whole(tmp_path):
         check_disjoint(train=a, test=b)
     with pytest.raises(FileNotFoundError, match="label it first"):
         Matrix.load(tmp_path / "nowhere")
+    # Parts of one split labeled apart join into one matrix; parts that share inputs do not.
+    joined = Matrix.concat([a, _matrix(tmp_path / "d", [[0, 1, 1], [1, 1, 0]], ["2", "2"])])
+    assert joined.correct.tolist() == [[1, 0, 0], [0, 1, 1], [1, 1, 0]] and joined.levels.tolist() == ["1", "2", "2"]
+    with pytest.raises(ValueError, match="share inputs"):
+        Matrix.concat([a, a])
     _matrix(tmp_path / "c", [[1, 0, 0], [0, 1, 0]], ["1", "1"])
     pd.read_parquet(tmp_path / "c" / "rewards.parquet").iloc[:-1].to_parquet(tmp_path / "c" / "rewards.parquet")
     with pytest.raises(ValueError, match="some inputs lack some programs"):

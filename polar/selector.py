@@ -1,0 +1,248 @@
+"""M1: a learned per-input choice over a menu, from features the model gives before it answers.
+
+A :class:`GainModel` estimates, for every input and every program of the menu, the chance that the program
+answers it right, from the input's features; a program's *gain* is that chance minus the full depth's. In
+accuracy mode (:func:`choose_gain`) the program of highest gain runs when the gain clears a threshold tuned on
+validation, and the full depth's answer stands otherwise. In efficiency mode (:func:`choose_cheap`) every layer
+saved is worth ``price`` of a right answer and the best trade is taken.
+
+Features (:data:`FEATURES`) and what they cost, which the selection is charged for (see
+:mod:`polar.selection`):
+
+- ``level``: the task level, which the prompt already needs; free.
+- ``confidence``: the greedy answer's mean log-probability, first-token margin and entropy: the full-depth
+  greedy pass (whose answer is then free).
+- ``agreement``: the share of a few samples that agree with the greedy answer: that pass and the samples.
+- ``hidden:N``: the model's hidden state after its first ``N`` layers, at the prompt's last token and averaged
+  over the question's tokens (compressed by PCA fitted on the training split). Free when every program of the
+  menu starts with those ``N`` layers (the chosen program goes on from there); ``N = D`` is the greedy pass's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from sklearn.decomposition import PCA
+from sklearn.ensemble import HistGradientBoostingClassifier
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from polar.selection import Matrix, Selection
+from polar.tasks.prompts import PromptSpec
+
+__all__ = [
+    "FEATURES",
+    "Features",
+    "GainModel",
+    "choose_cheap",
+    "choose_gain",
+    "features",
+    "hidden_features",
+    "shared_prefix",
+    "tune_price",
+    "tune_threshold",
+]
+
+CONFIDENCE = ("base_logprob", "base_margin", "base_entropy")
+FEATURES = ("level", "confidence", "agreement", "hidden:N")
+LEVELS = ("1", "2", "3", "4", "5")
+
+
+def shared_prefix(programs: Sequence[str]) -> int:
+    """How many leading layers (0, 1, 2, ...) every program of the menu runs first, in order."""
+    from polar.programs import Program
+
+    layers = [tuple(Program.parse(p)) for p in programs]
+    n = 0
+    while all(len(x) > n and x[n] == n for x in layers):
+        n += 1
+    return n
+
+
+@torch.inference_mode()
+def hidden_features(
+    backbone, prompt: PromptSpec, questions: Sequence[str], levels: Sequence[str], layers: int, batch: int = 16
+) -> np.ndarray:
+    """(n, 2C) hidden states after the first ``layers`` layers of the full depth, before the final norm: the
+    prompt's last token, then the mean over the question's tokens (those after the level's few-shot prefix)."""
+    tok, executor = backbone.tokenizer, backbone.executor
+    if not 0 < layers <= executor.depth:
+        raise ValueError(f"hidden:{layers}: the model has {executor.depth} layers; write hidden:N with 0 < N <= D")
+    plan = executor.plan([list(range(layers))])
+    out = []
+    for i in range(0, len(questions), batch):
+        prompts, spans = [], []
+        for question, level in zip(questions[i : i + batch], levels[i : i + batch], strict=True):
+            ids = prompt.encode(question, level, tok)
+            shared = prompt.encode("", level, tok)
+            k = next((t for t, (a, b) in enumerate(zip(ids, shared, strict=False)) if a != b), len(shared))
+            prompts.append(ids)
+            spans.append(max(len(ids) - k, 1))
+        ids, mask = executor.pad_left(prompts)
+        hidden = executor.hidden_states(ids, mask, plan).float()  # (B, T, C), left-padded
+        last = hidden[:, -1]
+        mean = torch.stack([hidden[r, -s:].mean(0) for r, s in enumerate(spans)])
+        out.append(torch.cat([last, mean], dim=-1).cpu().numpy())
+    return np.concatenate(out).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class Features:
+    """Feature blocks of one split (one per name) and the full-depth passes they need before a program is chosen."""
+
+    names: tuple[str, ...]  # the feature specs, e.g. ("level", "confidence")
+    blocks: tuple[np.ndarray, ...]  # (n, f_k) each
+    passes: int  # full-depth passes: 0 (free), 1 (the greedy pass), 1 + samples
+
+
+def features(
+    matrix: Matrix, names: Sequence[str], hidden: dict[int, np.ndarray] | None = None, samples: int = 4
+) -> Features:
+    """The columns of ``names`` for ``matrix`` (``hidden[N]``: :func:`hidden_features` of its inputs)."""
+    blocks, passes = [], 0
+    free = shared_prefix(matrix.programs)
+    for name in names:
+        if name == "level":
+            blocks.append(np.stack([matrix.levels == level for level in LEVELS], 1).astype(np.float32))
+        elif name == "confidence":
+            blocks.append(matrix.inputs[list(CONFIDENCE)].to_numpy(np.float32))
+            passes = max(passes, 1)
+        elif name == "agreement":
+            blocks.append(matrix.inputs[["sample_agreement"]].to_numpy(np.float32))
+            passes = max(passes, 1 + samples)
+        elif name.startswith("hidden:") and name[7:].isdigit():
+            n = int(name[7:])
+            if hidden is None or n not in hidden:
+                raise ValueError(f"feature {name}: compute hidden_features(..., layers={n}) for this split first")
+            if n > free and n != matrix.depth:
+                raise ValueError(f"feature {name}: the menu shares only its first {free} layers; use N <= {free} or D")
+            if len(hidden[n]) != len(matrix.ids):
+                raise ValueError(f"feature {name}: {len(hidden[n])} rows for {len(matrix.ids)} inputs")
+            passes = max(passes, 0 if n <= free else 1)
+            blocks.append(hidden[n])
+        else:
+            raise ValueError(f"no feature {name!r}; the features are {', '.join(FEATURES)}")
+    return Features(tuple(names), tuple(blocks), passes)
+
+
+@dataclass
+class GainModel:
+    """P(program j answers input i right) from the input's features, for every program of a menu.
+
+    ``kind="logistic"``: one L2 logistic regression per program on standardised features; ``"boosted"``: one
+    gradient-boosted tree model over (features, program), which can learn which inputs a program suits.
+    Hidden-state blocks are compressed to ``components`` dimensions by PCA fitted on the training split.
+    """
+
+    kind: str = "logistic"
+    components: int = 16
+    c: float = 0.1
+    seed: int = 0
+    m: int = field(default=0, init=False)
+    _pca: list = field(default_factory=list, repr=False)
+    _models: list = field(default_factory=list, repr=False)
+
+    def _design(self, f: Features, fit: bool) -> np.ndarray:
+        if fit:
+            self._pca = [
+                PCA(min(self.components, *block.shape), random_state=self.seed).fit(block)
+                for name, block in zip(f.names, f.blocks, strict=True)
+                if name.startswith("hidden:")
+            ]
+        cols, pcas = [], iter(self._pca)
+        for name, block in zip(f.names, f.blocks, strict=True):
+            cols.append(next(pcas).transform(block) if name.startswith("hidden:") else block)
+        return np.concatenate(cols, 1)
+
+    def fit(self, train: Matrix, f: Features) -> GainModel:
+        x = self._design(f, fit=True)
+        m = len(train.programs)
+        self._models = []
+        if self.kind == "logistic":
+            for j in range(m):
+                y = train.correct[:, j]
+                if y.all() or not y.any():
+                    self._models.append(float(y.mean()))
+                    continue
+                model = make_pipeline(StandardScaler(), LogisticRegression(C=self.c, max_iter=2000))
+                self._models.append(model.fit(x, y))
+        elif self.kind == "boosted":
+            rows = np.concatenate([np.repeat(x, m, 0), np.tile(np.arange(m), len(x))[:, None]], 1)
+            model = HistGradientBoostingClassifier(
+                max_iter=200,
+                learning_rate=0.05,
+                max_leaf_nodes=15,
+                l2_regularization=1.0,
+                categorical_features=[rows.shape[1] - 1],
+                random_state=self.seed,
+            )
+            self._models = [model.fit(rows, train.correct.reshape(-1))]
+        else:
+            raise ValueError(f"no gain model {self.kind!r}: logistic or boosted")
+        self.m = m
+        return self
+
+    def proba(self, f: Features) -> np.ndarray:
+        """(n, m) estimated chance that each program answers each input right."""
+        x = self._design(f, fit=False)
+        if self.kind == "boosted":
+            rows = np.concatenate([np.repeat(x, self.m, 0), np.tile(np.arange(self.m), len(x))[:, None]], 1)
+            return self._models[0].predict_proba(rows)[:, 1].reshape(len(x), self.m)
+        cols = [
+            np.full(len(x), model) if isinstance(model, float) else model.predict_proba(x)[:, 1]
+            for model in self._models
+        ]
+        return np.stack(cols, 1)
+
+
+def _charged(matrix: Matrix, choice: np.ndarray, passes: int) -> np.ndarray:
+    """Layers run per input: the feature passes, then the chosen program (the greedy pass's answer is free)."""
+    if passes == 0:
+        return matrix.layers[choice].astype(float)
+    return passes * matrix.depth + np.where(choice == 0, 0.0, matrix.layers[choice])
+
+
+def choose_gain(matrix: Matrix, proba: np.ndarray, threshold: float, passes: int, name: str) -> Selection:
+    """Accuracy mode: the program of highest estimated gain over the full depth where it exceeds ``threshold``."""
+    gain = proba[:, 1:] - proba[:, :1]
+    best = gain.argmax(1) + 1
+    choice = np.where(gain.max(1) > threshold, best, 0)
+    return Selection(name, choice, _charged(matrix, choice, passes))
+
+
+def choose_cheap(matrix: Matrix, proba: np.ndarray, price: float, passes: int, name: str) -> Selection:
+    """Efficiency mode: the program maximising estimated right answers plus ``price`` per fraction of the depth
+    saved (``price = 0``: the most likely right; larger prices trade accuracy for layers)."""
+    value = proba + price * (matrix.depth - matrix.layers[None, :]) / matrix.depth
+    choice = value.argmax(1)
+    return Selection(name, choice, _charged(matrix, choice, passes))
+
+
+def _right(matrix: Matrix, choice: np.ndarray) -> int:
+    return int(matrix.correct[np.arange(len(choice)), choice].sum())
+
+
+def tune_threshold(validation: Matrix, proba: np.ndarray, passes: int) -> float:
+    """The threshold of :func:`choose_gain` with the most right answers on ``validation`` (ties: the highest,
+    which leaves the full depth's answer most often; ``inf`` never switches)."""
+    gain = (proba[:, 1:] - proba[:, :1]).max(1)
+    candidates = sorted({np.inf, *(float(g) for g in gain)}, reverse=True)
+    right = [_right(validation, choose_gain(validation, proba, t, passes, "").choice) for t in candidates]
+    return candidates[int(np.argmax(right))]  # the first maximum: the highest threshold among ties
+
+
+def tune_price(validation: Matrix, proba: np.ndarray, passes: int, margin: float = 0.01) -> float:
+    """The price of :func:`choose_cheap` that runs the fewest layers on ``validation`` while its pass@1 stays
+    within ``margin`` of the full depth's (0 when none saves a layer that way)."""
+    base = validation.correct[:, 0].mean()
+    best, fewest = 0.0, np.inf
+    for price in np.linspace(0, 1, 101):
+        chosen = choose_cheap(validation, proba, float(price), passes, "")
+        right = _right(validation, chosen.choice) / len(chosen.choice)
+        if right >= base - margin and chosen.cost.mean() < fewest - 1e-9:
+            best, fewest = float(price), chosen.cost.mean()
+    return best
