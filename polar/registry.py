@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 
 from polar.lineage import lineage_tags
+from polar.report import paired_interval
 from polar.settings import Gates
 from polar.tracking import PARENT_ENV, configure, git_commit
 
@@ -60,6 +61,7 @@ def register(
         "layers_ratio": methods["predictor"]["layers_ratio"],
         "identity_share": metrics["identity_share"],
         **{f"pass{k + 1}_at_k": v for k, v in enumerate(metrics["pass_at_k"]["predictor"])},
+        **_paired(metrics),
     }
     timings = Path(metrics_path).with_name("timings.json")  # written by evaluate; not a DVC output
     if timings.exists():
@@ -144,12 +146,22 @@ def _signature():
     return ModelSignature(inputs=inputs, outputs=outputs)
 
 
+def _paired(metrics: dict) -> dict:
+    """The paired comparison with base greedy the gates need: McNemar p and the difference's 95% interval."""
+    predictor, base, n = metrics["methods"]["predictor"], metrics["methods"]["base greedy"], metrics.get("inputs")
+    if "p_vs_base" not in predictor or "discordant" not in metrics or not n:
+        return {}
+    low, high = paired_interval(predictor["correct"], base["correct"], metrics["discordant"], n)
+    return {"p_vs_base": predictor["p_vs_base"], "diff_low": low, "diff_high": high}
+
+
 def promote(name: str, version: str | None = None, gates: Gates = Gates(), tracking_uri: str | None = None) -> dict:
     """Move ``champion`` to ``version`` (default: the ``candidate``) if it passes the gates.
 
-    Gates: pass@1 not below base greedy on the same inputs; not below the current champion's pass@1 by
-    more than ``tolerance``; average layers / D within ``layer_budget``. The decision and its reasons
-    are tagged on the version either way.
+    Gates: better than base greedy on the same held-out inputs, either more accurate (exact McNemar
+    p < ``alpha``) or leaner at no loss (layers / D below 1 and the 95% interval of the pass@1 difference
+    above ``-margin``); not below the current champion's pass@1 by more than ``tolerance``; average
+    layers / D within ``layer_budget``. The decision and its reasons are tagged on the version either way.
 
     Returns:
         ``{"promoted": bool, "version", "reasons": [...]}``.
@@ -166,8 +178,18 @@ def promote(name: str, version: str | None = None, gates: Gates = Gates(), track
         raise ValueError(f"no version {version or '@candidate'} of registered model {name!r}: {err.message}") from err
     metrics = client.get_run(mv.run_id).data.metrics
     reasons = []
-    if metrics["pass1"] < metrics["base_pass1"]:
-        reasons.append(f"pass@1 {metrics['pass1']:.3f} below base greedy {metrics['base_pass1']:.3f}")
+    if "p_vs_base" not in metrics or "diff_low" not in metrics:
+        reasons.append("registered without a paired test against base greedy: evaluate it and register it again")
+    else:
+        better = metrics["pass1"] > metrics["base_pass1"] and metrics["p_vs_base"] < gates.alpha
+        leaner = metrics["layers_ratio"] < 1 and metrics["diff_low"] >= -gates.margin
+        if not (better or leaner):
+            reasons.append(
+                f"pass@1 {metrics['pass1']:.3f} against base greedy {metrics['base_pass1']:.3f} (McNemar p "
+                f"{metrics['p_vs_base']:.3g}, needs < {gates.alpha:g}) at layers / D {metrics['layers_ratio']:.3f}: "
+                f"neither more accurate nor leaner at no loss (difference down to {metrics['diff_low']:+.3f}, "
+                f"allowed {-gates.margin:+.3f})"
+            )
     if metrics["layers_ratio"] > gates.layer_budget:
         reasons.append(f"layers / D {metrics['layers_ratio']:.3f} above the budget {gates.layer_budget}")
     try:

@@ -260,6 +260,10 @@ class Gates:
 
     tolerance: float = setting(0.02, "Largest pass@1 drop allowed against the current champion.")
     layer_budget: float = setting(1.0, "Largest average layers / D allowed.")
+    alpha: float = setting(0.05, "A version more accurate than base greedy must be so at this McNemar p (below it).")
+    margin: float = setting(
+        0.01, "A version leaner than base greedy may lose at most this much pass@1 (the 95% interval's low end)."
+    )
 
     def to_dict(self) -> dict:
         return asdict(self)

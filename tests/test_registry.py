@@ -8,20 +8,28 @@ from conftest import TEST_PROMPT
 from servers import BIN, env_with_bin, free_port, running
 from tiny import tiny_model
 
+from polar.evaluate import mcnemar_p
 from polar.predictor import PredictorConfig, ProgramPredictor, save
 from polar.registry import configure, promote, register
 from polar.settings import Gates
 from polar.tasks.prompts import PromptSpec
 
 
-def _metrics(path, pass1, base=0.3, layers=0.9):
+def _metrics(path, pass1, base=0.3, layers=0.9, n=500, swaps=0, paired=True):
+    """An evaluation's metrics.json on ``n`` inputs; ``swaps`` inputs each way change hands beyond the net gain."""
+    right, base_right = round(pass1 * n), round(base * n)
+    a_only, b_only = max(right - base_right, 0) + swaps, max(base_right - right, 0) + swaps
+    p = mcnemar_p([False] * a_only + [True] * b_only, [True] * a_only + [False] * b_only)
+    predictor = {"pass@1": pass1, "correct": right, "layers_ratio": layers, **({"p_vs_base": p} if paired else {})}
     path.write_text(
         json.dumps(
             {
+                "inputs": n,
                 "methods": {
-                    "predictor": {"pass@1": pass1, "layers_ratio": layers},
-                    "base greedy": {"pass@1": base, "layers_ratio": 1.0},
+                    "predictor": predictor,
+                    "base greedy": {"pass@1": base, "correct": base_right, "layers_ratio": 1.0},
                 },
+                **({"discordant": {"a_only": a_only, "b_only": b_only}} if paired else {}),
                 "identity_share": 0.1,
                 "pass_at_k": {"predictor": [pass1, pass1 + 0.1]},
                 "config": {"max_new_tokens": 8},
@@ -86,6 +94,15 @@ def test_versions_aliases_and_gates(store):
     third = promote("polar-tiny-model", v3["version"], Gates(tolerance=1.0))
     assert not third["promoted"] and len(third["reasons"]) == 2  # below base, over the layer budget
     assert client.get_model_version("polar-tiny-model", v3["version"]).tags["promotion"].startswith("pass@1")
+    # Leaner at no loss passes (a 15-layer cut, 2 answers each way); one more right answer out of 500 does not.
+    lean = register(pred, _metrics(store / "m4.json", 0.30, base=0.30, layers=0.85, swaps=2))
+    assert promote("polar-tiny-model", lean["version"], Gates(tolerance=1.0))["promoted"]
+    lucky = register(pred, _metrics(store / "m5.json", 0.31, base=0.30, layers=1.0))  # 5 fixes, 0 breaks: p = 0.0625
+    refused = promote("polar-tiny-model", lucky["version"], Gates(tolerance=1.0))
+    assert not refused["promoted"] and "McNemar p 0.0625, needs < 0.05" in refused["reasons"][0]
+    assert promote("polar-tiny-model", lucky["version"], Gates(tolerance=1.0, alpha=0.1))["promoted"]
+    old = register(pred, _metrics(store / "m6.json", 0.5, paired=False))
+    assert "without a paired test" in promote("polar-tiny-model", old["version"])["reasons"][0]
     with pytest.raises(ValueError, match="no version 9"):
         promote("polar-tiny-model", "9")
 
