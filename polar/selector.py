@@ -14,8 +14,12 @@ Features (:data:`FEATURES`) and what they cost, which the selection is charged f
   greedy pass (whose answer is then free).
 - ``agreement``: the share of a few samples that agree with the greedy answer: that pass and the samples.
 - ``hidden:N``: the model's hidden state after its first ``N`` layers, at the prompt's last token and averaged
-  over the question's tokens (compressed by PCA fitted on the training split). Free when every program of the
-  menu starts with those ``N`` layers (the chosen program goes on from there); ``N = D`` is the greedy pass's.
+  over the question's tokens. Free when every program of the menu starts with those ``N`` layers (the chosen
+  program goes on from there); ``N = D`` is the greedy pass's.
+- ``question``: the question's embedding by a small sentence encoder (MiniLM, :func:`question_features`): no
+  layer of the model, a small overhead of its own.
+
+Wide blocks (hidden states, embeddings) are compressed by PCA fitted on the training split.
 """
 
 from __future__ import annotations
@@ -42,13 +46,15 @@ __all__ = [
     "choose_gain",
     "features",
     "hidden_features",
+    "question_features",
     "shared_prefix",
     "tune_price",
     "tune_threshold",
 ]
 
 CONFIDENCE = ("base_logprob", "base_margin", "base_entropy")
-FEATURES = ("level", "confidence", "agreement", "hidden:N")
+FEATURES = ("level", "confidence", "agreement", "hidden:N", "question")
+WIDE = ("hidden:", "question")  # blocks compressed by PCA
 LEVELS = ("1", "2", "3", "4", "5")
 
 
@@ -90,6 +96,16 @@ def hidden_features(
     return np.concatenate(out).astype(np.float32)
 
 
+def question_features(questions: Sequence[str], spec: str = "minilm") -> np.ndarray:
+    """(n, E) mean-pooled token vectors of a frozen sentence encoder (:func:`polar.embedder.load_embedder`)."""
+    from polar.embedder import load_embedder
+
+    embedder = load_embedder(spec)
+    x, mask = embedder(list(questions))
+    pooled = (x * mask[..., None]).sum(1) / mask.sum(1, keepdim=True).clamp(min=1)
+    return pooled.numpy().astype(np.float32)
+
+
 @dataclass(frozen=True)
 class Features:
     """Feature blocks of one split (one per name) and the full-depth passes they need before a program is chosen."""
@@ -100,9 +116,11 @@ class Features:
 
 
 def features(
-    matrix: Matrix, names: Sequence[str], hidden: dict[int, np.ndarray] | None = None, samples: int = 4
+    matrix: Matrix, names: Sequence[str], computed: dict[str, np.ndarray] | None = None, samples: int = 4
 ) -> Features:
-    """The columns of ``names`` for ``matrix`` (``hidden[N]``: :func:`hidden_features` of its inputs)."""
+    """The columns of ``names`` for ``matrix``; ``computed[name]`` holds the blocks that need a model
+    (``hidden:N``: :func:`hidden_features` of its inputs, ``question``: :func:`question_features`)."""
+    computed = computed or {}
     blocks, passes = [], 0
     free = shared_prefix(matrix.programs)
     for name in names:
@@ -114,16 +132,20 @@ def features(
         elif name == "agreement":
             blocks.append(matrix.inputs[["sample_agreement"]].to_numpy(np.float32))
             passes = max(passes, 1 + samples)
-        elif name.startswith("hidden:") and name[7:].isdigit():
-            n = int(name[7:])
-            if hidden is None or n not in hidden:
-                raise ValueError(f"feature {name}: compute hidden_features(..., layers={n}) for this split first")
-            if n > free and n != matrix.depth:
-                raise ValueError(f"feature {name}: the menu shares only its first {free} layers; use N <= {free} or D")
-            if len(hidden[n]) != len(matrix.ids):
-                raise ValueError(f"feature {name}: {len(hidden[n])} rows for {len(matrix.ids)} inputs")
-            passes = max(passes, 0 if n <= free else 1)
-            blocks.append(hidden[n])
+        elif (name.startswith("hidden:") and name[7:].isdigit()) or name == "question":
+            if name not in computed:
+                how = f"hidden_features(..., layers={name[7:]})" if name != "question" else "question_features"
+                raise ValueError(f"feature {name}: compute {how} for this split first")
+            if name != "question":
+                n = int(name[7:])
+                if n > free and n != matrix.depth:
+                    raise ValueError(
+                        f"feature {name}: the menu shares only its first {free} layers; use N <= {free} or D"
+                    )
+                passes = max(passes, 0 if n <= free else 1)
+            if len(computed[name]) != len(matrix.ids):
+                raise ValueError(f"feature {name}: {len(computed[name])} rows for {len(matrix.ids)} inputs")
+            blocks.append(computed[name])
         else:
             raise ValueError(f"no feature {name!r}; the features are {', '.join(FEATURES)}")
     return Features(tuple(names), tuple(blocks), passes)
@@ -135,7 +157,8 @@ class GainModel:
 
     ``kind="logistic"``: one L2 logistic regression per program on standardised features; ``"boosted"``: one
     gradient-boosted tree model over (features, program), which can learn which inputs a program suits.
-    Hidden-state blocks are compressed to ``components`` dimensions by PCA fitted on the training split.
+    Wide blocks (hidden states, embeddings) are compressed to ``components`` dimensions by PCA fitted on the
+    training split.
     """
 
     kind: str = "logistic"
@@ -151,11 +174,11 @@ class GainModel:
             self._pca = [
                 PCA(min(self.components, *block.shape), random_state=self.seed).fit(block)
                 for name, block in zip(f.names, f.blocks, strict=True)
-                if name.startswith("hidden:")
+                if name.startswith(WIDE)
             ]
         cols, pcas = [], iter(self._pca)
         for name, block in zip(f.names, f.blocks, strict=True):
-            cols.append(next(pcas).transform(block) if name.startswith("hidden:") else block)
+            cols.append(next(pcas).transform(block) if name.startswith(WIDE) else block)
         return np.concatenate(cols, 1)
 
     def fit(self, train: Matrix, f: Features) -> GainModel:

@@ -87,9 +87,12 @@ def test_features_refuse_what_they_cannot_price():
     with pytest.raises(ValueError, match="compute hidden_features"):
         features(m, ("hidden:3",))
     with pytest.raises(ValueError, match="shares only its first 3 layers"):
-        features(m, ("hidden:4",), {4: np.zeros((10, 8))})
-    assert features(m, ("hidden:3",), {3: np.zeros((10, 8))}).passes == 0
-    assert features(m, ("hidden:6",), {6: np.zeros((10, 8))}).passes == 1
+        features(m, ("hidden:4",), {"hidden:4": np.zeros((10, 8))})
+    assert features(m, ("hidden:3",), {"hidden:3": np.zeros((10, 8))}).passes == 0
+    assert features(m, ("hidden:6",), {"hidden:6": np.zeros((10, 8))}).passes == 1
+    assert features(m, ("question",), {"question": np.zeros((10, 8))}).passes == 0
+    with pytest.raises(ValueError, match="9 rows for 10 inputs"):
+        features(m, ("question",), {"question": np.zeros((9, 8))})
     assert features(m, ("agreement",), samples=4).passes == 5
     with pytest.raises(ValueError, match="no feature 'nope'"):
         features(m, ("nope",))

@@ -47,11 +47,13 @@ from polar.selection import (
     tune_gate,
 )
 from polar.selector import (
+    WIDE,
     GainModel,
     choose_cheap,
     choose_gain,
     features,
     hidden_features,
+    question_features,
     shared_prefix,
     tune_price,
     tune_threshold,
@@ -65,22 +67,29 @@ ACCURACY_SETS = [
     ("level", "confidence"),
     ("level", "confidence", "agreement"),
     ("level", "hidden:{free}"),
+    ("level", "question"),
+    ("level", "confidence", "question"),
     ("level", "confidence", "agreement", "hidden:{free}"),
 ]
-FREE_SETS = [("level",), ("level", "hidden:{free}")]
+FREE_SETS = [("level",), ("level", "hidden:{free}"), ("level", "question")]
 KINDS = ("logistic", "boosted")
 MARGIN = 0.01  # efficiency mode: pass@1 at most 1 point below base greedy
 
 
-def _hidden(backbone, prompt: PromptSpec, matrix: Matrix, layers: int, cache: Path) -> np.ndarray:
-    """hidden_features of ``matrix``'s inputs, cached under ``cache`` by a digest of the inputs and prompt."""
-    key = hashlib.sha256(json.dumps([prompt.id, layers, list(matrix.ids)]).encode()).hexdigest()[:16]
-    path = cache / f"hidden-{layers}-{key}.npy"
+def _computed(backbone, prompt: PromptSpec, matrix: Matrix, name: str, cache: Path) -> np.ndarray:
+    """A model-computed feature block of ``matrix``'s inputs, cached under ``cache`` by a digest of the inputs
+    and prompt."""
+    key = hashlib.sha256(json.dumps([prompt.id, name, list(matrix.ids)]).encode()).hexdigest()[:16]
+    path = cache / f"{name.replace(':', '-')}-{key}.npy"
     if path.exists():
         return np.load(path)
     start = time.perf_counter()
-    x = hidden_features(backbone(), prompt, list(matrix.inputs["question"]), list(matrix.levels), layers)
-    print(f"hidden:{layers} of {len(x)} inputs in {time.perf_counter() - start:.0f} s", file=sys.stderr)
+    questions = list(matrix.inputs["question"])
+    if name == "question":
+        x = question_features(questions)
+    else:
+        x = hidden_features(backbone(), prompt, questions, list(matrix.levels), int(name.split(":")[1]))
+    print(f"{name} of {len(x)} inputs in {time.perf_counter() - start:.0f} s", file=sys.stderr)
     cache.mkdir(parents=True, exist_ok=True)
     np.save(path, x)
     return x
@@ -89,9 +98,9 @@ def _hidden(backbone, prompt: PromptSpec, matrix: Matrix, layers: int, cache: Pa
 class Candidates:
     """Every candidate method, fitted on ``train`` and tuned on ``validation``, applicable to any split."""
 
-    def __init__(self, train: Matrix, validation: Matrix, hidden, samples: int) -> None:
+    def __init__(self, train: Matrix, validation: Matrix, computed, samples: int) -> None:
         self.free = shared_prefix(train.programs)
-        self.hidden, self.samples = hidden, samples
+        self.computed, self.samples = computed, samples
         self.b1 = best_static(train)
         self.b2 = best_per_level(train)
         self.gates = {f: tune_gate(validation, self.b1, f) for f in FEATURE_PASSES}
@@ -111,7 +120,7 @@ class Candidates:
                     self.tuned[key] = float(tune(validation, model.proba(fv), fv.passes))
 
     def _features(self, matrix: Matrix, names):
-        return features(matrix, names, {self.free: self.hidden(matrix, self.free)}, self.samples)
+        return features(matrix, names, {n: self.computed(matrix, n) for n in names if n.startswith(WIDE)}, self.samples)
 
     def select(self, matrix: Matrix) -> list[tuple[str, Selection]]:
         out = [
@@ -294,7 +303,7 @@ def main() -> None:
         return loaded["b"]
 
     cache = Path(args.cache) / Path(args.model).name
-    candidates = Candidates(train, validation, lambda m, n: _hidden(backbone, prompt, m, n, cache), samples)
+    candidates = Candidates(train, validation, lambda m, n: _computed(backbone, prompt, m, n, cache), samples)
     picked = candidates.select(validation)
     val_rows = {name: score(validation, s) for name, s in picked}
     frozen = {
