@@ -74,6 +74,7 @@ ACCURACY_SETS = [
 FREE_SETS = [("level",), ("level", "hidden:{free}"), ("level", "question")]
 KINDS = ("logistic", "boosted")
 MARGIN = 0.01  # efficiency mode: pass@1 at most 1 point below base greedy
+EXTRACTION_MS: dict[str, float] = {}  # feature block -> ms per input, when computed in this run (not cached)
 
 
 def _computed(backbone, prompt: PromptSpec, matrix: Matrix, name: str, cache: Path) -> np.ndarray:
@@ -89,7 +90,9 @@ def _computed(backbone, prompt: PromptSpec, matrix: Matrix, name: str, cache: Pa
         x = question_features(questions)
     else:
         x = hidden_features(backbone(), prompt, questions, list(matrix.levels), int(name.split(":")[1]))
-    print(f"{name} of {len(x)} inputs in {time.perf_counter() - start:.0f} s", file=sys.stderr)
+    seconds = time.perf_counter() - start
+    EXTRACTION_MS[name] = 1000 * seconds / len(x)
+    print(f"{name} of {len(x)} inputs in {seconds:.0f} s", file=sys.stderr)
     cache.mkdir(parents=True, exist_ok=True)
     np.save(path, x)
     return x
@@ -131,11 +134,14 @@ class Candidates:
         ]
         for feature, threshold in self.gates.items():
             out.append((f"B3 gate on {feature}", gated(matrix, self.b1, feature, threshold, self.samples)))
+        self.overhead_ms = {}
         for key, (mode, names, model) in self.models.items():
             f = self._features(matrix, names)
+            start = time.perf_counter()
             proba, t = model.proba(f), self.tuned[key]
             pick = choose_gain if mode == "accuracy" else choose_cheap
             out.append((key, pick(matrix, proba, t, f.passes, key)))
+            self.overhead_ms[key] = 1000 * (time.perf_counter() - start) / len(matrix.ids)
         return out
 
     def frozen(self, matrix: Matrix) -> dict:
@@ -247,6 +253,15 @@ def write_report(out: Path, frozen: dict, result: dict) -> None:
         + "; ".join(f"{m} {v['agree_with_matrix']}/{v['inputs']}" for m, v in result["served"].items())
         + ".",
         "",
+        "Overhead on the test inputs (CPU, ms per input; feature extraction includes loading its model when it "
+        "was computed in this run, not read from the cache): "
+        + "; ".join(
+            f"{name}: choice {o['choice_ms_per_input']:.2f} ms"
+            + "".join(f", {n} {ms:.1f} ms" for n, ms in o["features_ms_per_input"].items())
+            for name, o in result["overhead"].items()
+        )
+        + ".",
+        "",
         "## Validation (where the choices were made)",
         "",
         HEADER,
@@ -351,7 +366,22 @@ def main() -> None:
         name = f"ShortGPT, {n_remove} layers removed ({program.text})"
         sel = Selection(name, np.zeros(len(test.ids), int), np.full(len(test.ids), float(len(program))))
         rows[name] = score(test, sel, right)
-    result = {"test": {"inputs": len(test.ids)}, "winners": frozen["winners"], "served": served, "scores": rows}
+    overhead = {
+        name: {
+            "choice_ms_per_input": candidates.overhead_ms.get(name, 0.0),
+            "features_ms_per_input": {
+                n: EXTRACTION_MS[n] for n in candidates.models.get(name, (None, ()))[1] if n in EXTRACTION_MS
+            },
+        }
+        for name in frozen["winners"].values()
+    }
+    result = {
+        "test": {"inputs": len(test.ids)},
+        "winners": frozen["winners"],
+        "served": served,
+        "overhead": overhead,
+        "scores": rows,
+    }
     (out / "test.json").write_text(json.dumps(result, indent=1, default=float) + "\n")
     write_report(out, frozen, result)
 
