@@ -356,9 +356,10 @@ def main() -> None:
         agree = int(sum(a == b for a, b in zip(predictions, expected, strict=True)))
         served[mode] = {"method": name, "agree_with_matrix": agree, "inputs": len(test.ids)}
         rows[f"{name} (served)"] = score(test, selections[name], right)
-    influence = block_influence(
-        backbone(), [runner.prompt(examples[i]) for i in train.ids[:: max(1, len(train.ids) // 64)]]
-    )
+    # ShortGPT's Block Influence on 64 training prompts (calibration data it may see).
+    seen = {e.id: e for t in args.train for e in read_examples(_tasks(menus / t))}
+    calibration = [runner.prompt(seen[i]) for i in train.ids[:: max(1, len(train.ids) // 64)]]
+    influence = block_influence(backbone(), calibration)
     budget = selections[frozen["winners"]["efficiency"]].cost.mean() / test.depth
     for n_remove in sorted({max(1, round(test.depth * (1 - budget))), test.depth - int(test.layers.min())}):
         program = shortgpt_program(influence, n_remove)
