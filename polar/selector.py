@@ -35,6 +35,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from polar.programs import Program
 from polar.selection import Matrix, Selection
 from polar.tasks.prompts import PromptSpec
 
@@ -60,8 +61,6 @@ LEVELS = ("1", "2", "3", "4", "5")
 
 def shared_prefix(programs: Sequence[str]) -> int:
     """How many leading layers (0, 1, 2, ...) every program of the menu runs first, in order."""
-    from polar.programs import Program
-
     layers = [tuple(Program.parse(p)) for p in programs]
     n = 0
     while all(len(x) > n and x[n] == n for x in layers):
@@ -79,12 +78,13 @@ def hidden_features(
     if not 0 < layers <= executor.depth:
         raise ValueError(f"hidden:{layers}: the model has {executor.depth} layers; write hidden:N with 0 < N <= D")
     plan = executor.plan([list(range(layers))])
+    shared_by_level = {level: prompt.encode("", level, tok) for level in set(levels)}  # the few-shot part
     out = []
     for i in range(0, len(questions), batch):
         prompts, spans = [], []
         for question, level in zip(questions[i : i + batch], levels[i : i + batch], strict=True):
             ids = prompt.encode(question, level, tok)
-            shared = prompt.encode("", level, tok)
+            shared = shared_by_level[level]
             k = next((t for t, (a, b) in enumerate(zip(ids, shared, strict=False)) if a != b), len(shared))
             prompts.append(ids)
             spans.append(max(len(ids) - k, 1))

@@ -75,6 +75,7 @@ FREE_SETS = [("level",), ("level", "hidden:{free}"), ("level", "question")]
 KINDS = ("logistic", "boosted")
 MARGIN = 0.01  # efficiency mode: pass@1 at most 1 point below base greedy
 EXTRACTION_MS: dict[str, float] = {}  # feature block -> ms per input, when computed in this run (not cached)
+_LOADED: dict[Path, np.ndarray] = {}  # feature blocks already read in this run (every candidate asks again)
 
 
 def _computed(backbone, prompt: PromptSpec, matrix: Matrix, name: str, cache: Path) -> np.ndarray:
@@ -82,8 +83,11 @@ def _computed(backbone, prompt: PromptSpec, matrix: Matrix, name: str, cache: Pa
     and prompt."""
     key = hashlib.sha256(json.dumps([prompt.id, name, list(matrix.ids)]).encode()).hexdigest()[:16]
     path = cache / f"{name.replace(':', '-')}-{key}.npy"
+    if path in _LOADED:
+        return _LOADED[path]
     if path.exists():
-        return np.load(path)
+        _LOADED[path] = np.load(path)
+        return _LOADED[path]
     start = time.perf_counter()
     questions = list(matrix.inputs["question"])
     if name == "question":
@@ -95,6 +99,7 @@ def _computed(backbone, prompt: PromptSpec, matrix: Matrix, name: str, cache: Pa
     print(f"{name} of {len(x)} inputs in {seconds:.0f} s", file=sys.stderr)
     cache.mkdir(parents=True, exist_ok=True)
     np.save(path, x)
+    _LOADED[path] = x
     return x
 
 
@@ -331,7 +336,9 @@ def main() -> None:
         "validation_scores": val_rows,
     }
     path = out / "frozen.json"
-    if path.exists() and args.phase == "test":
+    if args.phase == "test" and not path.exists():
+        raise SystemExit(f"{path} does not exist: freeze the choices first (--phase freeze or all)")
+    if args.phase == "test":
         old = json.loads(path.read_text())
         if old["winners"] != frozen["winners"] or old["choices"] != frozen["choices"]:
             raise SystemExit(f"{path}: the refit differs from the frozen choices; run --phase freeze deliberately")
