@@ -18,6 +18,7 @@ from functools import cached_property
 from pathlib import Path
 
 import torch
+from filelock import FileLock
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.utils import logging as hf_logging
 
@@ -281,12 +282,18 @@ def convert(spec: str, out_dir: str | Path, chat: bool | None = None) -> Path:
 def ensure_converted(name: str) -> Path:
     """The converted folder of a bundled model, converting it on first use."""
     directory = models_dir() / name
-    if not (directory / _META).exists():
-        print(
-            f"polar: converting bundled model {name!r} to safetensors under {directory} (once; ~30-70 s)",
-            file=sys.stderr,
-        )
-        convert(name, directory)
+    if (directory / _META).exists():
+        return directory
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    # Processes that start together (parallel labelers, test workers) convert once: the others wait for it
+    # instead of converting again and replacing the folder while the first one reads from it.
+    with FileLock(directory.parent / f".{name}.lock"):
+        if not (directory / _META).exists():
+            print(
+                f"polar: converting bundled model {name!r} to safetensors under {directory} (once; ~30-70 s)",
+                file=sys.stderr,
+            )
+            convert(name, directory)
     return directory
 
 

@@ -10,6 +10,24 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 sys.path.insert(0, str(Path(__file__).parent))  # for `tiny`
 
+# Under pytest-xdist (`-n N`) the workers share the cores: each gets its share of threads, and so do the
+# processes it starts (CLI runs, DVC stages, Prefect workers), instead of every one spinning on all cores.
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    _threads = max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
+    for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(_var, str(_threads))
+
+# The longest files first, so that `-n N --dist loadfile` starts them at once instead of last.
+LONGEST = ["test_pipeline.py", "test_prefect_server.py", "test_registry.py", "test_label.py", "test_evaluate.py"]
+
+
+def pytest_collection_modifyitems(items):
+    def rank(item) -> int:
+        name = item.path.name
+        return LONGEST.index(name) if name in LONGEST else len(LONGEST)
+
+    items.sort(key=rank)  # stable: the order within a file, and among the other files, stays
+
 
 def shared_data() -> Path:
     """The public benchmark files, read where they lie (never copied into the repository)."""

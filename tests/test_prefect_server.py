@@ -123,9 +123,11 @@ def test_failed_shards_name_their_flow_runs(server, tasks, tmp_path):
 
 def test_labeling_gives_up_when_the_workers_are_gone(server, tasks, tmp_path):
     # A worker that dies leaves its runs waiting forever: the dispatcher says so instead of hanging.
+    # It counts as online for three heartbeats (45 s) after its last one: long enough for the command below
+    # to start on a busy machine and submit the shards, which then wait for a worker that never comes.
     _, env = server
     cmd = [str(BIN / "prefect"), "worker", "start", "--pool", "stall", "--type", "process", "--name", "gone"]
-    with running(cmd, {**env, "PREFECT_WORKER_HEARTBEAT_SECONDS": "5"}, None, "worker", tmp_path / "w.log"):
+    with running(cmd, {**env, "PREFECT_WORKER_HEARTBEAT_SECONDS": "15"}, None, "worker", tmp_path / "w.log"):
         deadline = time.time() + 120
         while not _online(server[0], "stall"):
             assert time.time() < deadline, (tmp_path / "w.log").read_text()[-3000:]
