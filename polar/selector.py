@@ -56,7 +56,6 @@ __all__ = [
 CONFIDENCE = ("base_logprob", "base_margin", "base_entropy")
 FEATURES = ("level", "confidence", "agreement", "hidden:N", "question")
 WIDE = ("hidden:", "question")  # blocks compressed by PCA
-LEVELS = ("1", "2", "3", "4", "5")
 
 
 def shared_prefix(programs: Sequence[str]) -> int:
@@ -111,7 +110,7 @@ class Features:
     """Feature blocks of one split (one per name) and the full-depth passes they need before a program is chosen."""
 
     names: tuple[str, ...]  # the feature specs, e.g. ("level", "confidence")
-    blocks: tuple[np.ndarray, ...]  # (n, f_k) each
+    blocks: tuple[np.ndarray, ...]  # (n, f_k) each; ``level``'s is (n, 1) of level names
     passes: int  # full-depth passes: 0 (free), 1 (the greedy pass), 1 + samples
 
 
@@ -125,7 +124,7 @@ def features(
     free = shared_prefix(matrix.programs)
     for name in names:
         if name == "level":
-            blocks.append(np.stack([matrix.levels == level for level in LEVELS], 1).astype(np.float32))
+            blocks.append(np.asarray(matrix.levels, dtype=str)[:, None])  # one-hot in GainModel, over train's levels
         elif name == "confidence":
             blocks.append(matrix.inputs[list(CONFIDENCE)].to_numpy(np.float32))
             passes = max(passes, 1)
@@ -167,6 +166,7 @@ class GainModel:
     seed: int = 0
     m: int = field(default=0, init=False)
     _pca: list = field(default_factory=list, repr=False)
+    _levels: tuple[str, ...] = field(default=(), repr=False)  # the training split's levels, in order
     _models: list = field(default_factory=list, repr=False)
 
     def _design(self, f: Features, fit: bool) -> np.ndarray:
@@ -176,9 +176,14 @@ class GainModel:
                 for name, block in zip(f.names, f.blocks, strict=True)
                 if name.startswith(WIDE)
             ]
+            if "level" in f.names:
+                self._levels = tuple(sorted(set(f.blocks[f.names.index("level")][:, 0])))
         cols, pcas = [], iter(self._pca)
         for name, block in zip(f.names, f.blocks, strict=True):
-            cols.append(next(pcas).transform(block) if name.startswith(WIDE) else block)
+            if name == "level":  # a level not seen in training gets no column of its own (all zeros)
+                cols.append(np.stack([block[:, 0] == level for level in self._levels], 1).astype(np.float32))
+            else:
+                cols.append(next(pcas).transform(block) if name.startswith(WIDE) else block)
         return np.concatenate(cols, 1)
 
     def fit(self, train: Matrix, f: Features) -> GainModel:

@@ -116,3 +116,20 @@ def test_hidden_features_read_the_prompt_as_labeled(tiny_dir):
     np.testing.assert_allclose(x, alone, atol=1e-4)
     with pytest.raises(ValueError, match="write hidden:N"):
         hidden_features(backbone, prompt, questions, levels, layers=99)
+
+
+def test_levels_of_any_name_are_features_and_unseen_ones_do_not_break_it():
+    from dataclasses import replace
+
+    train, test = _matrix(0), _matrix(2)
+    names = {"1": "algebra", "2": "geometry"}
+    renamed = [replace(m, levels=np.array([names[x] for x in m.levels])) for m in (train, test)]
+    base = GainModel("logistic", c=10.0).fit(train, features(train, ("level", "confidence")))
+    other = GainModel("logistic", c=10.0).fit(renamed[0], features(renamed[0], ("level", "confidence")))
+    np.testing.assert_allclose(
+        other.proba(features(renamed[1], ("level", "confidence"))),
+        base.proba(features(test, ("level", "confidence"))),
+    )
+    unseen = replace(test, levels=np.array(["topology"] * len(test.ids)))
+    proba = other.proba(features(unseen, ("level", "confidence")))
+    assert proba.shape == (len(test.ids), len(PROGRAMS)) and np.isfinite(proba).all()
