@@ -43,6 +43,9 @@ def main() -> None:
     parser.add_argument("--menu-inputs", type=int, default=4, help="menu labeling: inputs per level")
     parser.add_argument("--menu-size", type=int, default=32, help="menu labeling: programs in the menu")
     parser.add_argument("--baseline-inputs", type=int, default=2, help="menu: inputs the baseline loop also runs")
+    parser.add_argument(
+        "--grid-inputs", type=int, default=MenuConfig.grid_inputs, help="menu: inputs of a level run together"
+    )
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
 
@@ -117,7 +120,7 @@ def main() -> None:
 
 def menu_bench(backbone, spec: PromptSpec, config: LabelConfig, menu: list, args) -> dict:
     """Menu labeling of ``--menu-inputs`` inputs per level against the baseline loop on a slice of them."""
-    dense = MenuConfig(menu="bench", samples=4)
+    dense = MenuConfig(menu="bench", samples=4, grid_inputs=args.grid_inputs)
     examples = [
         e for level in args.levels.split(",") for e in synthetic.generate(int(level), args.menu_inputs, 2, "train")
     ]
@@ -149,6 +152,7 @@ def menu_bench(backbone, spec: PromptSpec, config: LabelConfig, menu: list, args
         "inputs": len(examples),
         "menu_programs": len(menu),
         "samples_per_input": dense.samples,
+        "grid_inputs": dense.grid_inputs,
         "ours_programs_per_s": evaluated / t_ours,
         "baseline_inputs": len(sliced),
         "baseline_programs_per_s": total / t_base,
