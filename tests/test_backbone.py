@@ -81,3 +81,30 @@ def test_bundled_smollm2_identity_equals_stock_and_loops_cache_correctly(smollm2
     loop = "0-9,8-9,10-29"
     cached, recomputed = (smollm2.executor.generate([ids], [loop], 12, use_cache=c)[0] for c in (True, False))
     assert cached.tokens == recomputed.tokens
+
+
+def test_processes_that_start_together_convert_a_bundled_model_once(tmp_path, monkeypatch):
+    # Two labelers (or test workers) on a fresh clone: the second waits for the first one's folder instead of
+    # converting again and replacing it while the first reads from it.
+    import threading
+    import time
+
+    import polar.backbone as backbone
+
+    monkeypatch.setenv("POLAR_MODELS_DIR", str(tmp_path))
+    calls = []
+
+    def slow_convert(name, out):
+        calls.append(name)
+        time.sleep(0.5)
+        out.mkdir()
+        (out / backbone._META).write_text("{}")
+
+    monkeypatch.setattr(backbone, "convert", slow_convert)
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(backbone.ensure_converted("m"))) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert calls == ["m"] and results == [tmp_path / "m"] * 3
