@@ -3,8 +3,16 @@
 Network (DESIGN §3): the frozen embedder's token vectors are projected to ``d``; ``D`` learned layer
 queries cross-attend over them; a Transformer encoder mixes information along the layer axis; two
 heads give, per layer, a boundary logit (a segment starts here) and three op logits (skip, keep,
-repeat; read at segment starts). Decoding thresholds the boundaries, splits segments longer than
-``k_max`` and runs a beam over the ops of the segments, giving a ranked list of distinct programs.
+repeat; read at segment starts). Together they give every compact program a log-probability
+(:func:`program_logprob`: the boundary of each layer after the first, and the op at each segment start).
+
+Decoding (``decoder``) turns them into a ranked list of distinct programs:
+
+- ``"search"`` (the default): a beam over segmentations and ops, scored by that log-probability, so that any
+  admissible program can come out, one-layer edits included.
+- ``"threshold"`` (predictors saved before ``decoder`` existed, which were evaluated that way): segments start
+  where a boundary's probability passes ``threshold``, are split at ``k_max``, and a beam runs over their
+  ops. When no boundary passes, every segment is ``k_max`` long and no one-layer edit can be emitted.
 
 Weights are saved as safetensors with a JSON config beside them (:func:`save`, :func:`load`).
 """
@@ -33,11 +41,14 @@ __all__ = [
     "decode",
     "load",
     "predict",
+    "program_logprob",
+    "program_targets",
     "prompt_spec",
     "save",
 ]
 
 OPS = (Op.SKIP, Op.KEEP, Op.REPEAT)  # index order of the op head
+DECODERS = ("search", "threshold")
 WEIGHTS, CONFIG = "predictor.safetensors", "config.json"
 
 
@@ -58,9 +69,10 @@ class PredictorConfig:
     ff: int = 1024
     dropout: float = 0.1
     k_max: int = DEFAULT_K_MAX
-    threshold: float = 0.5  # boundary probability above which a segment starts
-    beam: int = 5
-    ops_per_segment: int = 2  # the beam tries the top ops of each segment
+    decoder: str = "search"  # see the module's docstring; load() reads configs without it as "threshold"
+    threshold: float = 0.5  # decoder "threshold": boundary probability above which a segment starts
+    beam: int = 5  # decoder "search": at least 16 partial programs are kept per layer
+    ops_per_segment: int = 2  # decoder "threshold": the beam tries the top ops of each segment
     min_length_ratio: float = 0.55  # decoded programs stay within the search's length bounds
     max_length_ratio: float = 1.2
     # Where the identity ranks. "mass": first only when the model gives it at least half the probability
@@ -71,6 +83,8 @@ class PredictorConfig:
 
     def __post_init__(self) -> None:
         check_identity_rule(self.identity_rule)
+        if self.decoder not in DECODERS:
+            raise ValueError(f"decoder must be one of {DECODERS}, got {self.decoder!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -105,14 +119,54 @@ class ProgramPredictor(nn.Module):
 
 # ------------------------------------------------------------------------------------------ decoding
 def decode(boundary_logits: torch.Tensor, op_logits: torch.Tensor, config: PredictorConfig, k: int) -> list[Program]:
-    """The ``k`` best distinct programs for one input, best first.
+    """The ``k`` best distinct programs for one input, best first, within the length bounds.
 
     Args:
         boundary_logits: (D,) logits of "a segment starts at this layer".
         op_logits: (D, 3) op logits; those at segment starts are read.
-        config: threshold, ``k_max``, beam width, ops tried per segment and length bounds.
-        k: programs wanted. Fewer come back only when fewer admissible ones exist.
+        config: the decoder, ``k_max``, beam width and length bounds (and the threshold decoder's settings).
+        k: programs wanted. Fewer come back only when fewer admissible ones exist; the full depth when none.
     """
+    if config.decoder == "threshold":
+        return _decode_threshold(boundary_logits, op_logits, config, k)
+    depth, k_max = config.depth, config.k_max
+    on = torch.nn.functional.logsigmoid(boundary_logits.double()).tolist()  # log P(a segment starts at i)
+    off = torch.nn.functional.logsigmoid(-boundary_logits.double()).tolist()
+    logp = torch.log_softmax(op_logits.double(), dim=-1).tolist()  # (D, 3)
+    lo, hi = math.ceil(config.min_length_ratio * depth), math.floor(config.max_length_ratio * depth)
+    width = max(16, config.beam, 2 * k)  # 16: top-5 as a 400-wide beam on 29 of 30 random inputs (D = 30)
+    # at[i]: partial programs covering layers 0..i-1, keyed by the layers they run (segmentations that run
+    # the same layers are one program: the best one stands for it, as the rest of the program scores alike)
+    at: list[dict[tuple[int, ...], float]] = [{} for _ in range(depth + 1)]  # layers run -> log-probability
+    at[0][()] = 0.0
+    for start in range(depth):
+        partials = sorted(at[start].items(), key=lambda kv: -kv[1])[:width]
+        begin = on[start] if start else 0.0
+        for n in range(1, min(k_max, depth - start) + 1):
+            inside = begin + sum(off[start + 1 : start + n])
+            end, block = start + n, tuple(range(start, start + n))
+            for o, op in enumerate(OPS):
+                for layers, score in partials:
+                    grown = layers + block * op.times
+                    if len(grown) > hi or len(grown) + 2 * (depth - end) < lo:
+                        continue
+                    value = score + inside + logp[start][o]
+                    if value > at[end].get(grown, -math.inf):
+                        at[end][grown] = value
+    # every segment skipped runs no layer: not a program
+    done = sorted(((v, layers) for layers, v in at[depth].items() if layers and lo <= len(layers)), reverse=True)
+    out = [Program(layers) for _, layers in done[: max(k, 2)]]
+    identity = Program.identity(depth)
+    if not out:
+        return [identity]  # nothing admissible decoded: fall back to the full model
+    if config.identity_rule == "mass" and out[0] == identity and len(out) > 1 and done[0][0] < math.log(0.5):
+        out[0], out[1] = out[1], out[0]  # an edit is more likely than none: the most likely edit first
+    return out[:k]
+
+
+def _decode_threshold(
+    boundary_logits: torch.Tensor, op_logits: torch.Tensor, config: PredictorConfig, k: int
+) -> list[Program]:
     depth = config.depth
     starts = [0] + [i for i in range(1, depth) if torch.sigmoid(boundary_logits[i]) > config.threshold]
     spans = []
@@ -174,6 +228,44 @@ def prompt_spec(model: ProgramPredictor):
     return PromptSpec.from_dict(data)
 
 
+def program_targets(programs: Sequence[Program | str], depth: int, k_max: int = DEFAULT_K_MAX):
+    """The canonical compact forms of ``programs`` as the network's arrays: boundaries (M, D) float, ops (M, D)
+    long (the op index at segment starts, -100 elsewhere), and which programs have a compact form (M,) bool
+    (the others get the full depth's arrays and must be masked out)."""
+    identity = CompactProgram.from_program(Program.identity(depth), depth, k_max)
+    bounds, ops, ok = [], [], []
+    for p in programs:
+        try:
+            c = CompactProgram.from_program(Program.coerce(p), depth, k_max)
+        except ProgramError:
+            c = None
+        ok.append(c is not None)
+        c = c or identity
+        bounds.append(c.boundaries())
+        ops.append([OPS.index(op) if op is not None else -100 for op in c.ops()])
+    return torch.tensor(bounds, dtype=torch.float32), torch.tensor(ops, dtype=torch.long), torch.tensor(ok)
+
+
+def program_logprob(
+    boundary_logits: torch.Tensor, op_logits: torch.Tensor, boundaries: torch.Tensor, ops: torch.Tensor
+) -> torch.Tensor:
+    """Log-probability (B, M) of M compact programs for each of B inputs under the network's outputs.
+
+    Args:
+        boundary_logits: (B, D); op_logits: (B, D, 3): the network's outputs.
+        boundaries: (M, D) 0/1; ops: (M, D) op index at segment starts, -100 elsewhere (:func:`program_targets`).
+
+    The boundary of every layer after the first counts (a segment starts there or not), and the op of every
+    segment start: the factorisation the training loss fits.
+    """
+    z = boundaries[:, 1:].to(boundary_logits.dtype)
+    b = boundary_logits[:, 1:]
+    score = torch.nn.functional.logsigmoid(b) @ z.T + torch.nn.functional.logsigmoid(-b) @ (1 - z).T  # (B, M)
+    logp = torch.log_softmax(op_logits, dim=-1)  # (B, D, 3)
+    chosen = torch.nn.functional.one_hot(ops.clamp(min=0), len(OPS)).to(logp.dtype) * (ops != -100)[..., None]
+    return score + torch.einsum("bdk,mdk->bm", logp, chosen)
+
+
 def _length(spans: list[tuple[int, int]], ops: tuple[int, ...]) -> int:
     return sum(n * OPS[o].times for (_, n), o in zip(spans, ops, strict=False))
 
@@ -194,7 +286,9 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> ProgramPredict
     missing = [f for f in (WEIGHTS, CONFIG) if not (path / f).exists()]
     if missing:
         raise FileNotFoundError(f"{path} is not a predictor folder: {', '.join(missing)} missing (run `polar train`)")
-    config = PredictorConfig(**json.loads((path / CONFIG).read_text()))
+    data = json.loads((path / CONFIG).read_text())
+    data.setdefault("decoder", "threshold")  # saved before the search decoder: decode as it was evaluated
+    config = PredictorConfig(**data)
     model = ProgramPredictor(config)
     model.load_state_dict(load_file(path / WEIGHTS))
     return model.to(device).eval()

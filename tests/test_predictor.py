@@ -1,5 +1,7 @@
 """The predictor: network shape, beam decoding, save/load, training targets and a training run that learns."""
 
+import itertools
+import json
 import math
 
 import pytest
@@ -8,7 +10,16 @@ from conftest import write_labels
 from tiny import tiny_model
 
 from polar.backbone import Backbone
-from polar.predictor import OPS, PredictorConfig, ProgramPredictor, decode, load, save
+from polar.predictor import (
+    OPS,
+    PredictorConfig,
+    ProgramPredictor,
+    decode,
+    load,
+    program_logprob,
+    program_targets,
+    save,
+)
 from polar.programs import CompactProgram, Op, Program
 from polar.settings import TrainConfig
 from polar.train import _targets_of, load_targets, split_by_question, train
@@ -52,9 +63,9 @@ def test_decode_recovers_a_confident_program_and_ranks_alternatives():
     assert len({p.layers for p in programs}) == 3
 
 
-def test_decode_splits_long_segments_and_keeps_length_bounds():
+def test_threshold_decoder_splits_long_segments_and_keeps_length_bounds():
     depth = 12
-    config = PredictorConfig(depth=depth, embed_dim=8, min_length_ratio=0.55, max_length_ratio=1.2)
+    config = PredictorConfig(depth=depth, embed_dim=8, min_length_ratio=0.55, max_length_ratio=1.2, decoder="threshold")
     b = torch.full((depth,), -5.0)  # no boundary: one 12-layer segment, split into 3 of k_max = 4
     o = torch.zeros(depth, 3)
     o[:, OPS.index("repeat")] = 3.0  # repeating everything would give 24 layers: out of bounds
@@ -66,10 +77,95 @@ def test_decode_splits_long_segments_and_keeps_length_bounds():
 
 
 def test_decode_falls_back_to_full_depth_when_nothing_is_admissible():
-    config = PredictorConfig(depth=4, embed_dim=8, ops_per_segment=1)
     b, o = torch.full((4,), -5.0), torch.zeros(4, 3)
     o[:, OPS.index("skip")] = 5.0
-    assert decode(b, o, config, k=2) == [Program.identity(4)]
+    assert decode(b, o, PredictorConfig(depth=4, embed_dim=8, ops_per_segment=1, decoder="threshold"), k=2) == [
+        Program.identity(4)
+    ]
+    impossible = PredictorConfig(depth=4, embed_dim=8, min_length_ratio=2.5, max_length_ratio=3.0)
+    assert decode(b, o, impossible, k=2) == [Program.identity(4)]
+
+
+def _every_compact(depth: int, k_max: int):
+    """Every (boundaries, ops) of a depth: segment lengths up to k_max, any op per segment (all-skip included)."""
+
+    def cuts(start):
+        if start == depth:
+            yield []
+        for n in range(1, min(k_max, depth - start) + 1):
+            for rest in cuts(start + n):
+                yield [(start, n), *rest]
+
+    for segments in cuts(0):
+        for ops in itertools.product(range(3), repeat=len(segments)):
+            z, o = [0] * depth, [-100] * depth
+            for (start, _), op in zip(segments, ops, strict=True):
+                z[start], o[start] = 1, op
+            yield segments, ops, z, o
+
+
+def test_program_logprob_is_a_distribution_over_segmentations():
+    torch.manual_seed(0)
+    depth = 5
+    b, o = torch.randn(2, depth, dtype=torch.float64), torch.randn(2, depth, 3, dtype=torch.float64)
+    every = list(_every_compact(depth, k_max=depth))
+    z = torch.tensor([e[2] for e in every], dtype=torch.float64)
+    ops = torch.tensor([e[3] for e in every])
+    total = program_logprob(b, o, z, ops).exp().sum(1)  # (2,): all boundary patterns x all ops
+    torch.testing.assert_close(total, torch.ones(2, dtype=torch.float64))
+
+
+def test_search_decoder_ranks_exactly_as_exhaustive_scoring():
+    torch.manual_seed(1)
+    depth, k = 7, 6
+    config = PredictorConfig(depth=depth, embed_dim=8, beam=10_000, identity_rule="marginal")
+    lo, hi = math.ceil(config.min_length_ratio * depth), math.floor(config.max_length_ratio * depth)
+    for _ in range(5):
+        b, o = 2 * torch.randn(depth), 2 * torch.randn(depth, 3)
+        best: dict[tuple[int, ...], float] = {}
+        for segments, ops, z, oo in _every_compact(depth, config.k_max):
+            layers = tuple(
+                i
+                for (s, n), op in zip(segments, ops, strict=True)
+                for _ in range(OPS[op].times)
+                for i in range(s, s + n)
+            )
+            if not layers or not lo <= len(layers) <= hi:
+                continue
+            score = program_logprob(b[None], o[None], torch.tensor([z]), torch.tensor([oo]))[0, 0].item()
+            best[layers] = max(best.get(layers, -math.inf), score)
+        expected = [Program(x) for x, _ in sorted(best.items(), key=lambda kv: -kv[1])[:k]]
+        assert decode(b, o, config, k) == expected
+
+
+def test_search_decoder_emits_one_layer_edits_the_threshold_decoder_cannot():
+    """Boundary probabilities of 0.4 at the starts of a one-layer repeat: no threshold passes, search finds it."""
+    compact = CompactProgram.parse("keep(0-3) keep(4-6) repeat(7) keep(8-9)")
+    b, o = _logits_for(compact)
+    b[[4, 7, 8]] = math.log(0.4 / 0.6)
+    config = PredictorConfig(depth=10, embed_dim=8)
+    assert decode(b, o, config, k=1)[0] == compact.to_program()
+    threshold = decode(b, o, PredictorConfig(depth=10, embed_dim=8, decoder="threshold"), k=5)
+    assert compact.to_program() not in threshold
+
+
+def test_program_targets_mark_programs_without_a_compact_form():
+    z, ops, ok = program_targets(["0-5", "0-2,4-5", "0-3,0-1"], depth=6)
+    assert ok.tolist() == [True, True, False]
+    assert z[1].tolist() == CompactProgram.from_program(Program.parse("0-2,4-5"), 6).boundaries()
+    assert ops[1, 3].item() == OPS.index(Op.SKIP)
+    with pytest.raises(ValueError, match="decoder must be one of"):
+        PredictorConfig(depth=6, embed_dim=8, decoder="nope")
+
+
+def test_predictors_saved_before_the_search_decoder_still_decode_by_thresholds(tmp_path):
+    model = ProgramPredictor(PredictorConfig(depth=6, embed_dim=8, d_model=16, ff=32))
+    save(model, tmp_path / "p")
+    config = json.loads((tmp_path / "p" / "config.json").read_text())
+    assert load(tmp_path / "p").config.decoder == "search"
+    del config["decoder"]
+    (tmp_path / "p" / "config.json").write_text(json.dumps(config))
+    assert load(tmp_path / "p").config.decoder == "threshold"
 
 
 @pytest.mark.parametrize(("p_keep", "mass_first"), [(0.8, "0-3,6-15"), (0.95, "0-15")])
