@@ -48,6 +48,7 @@ __all__ = [
     "features",
     "hidden_features",
     "question_features",
+    "right_answers",
     "shared_prefix",
     "tune_price",
     "tune_threshold",
@@ -250,7 +251,7 @@ def choose_cheap(matrix: Matrix, proba: np.ndarray, price: float, passes: int, n
     return Selection(name, choice, _charged(matrix, choice, passes))
 
 
-def _right(matrix: Matrix, choice: np.ndarray) -> int:
+def right_answers(matrix: Matrix, choice: np.ndarray) -> int:
     return int(matrix.correct[np.arange(len(choice)), choice].sum())
 
 
@@ -259,7 +260,7 @@ def tune_threshold(validation: Matrix, proba: np.ndarray, passes: int) -> float:
     which leaves the full depth's answer most often; ``inf`` never switches)."""
     gain = (proba[:, 1:] - proba[:, :1]).max(1)
     candidates = sorted({np.inf, *(float(g) for g in gain)}, reverse=True)
-    right = [_right(validation, choose_gain(validation, proba, t, passes, "").choice) for t in candidates]
+    right = [right_answers(validation, choose_gain(validation, proba, t, passes, "").choice) for t in candidates]
     return candidates[int(np.argmax(right))]  # the first maximum: the highest threshold among ties
 
 
@@ -270,7 +271,7 @@ def tune_price(validation: Matrix, proba: np.ndarray, passes: int, margin: float
     best, fewest = 0.0, np.inf
     for price in np.linspace(0, 1, 101):
         chosen = choose_cheap(validation, proba, float(price), passes, "")
-        right = _right(validation, chosen.choice) / len(chosen.choice)
+        right = right_answers(validation, chosen.choice) / len(chosen.choice)
         if right >= base - margin and chosen.cost.mean() < fewest - 1e-9:
             best, fewest = float(price), chosen.cost.mean()
     return best

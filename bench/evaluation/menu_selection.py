@@ -4,7 +4,8 @@ Two phases, in this order, by one command:
 
 1. **freeze** (train and validation matrices only): every candidate is fitted on train and tuned on validation
    (B1 best static program, B2 best per level, B3 a confidence gate, M1 gain models over several feature sets
-   and two model kinds, an efficiency-mode M1 on free features, the shortest static program within 1 point).
+   and two model kinds, an efficiency-mode M1 on free features, the shortest static program within 1 point,
+   M2 the PoLar network scored over the menu with one checkpoint per mode chosen by its validation decision).
    The accuracy-mode winner (highest validation pass@1) and the efficiency-mode winner (fewest layers with
    validation pass@1 within 1 point of base greedy) are written to ``OUT/frozen.json`` with every candidate's
    validation score. The test matrix is not read before that file is written.
@@ -21,6 +22,7 @@ Usage (see bench/evaluation/README.md):
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import sys
@@ -32,6 +34,8 @@ from tqdm import tqdm
 
 from polar.answering import Answerer
 from polar.baselines import block_influence, shortgpt_program
+from polar.embedder import load_embedder
+from polar.menu_network import MenuNetwork, MenuNetworkConfig, embed_each
 from polar.programs import Program
 from polar.selection import (
     FEATURE_PASSES,
@@ -109,6 +113,9 @@ class Candidates:
     def __init__(self, train: Matrix, validation: Matrix, computed, samples: int) -> None:
         self.free = shared_prefix(train.programs)
         self.computed, self.samples = computed, samples
+        self._vectors: dict[tuple[str, ...], tuple] = {}
+        self.m2 = MenuNetwork(MenuNetworkConfig(), train.programs, train.depth, self.embedder.dim)
+        self.m2.fit(train, *self.vectors(train), validation, *self.vectors(validation))
         self.b1 = best_static(train)
         self.b2 = best_per_level(train)
         self.gates = {f: tune_gate(validation, self.b1, f) for f in FEATURE_PASSES}
@@ -126,6 +133,18 @@ class Candidates:
                     tune = tune_threshold if mode == "accuracy" else tune_price
                     self.models[key] = (mode, names, model)
                     self.tuned[key] = float(tune(validation, model.proba(fv), fv.passes))
+
+    @functools.cached_property
+    def embedder(self):
+        return load_embedder(MenuNetworkConfig.embedder)
+
+    def vectors(self, matrix: Matrix):
+        """M2's input: each question's token vectors, embedded alone as a served question is."""
+        if matrix.ids not in self._vectors:
+            start = time.perf_counter()
+            self._vectors[matrix.ids] = embed_each(list(matrix.inputs["question"]), self.embedder)
+            self.embed_ms = 1000 * (time.perf_counter() - start) / len(matrix.ids)
+        return self._vectors[matrix.ids]
 
     def _features(self, matrix: Matrix, names):
         return features(matrix, names, {n: self.computed(matrix, n) for n in names if n.startswith(WIDE)}, self.samples)
@@ -147,6 +166,11 @@ class Candidates:
             pick = choose_gain if mode == "accuracy" else choose_cheap
             out.append((key, pick(matrix, proba, t, f.passes, key)))
             self.overhead_ms[key] = 1000 * (time.perf_counter() - start) / len(matrix.ids)
+        for mode in ("accuracy", "efficiency"):
+            key = f"M2 {mode} PoLar network over the menu"
+            start = time.perf_counter()
+            out.append((key, self.m2.select(matrix, *self.vectors(matrix), mode, key)))
+            self.overhead_ms[key] = 1000 * (time.perf_counter() - start) / len(matrix.ids)
         return out
 
     def frozen(self, matrix: Matrix) -> dict:
@@ -158,6 +182,12 @@ class Candidates:
             "m1": {
                 k: {"mode": m, "features": list(n), "kind": model.kind, "tuned": self.tuned[k]}
                 for k, (m, n, model) in self.models.items()
+            },
+            "m2": {
+                "config": self.m2.config.to_dict(),
+                "tuned": self.m2.tuned,
+                "checkpoints": self.m2.best,
+                "history": self.m2.history,
             },
         }
 
@@ -379,7 +409,8 @@ def main() -> None:
             "choice_ms_per_input": candidates.overhead_ms.get(name, 0.0),
             "features_ms_per_input": {
                 n: EXTRACTION_MS[n] for n in candidates.models.get(name, (None, ()))[1] if n in EXTRACTION_MS
-            },
+            }
+            | ({"question tokens (MiniLM, last split embedded)": candidates.embed_ms} if name.startswith("M2") else {}),
         }
         for name in frozen["winners"].values()
     }

@@ -1,0 +1,182 @@
+"""M2: the PoLar network scored over a menu, trained on a reward matrix with its failed programs as negatives.
+
+The network of :mod:`polar.predictor` gives every compact program a log-probability
+(:func:`polar.predictor.program_logprob`). Here it is not decoded: it scores the programs of a menu, and a
+softmax over the menu says how much it prefers each one for the input. Training fits that softmax to the
+matrix: for every training input where some menu programs answer right and some do not, the loss is minus
+the log of the probability the menu softmax puts on the right ones (every wrong program of the row is a
+negative). Rows where every program is right, or none is, say nothing about the choice and are left out.
+
+It trains for a fixed number of steps (thousands, not a few epochs) and keeps, for each operating point,
+the checkpoint whose *decision* is best on validation: the most right answers with its gain threshold tuned
+there (accuracy mode), and the fewest layers within ``margin`` of base greedy with its price tuned there
+(efficiency mode). Choices then go through :func:`polar.selector.choose_gain` / :func:`choose_cheap` with the
+softmax in place of the gain model's probabilities. The network reads only the question's text (a frozen
+sentence encoder), so it runs no layer of the base model: every layer it costs is the chosen program's.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from polar.predictor import PredictorConfig, ProgramPredictor, program_logprob, program_targets
+from polar.programs import Program
+from polar.selection import Matrix
+from polar.selector import choose_cheap, choose_gain, right_answers, tune_price, tune_threshold
+
+__all__ = ["MenuNetwork", "MenuNetworkConfig", "embed_each", "menu_loss"]
+
+
+@dataclass(frozen=True)
+class MenuNetworkConfig:
+    """How M2 trains (the network's shape is the paper's unless set here)."""
+
+    steps: int = 2000
+    batch: int = 32  # training inputs per step
+    lr: float = 5e-4  # peak (AdamW, linear warm-up over 100 steps, cosine decay)
+    weight_decay: float = 0.01
+    d_model: int = 128
+    ff: int = 512
+    encoder_layers: int = 2
+    dropout: float = 0.1
+    eval_every: int = 100  # steps between validation decisions (the checkpoint candidates)
+    margin: float = 0.01  # efficiency mode: pass@1 at most this far below base greedy on validation
+    embedder: str = "minilm"
+    seed: int = 0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def embed_each(questions: Sequence[str], embedder) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token vectors (n, T, E) and mask (n, T) with each question embedded alone (as a served question is),
+    then padded to one width: padding changes neither the encoder's vectors nor the network's output."""
+    parts = [embedder([q]) for q in tqdm(questions, desc="embed questions", unit="q", leave=False)]
+    width = max(x.shape[1] for x, _ in parts)
+    x = torch.cat([torch.nn.functional.pad(x, (0, 0, 0, width - x.shape[1])) for x, _ in parts])
+    mask = torch.cat([torch.nn.functional.pad(m, (0, width - m.shape[1])) for _, m in parts])
+    return x, mask
+
+
+def menu_loss(scores: torch.Tensor, correct: torch.Tensor, usable: torch.Tensor) -> torch.Tensor:
+    """Minus the log of the menu-softmax probability of the right programs, averaged over rows.
+
+    Args:
+        scores: (B, M) log-probabilities of the menu's programs; correct: (B, M) bool;
+        usable: (M,) bool, the programs the network can emit (the others take no part).
+    """
+    s = scores.masked_fill(~usable, -math.inf)
+    right = s.masked_fill(~correct, -math.inf)
+    return (torch.logsumexp(s, 1) - torch.logsumexp(right, 1)).mean()
+
+
+@dataclass
+class MenuNetwork:
+    """The network, the menu's compact forms, and one checkpoint per operating point."""
+
+    config: MenuNetworkConfig
+    programs: tuple[str, ...]
+    depth: int
+    embed_dim: int
+    states: dict[str, dict] = field(default_factory=dict)  # mode -> state_dict
+    tuned: dict[str, float] = field(default_factory=dict)  # mode -> threshold (accuracy) or price (efficiency)
+    history: list[dict] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.boundaries, self.ops, self.usable = program_targets(self.programs, self.depth)
+        if Program.parse(self.programs[0]) != Program.identity(self.depth):
+            raise ValueError(
+                f"the menu's first program must be the full depth (0-{self.depth - 1}), as menu.txt has it"
+            )
+        torch.manual_seed(self.config.seed)
+        c = self.config
+        self.net = ProgramPredictor(
+            PredictorConfig(
+                self.depth, self.embed_dim, c.d_model, ff=c.ff, encoder_layers=c.encoder_layers, dropout=c.dropout
+            )
+        )
+
+    @torch.no_grad()
+    def proba(self, x: torch.Tensor, mask: torch.Tensor, mode: str | None = None, batch: int = 1) -> np.ndarray:
+        """(n, M) the menu softmax of each input (programs without a compact form get 0). ``mode`` loads that
+        operating point's checkpoint first. ``batch = 1`` scores each question alone, as it is served."""
+        if mode is not None:
+            self.net.load_state_dict(self.states[mode])
+        self.net.eval()
+        out = []
+        for i in range(0, len(x), batch):
+            xi, mi = x[i : i + batch], mask[i : i + batch]
+            width = int(mi.sum(1).max())  # trailing padding off: each question as if alone
+            b, o = self.net(xi[:, :width], mi[:, :width])
+            s = program_logprob(b, o, self.boundaries, self.ops).masked_fill(~self.usable, -math.inf)
+            out.append(torch.softmax(s, 1))
+        return torch.cat(out).double().numpy()
+
+    def fit(self, train: Matrix, x: torch.Tensor, mask: torch.Tensor, validation: Matrix, xv, mv) -> MenuNetwork:
+        """Train on ``train`` (its question vectors ``x``, ``mask``), choosing checkpoints on ``validation``."""
+        if tuple(train.programs) != self.programs or tuple(validation.programs) != self.programs:
+            raise ValueError("the matrices were labeled with another menu than the network's")
+        c = self.config
+        correct = torch.from_numpy(train.correct.copy())
+        usable = self.usable
+        informative = (correct & usable).any(1) & (~correct & usable).any(1)
+        rows = informative.nonzero()[:, 0]
+        if len(rows) == 0:
+            raise ValueError("no training input has both a right and a wrong menu program: nothing to learn")
+        gen = torch.Generator().manual_seed(c.seed)
+        optim = torch.optim.AdamW(self.net.parameters(), lr=c.lr, weight_decay=c.weight_decay)
+        warm = min(100, c.steps // 10)
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            optim,
+            lambda s: (s + 1) / warm if s < warm else 0.5 * (1 + math.cos(math.pi * (s - warm) / (c.steps - warm))),
+        )
+        best = {"accuracy": (-1, 0), "efficiency": (math.inf, 0)}
+        base = validation.correct[:, 0].mean()
+        bar = tqdm(range(1, c.steps + 1), desc="train M2", unit="step")
+        for step in bar:
+            self.net.train()
+            idx = rows[torch.randint(len(rows), (min(c.batch, len(rows)),), generator=gen)]
+            b, o = self.net(x[idx], mask[idx])
+            loss = menu_loss(program_logprob(b, o, self.boundaries, self.ops), correct[idx], usable)
+            optim.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(self.net.parameters(), 1.0)
+            optim.step()
+            sched.step()
+            if step % c.eval_every and step != c.steps:
+                continue
+            p = self.proba(xv, mv)
+            threshold = tune_threshold(validation, p, 0)
+            right = right_answers(validation, choose_gain(validation, p, threshold, 0, "").choice)
+            price = tune_price(validation, p, 0, c.margin)
+            cheap = choose_cheap(validation, p, price, 0, "")
+            layers = float(cheap.cost.mean())
+            within = right_answers(validation, cheap.choice) / len(cheap.choice) >= base - c.margin
+            self.history.append(
+                {"step": step, "loss": loss.item(), "val_right": right, "threshold": threshold, "val_layers": layers}
+            )
+            bar.set_postfix(loss=f"{loss.item():.3f}", val_right=right, val_layers=f"{layers:.1f}")
+            state = copy.deepcopy(self.net.state_dict())
+            if right > best["accuracy"][0]:  # ties: the earlier step
+                best["accuracy"] = (right, step)
+                self.states["accuracy"], self.tuned["accuracy"] = state, threshold
+            if within and layers < best["efficiency"][0] - 1e-9:
+                best["efficiency"] = (layers, step)
+                self.states["efficiency"], self.tuned["efficiency"] = state, price
+        if "efficiency" not in self.states:  # no checkpoint saved a layer within the margin: the full depth
+            self.states["efficiency"], self.tuned["efficiency"] = self.states["accuracy"], 0.0
+        self.best = {mode: {"step": s, "value": v} for mode, (v, s) in best.items()}
+        return self
+
+    def select(self, matrix: Matrix, x: torch.Tensor, mask: torch.Tensor, mode: str, name: str):
+        """The :class:`polar.selection.Selection` of ``mode`` with its checkpoint and tuned setting."""
+        p = self.proba(x, mask, mode)
+        pick = choose_gain if mode == "accuracy" else choose_cheap
+        return pick(matrix, p, self.tuned[mode], 0, name)
