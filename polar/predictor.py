@@ -30,7 +30,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from polar.programs import DEFAULT_K_MAX, CompactProgram, Op, Program, ProgramError, Segment
-from polar.settings import IDENTITY_RULES
+from polar.settings import DECODERS, IDENTITY_RULES
 
 __all__ = [
     "IDENTITY_RULES",
@@ -48,7 +48,6 @@ __all__ = [
 ]
 
 OPS = (Op.SKIP, Op.KEEP, Op.REPEAT)  # index order of the op head
-DECODERS = ("search", "threshold")
 WEIGHTS, CONFIG = "predictor.safetensors", "config.json"
 
 

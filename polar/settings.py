@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_EMBEDDER",
+    "DECODERS",
     "IDENTITY_RULES",
     "SPACES",
     "SYNTHETIC_SIZES",
@@ -39,6 +40,7 @@ __all__ = [
 
 SPACES = ("skip", "loop", "joint")  # search spaces: skip actions only, repeat actions only, both
 IDENTITY_RULES = ("mass", "marginal")  # where the predictor's decoding ranks the full-depth program
+DECODERS = ("search", "threshold")  # how the predictor's outputs become programs (polar/predictor.py)
 DEFAULT_EMBEDDER = "minilm"
 
 SYNTHETIC_SIZES = {"train": 40, "validation": 10, "test": 20}  # questions per level unless given
@@ -217,9 +219,17 @@ class TrainConfig:
         "probability; marginal keeps the plain beam order.",
     )
 
+    decoder: str = setting(
+        "search",
+        "Decoding: search ranks every admissible program by the network's log-probability (one-layer edits "
+        "included); threshold starts segments where a boundary passes 0.5 (the earlier decoder, for comparison).",
+    )
+
     def __post_init__(self) -> None:
         if self.space not in SPACES:
             raise ValueError(f"space must be one of {SPACES}, got {self.space!r}")
+        if self.decoder not in DECODERS:
+            raise ValueError(f"decoder must be one of {DECODERS}, got {self.decoder!r}")
         if self.identity_rule not in IDENTITY_RULES:
             raise ValueError(
                 f"identity_rule must be one of {IDENTITY_RULES}, got {self.identity_rule!r}"

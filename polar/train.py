@@ -203,6 +203,7 @@ def train(
         encoder_layers=config.encoder_layers,
         dropout=config.dropout,
         identity_rule=config.identity_rule,
+        decoder=config.decoder,
         meta={
             "base_model": spec,
             "embedder": config.embedder,

@@ -156,6 +156,8 @@ def test_program_targets_mark_programs_without_a_compact_form():
     assert ops[1, 3].item() == OPS.index(Op.SKIP)
     with pytest.raises(ValueError, match="decoder must be one of"):
         PredictorConfig(depth=6, embed_dim=8, decoder="nope")
+    with pytest.raises(ValueError, match="decoder must be one of"):
+        TrainConfig(decoder="nope")
 
 
 def test_predictors_saved_before_the_search_decoder_still_decode_by_thresholds(tmp_path):
@@ -251,6 +253,7 @@ def test_training_learns_programs_that_depend_on_the_question(tmp_path, smollm2)
     out = train([path], tmp_path / "predictor", config, backbone=backbone, device="cpu")
     model = load(out)
     assert model.config.meta["embedder"] == "backbone:1" and len(model.config.meta["labels_sha256"]) == 64
+    assert model.config.decoder == "search"
     assert (out / "history.json").exists() and model.config.meta["best"]["epoch"] >= 1
     from polar.embedder import load_embedder
 
