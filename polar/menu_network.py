@@ -18,20 +18,24 @@ sentence encoder), so it runs no layer of the base model: every layer it costs i
 from __future__ import annotations
 
 import copy
+import dataclasses
+import json
 import math
+import random
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from polar.predictor import PredictorConfig, ProgramPredictor, program_logprob, program_targets
+from polar.predictor import PredictorConfig, ProgramPredictor, menu_softmax, program_logprob, program_targets
 from polar.programs import Program
 from polar.selection import Matrix
 from polar.selector import choose_cheap, choose_gain, right_answers, tune_price, tune_threshold
 
-__all__ = ["MenuNetwork", "MenuNetworkConfig", "embed_each", "menu_loss"]
+__all__ = ["MenuNetwork", "MenuNetworkConfig", "embed_each", "menu_loss", "split_matrix", "train_menu"]
 
 
 @dataclass(frozen=True)
@@ -115,8 +119,7 @@ class MenuNetwork:
             xi, mi = x[i : i + batch], mask[i : i + batch]
             width = int(mi.sum(1).max())  # trailing padding off: each question as if alone
             b, o = self.net(xi[:, :width], mi[:, :width])
-            s = program_logprob(b, o, self.boundaries, self.ops).masked_fill(~self.usable, -math.inf)
-            out.append(torch.softmax(s, 1))
+            out.append(menu_softmax(b, o, (self.boundaries, self.ops, self.usable)))
         return torch.cat(out).double().numpy()
 
     def fit(self, train: Matrix, x: torch.Tensor, mask: torch.Tensor, validation: Matrix, xv, mv) -> MenuNetwork:
@@ -175,8 +178,93 @@ class MenuNetwork:
         self.best = {mode: {"step": s, "value": v} for mode, (v, s) in best.items()}
         return self
 
+    def predictor(self, mode: str = "accuracy", meta: dict | None = None) -> ProgramPredictor:
+        """The servable predictor of ``mode`` (accuracy: the gain threshold): this network at that checkpoint,
+        with the menu in its config, so that :func:`polar.predictor.predict` makes exactly :meth:`select`'s
+        choice (efficiency mode's price is not a predictor setting)."""
+        if mode != "accuracy":
+            raise ValueError("only the accuracy mode's choice is a predictor (a gain threshold over the full depth)")
+        config = dataclasses.replace(
+            self.net.config, menu=self.programs, menu_threshold=self.tuned[mode], dropout=0.0, meta=meta or {}
+        )
+        model = ProgramPredictor(config)
+        model.load_state_dict(self.states[mode])
+        return model.eval()
+
     def select(self, matrix: Matrix, x: torch.Tensor, mask: torch.Tensor, mode: str, name: str):
         """The :class:`polar.selection.Selection` of ``mode`` with its checkpoint and tuned setting."""
         p = self.proba(x, mask, mode)
         pick = choose_gain if mode == "accuracy" else choose_cheap
         return pick(matrix, p, self.tuned[mode], 0, name)
+
+
+def split_matrix(matrix: Matrix, val_fraction: float, seed: int) -> tuple[Matrix, Matrix]:
+    """Train and validation parts of a matrix, whole questions on one side (a seeded shuffle of the questions)."""
+    questions = sorted(set(matrix.inputs["question"]))
+    random.Random(seed).shuffle(questions)
+    held = set(questions[: round(len(questions) * val_fraction)])
+    if not held or len(held) == len(questions):
+        raise ValueError(
+            f"{len(questions)} questions cannot be split {1 - val_fraction:.0%}/{val_fraction:.0%}: "
+            "label more inputs, or change val_fraction"
+        )
+    on_val = matrix.inputs["question"].isin(held).to_numpy()
+    return matrix.take(~on_val), matrix.take(on_val)
+
+
+def train_menu(label_paths: Sequence[str | Path], out_dir: str | Path, config) -> Path:
+    """``polar train --method menu``: M2 on menu runs (``polar label --menu`` folders, or a file in one), saved as
+    a predictor that ranks the menu (:func:`polar.predictor.save`) with its ``history.json``.
+
+    Args:
+        config: :class:`polar.settings.TrainConfig` (``steps``, ``lr``, ``weight_decay``, ``dropout``,
+            ``embedder``, ``val_fraction``, ``seed``; the network's shape is M2's).
+    """
+    from polar.embedder import load_embedder
+    from polar.labels import read_settings
+    from polar.menu import INPUTS, REWARDS
+    from polar.predictor import save
+    from polar.train import file_sha256, labels_prompt
+
+    folders = [Path(p) if Path(p).is_dir() else Path(p).parent for p in label_paths]
+    matrix = Matrix.concat([Matrix.load(f) for f in folders])
+    prompt = labels_prompt([f / REWARDS for f in folders])
+    settings = [read_settings(f) for f in folders]
+    budgets = {s["config"]["max_new_tokens"] for s in settings}
+    if len(budgets) > 1 or len({s["model"] for s in settings}) > 1:
+        raise ValueError("the menu runs were made with different base models or generation budgets")
+    train, validation = split_matrix(matrix, config.val_fraction, config.seed)
+    embedder = load_embedder(config.embedder)
+    mconfig = MenuNetworkConfig(
+        steps=config.steps,
+        lr=config.lr,
+        weight_decay=config.weight_decay,
+        dropout=config.dropout,
+        eval_every=max(1, min(100, config.steps // 10)),
+        embedder=config.embedder,
+        seed=config.seed,
+    )
+    net = MenuNetwork(mconfig, matrix.programs, matrix.depth, embedder.dim)
+    net.fit(
+        train,
+        *embed_each(list(train.inputs["question"]), embedder),
+        validation,
+        *embed_each(list(validation.inputs["question"]), embedder),
+    )
+    files = [f / name for f in folders for name in (REWARDS, INPUTS)]
+    meta = {
+        "base_model": settings[0]["model"],
+        "embedder": config.embedder,
+        "label_files": [str(f / REWARDS) for f in folders],
+        "labels_sha256": file_sha256(files),
+        "prompt": prompt.to_dict(),  # evaluation and serving prompt exactly as labeling did
+        "max_new_tokens": budgets.pop(),
+        "train": config.to_dict(),
+        "method": "menu",
+        "menu_network": mconfig.to_dict(),
+        "data": {"inputs": len(matrix.ids), "train_inputs": len(train.ids), "val_inputs": len(validation.ids)},
+        "best": {"step": net.best["accuracy"]["step"], "val_right": net.best["accuracy"]["value"]},
+    }
+    out_dir = save(net.predictor("accuracy", meta), out_dir)
+    (out_dir / "history.json").write_text(json.dumps(net.history, indent=2) + "\n")
+    return out_dir

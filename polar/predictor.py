@@ -14,17 +14,23 @@ Decoding (``decoder``) turns them into a ranked list of distinct programs:
   where a boundary's probability passes ``threshold``, are split at ``k_max``, and a beam runs over their
   ops. When no boundary passes, every segment is ``k_max`` long and no one-layer edit can be emitted.
 
+A predictor with a ``menu`` (trained by :mod:`polar.menu_network`, ``polar train --method menu``) is not decoded:
+it ranks the menu's programs by :func:`menu_softmax`, and runs the one of highest gain over the full depth
+(its probability minus the full depth's) only when that gain passes ``menu_threshold``.
+
 Weights are saved as safetensors with a JSON config beside them (:func:`save`, :func:`load`).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
@@ -40,6 +46,7 @@ __all__ = [
     "check_identity_rule",
     "decode",
     "load",
+    "menu_softmax",
     "predict",
     "program_logprob",
     "program_targets",
@@ -78,12 +85,17 @@ class PredictorConfig:
     # (the product of the segments' keep probabilities); otherwise the best edited program goes first.
     # "marginal": the plain beam order, in which a mixture of different edits still ranks the identity first.
     identity_rule: str = "mass"
+    menu: tuple[str, ...] = ()  # a menu predictor's programs, the full depth first (empty: decode)
+    menu_threshold: float = 0.0  # its gain over the full depth that a program must pass to run
     meta: dict = field(default_factory=dict)  # provenance: base model, embedder, label hashes, training
 
     def __post_init__(self) -> None:
         check_identity_rule(self.identity_rule)
         if self.decoder not in DECODERS:
             raise ValueError(f"decoder must be one of {DECODERS}, got {self.decoder!r}")
+        object.__setattr__(self, "menu", tuple(self.menu))  # a list when read from config.json
+        if self.menu and Program.parse(self.menu[0]) != Program.identity(self.depth):
+            raise ValueError(f"a menu predictor's first program must be the full depth 0-{self.depth - 1}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -126,6 +138,8 @@ def decode(boundary_logits: torch.Tensor, op_logits: torch.Tensor, config: Predi
         config: the decoder, ``k_max``, beam width and length bounds (and the threshold decoder's settings).
         k: programs wanted. Fewer come back only when fewer admissible ones exist; the full depth when none.
     """
+    if config.menu:
+        return _decode_menu(boundary_logits, op_logits, config, k)
     if config.decoder == "threshold":
         return _decode_threshold(boundary_logits, op_logits, config, k)
     depth, k_max = config.depth, config.k_max
@@ -161,6 +175,32 @@ def decode(boundary_logits: torch.Tensor, op_logits: torch.Tensor, config: Predi
     if config.identity_rule == "mass" and out[0] == identity and len(out) > 1 and done[0][0] < math.log(0.5):
         out[0], out[1] = out[1], out[0]  # an edit is more likely than none: the most likely edit first
     return out[:k]
+
+
+def menu_softmax(
+    boundary_logits: torch.Tensor, op_logits: torch.Tensor, targets: tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+) -> torch.Tensor:
+    """(B, M) how much the network prefers each of a menu's programs: the softmax of their log-probabilities
+    over the programs it can emit (the others get 0). ``targets``: :func:`program_targets` of the menu."""
+    boundaries, ops, usable = targets
+    scores = program_logprob(boundary_logits, op_logits, boundaries, ops).masked_fill(~usable, -math.inf)
+    return torch.softmax(scores, dim=-1)
+
+
+@functools.lru_cache(maxsize=8)
+def _menu_targets(menu: tuple[str, ...], depth: int, k_max: int):
+    return program_targets(menu, depth, k_max)
+
+
+def _decode_menu(boundary_logits: torch.Tensor, op_logits: torch.Tensor, config: PredictorConfig, k: int):
+    """The menu's program of highest gain first when its gain passes the threshold (else the full depth), then
+    the others the network can emit, by preference: the choice of :func:`polar.selector.choose_gain`."""
+    p = menu_softmax(boundary_logits[None], op_logits[None], _menu_targets(config.menu, config.depth, config.k_max))
+    p = p[0].detach().double().numpy()
+    gain = p[1:] - p[:1]
+    first = int(gain.argmax()) + 1 if gain.max() > config.menu_threshold else 0
+    rest = [int(j) for j in np.argsort(-p, kind="stable") if j != first and p[j] > 0]
+    return [Program.parse(config.menu[j]) for j in [first, *rest][:k]]
 
 
 def _decode_threshold(

@@ -110,6 +110,19 @@ class Matrix:
             else np.concatenate([p.predictions for p in parts]),
         )
 
+    def take(self, rows: np.ndarray) -> Matrix:
+        """The matrix of some inputs (a boolean mask or indices, in that order)."""
+        rows = np.flatnonzero(rows) if np.asarray(rows).dtype == bool else np.asarray(rows)
+        return Matrix(
+            ids=tuple(self.ids[i] for i in rows),
+            levels=self.levels[rows],
+            programs=self.programs,
+            layers=self.layers,
+            correct=self.correct[rows],
+            inputs=self.inputs.iloc[rows].reset_index(drop=True),
+            predictions=None if self.predictions is None else self.predictions[rows],
+        )
+
     def same_menu(self, other: Matrix) -> None:
         if self.programs != other.programs:
             raise ValueError("the matrices were labeled with different menus: label every split with one menu.txt")

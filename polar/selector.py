@@ -257,9 +257,9 @@ def right_answers(matrix: Matrix, choice: np.ndarray) -> int:
 
 def tune_threshold(validation: Matrix, proba: np.ndarray, passes: int) -> float:
     """The threshold of :func:`choose_gain` with the most right answers on ``validation`` (ties: the highest,
-    which leaves the full depth's answer most often; ``inf`` never switches)."""
+    which leaves the full depth's answer most often; ``inf`` never switches, ``-inf`` always does)."""
     gain = (proba[:, 1:] - proba[:, :1]).max(1)
-    candidates = sorted({np.inf, *(float(g) for g in gain)}, reverse=True)
+    candidates = sorted({np.inf, -np.inf, *(float(g) for g in gain)}, reverse=True)
     right = [right_answers(validation, choose_gain(validation, proba, t, passes, "").choice) for t in candidates]
     return candidates[int(np.argmax(right))]  # the first maximum: the highest threshold among ties
 

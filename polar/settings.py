@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_EMBEDDER",
     "DECODERS",
+    "METHODS",
     "IDENTITY_RULES",
     "SPACES",
     "SYNTHETIC_SIZES",
@@ -41,6 +42,7 @@ __all__ = [
 SPACES = ("skip", "loop", "joint")  # search spaces: skip actions only, repeat actions only, both
 IDENTITY_RULES = ("mass", "marginal")  # where the predictor's decoding ranks the full-depth program
 DECODERS = ("search", "threshold")  # how the predictor's outputs become programs (polar/predictor.py)
+METHODS = ("network", "menu")  # what `polar train` fits (polar/train.py, polar/menu_network.py)
 DEFAULT_EMBEDDER = "minilm"
 
 SYNTHETIC_SIZES = {"train": 40, "validation": 10, "test": 20}  # questions per level unless given
@@ -193,6 +195,18 @@ class TrainConfig:
 
     SECTION: ClassVar[str] = "train"
 
+    method: str = setting(
+        "network",
+        "What to train: network, the PoLar network on search labels (labels.jsonl), decoded into programs; or "
+        "menu, the same network scored over a menu (M2) on dense menu runs (`polar label --menu` folders), "
+        "choosing a menu program only where its gain over the full depth passes a threshold tuned on held-out "
+        "inputs. Neither beats base greedy on 500 unseen inputs (bench/evaluation/README.md).",
+    )
+    steps: int = setting(
+        2000,
+        "method menu: optimisation steps (32 inputs each); the checkpoint is chosen every "
+        "100 steps by its decision on the held-out inputs.",
+    )
     embedder: str = setting(
         DEFAULT_EMBEDDER,
         "Question embedder: minilm (all-MiniLM-L6-v2), backbone:N (the base model's hidden states after N layers), "
@@ -230,6 +244,10 @@ class TrainConfig:
             raise ValueError(f"space must be one of {SPACES}, got {self.space!r}")
         if self.decoder not in DECODERS:
             raise ValueError(f"decoder must be one of {DECODERS}, got {self.decoder!r}")
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
+        if self.steps < 1:
+            raise ValueError(f"steps must be at least 1, got {self.steps}")
         if self.identity_rule not in IDENTITY_RULES:
             raise ValueError(
                 f"identity_rule must be one of {IDENTITY_RULES}, got {self.identity_rule!r}"

@@ -174,7 +174,8 @@ def train(
     """Train a predictor on ``label_files`` and save the best checkpoint into ``out_dir``.
 
     Args:
-        label_files: merged label files of one base model (``labels.jsonl``).
+        label_files: merged label files of one base model (``labels.jsonl``); with ``config.method == "menu"``,
+            menu run folders (:func:`polar.menu_network.train_menu`).
         out_dir: folder for ``predictor.safetensors``, ``config.json`` and ``history.json``.
         config: training settings.
         base_model: model spec for ``backbone:N`` embedders (default: the model named in the labels).
@@ -185,6 +186,10 @@ def train(
     """
     from polar.backbone import load, resolve_device
 
+    if config.method == "menu":
+        from polar.menu_network import train_menu
+
+        return train_menu(label_files, out_dir, config)
     torch.manual_seed(config.seed)
     targets, summary = load_targets(label_files, config)
     train_t, val_t = split_by_question(targets, config.val_fraction, config.seed)

@@ -1,13 +1,17 @@
 """M2, the PoLar network scored over a menu: its loss, and a fit that learns a per-input choice."""
 
+import json
 import math
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import TEST_PROMPT
 
 from polar.menu_network import MenuNetwork, MenuNetworkConfig, menu_loss
+from polar.predictor import decode, load, predict, save
+from polar.programs import Program
 from polar.selection import Matrix, score
 
 PROGRAMS = ("0-5", "0-2,4-5", "0-3,3-5", "0-3,0-1")  # full depth, a skip, a repeat, one with no compact form
@@ -64,3 +68,70 @@ def test_m2_refuses_a_matrix_with_nothing_to_learn():
     config = MenuNetworkConfig(steps=10, d_model=16, ff=32)
     with pytest.raises(ValueError, match="nothing to learn"):
         MenuNetwork(config, PROGRAMS, 6, 8).fit(flat, x, m, train, x, m)
+
+
+def test_the_saved_predictor_makes_the_selection_it_was_measured_with(tmp_path):
+    """What is served (predict: each question alone, decode by the menu) is the selection scored in the bench."""
+    (train, x, m), (val, xv, mv), (test, xt, mt) = _split(0), _split(1), _split(2)
+    config = MenuNetworkConfig(steps=100, batch=16, lr=2e-3, d_model=32, ff=64, dropout=0.0, eval_every=50)
+    net = MenuNetwork(config, PROGRAMS, 6, 8).fit(train, x, m, val, xv, mv)
+    save(net.predictor("accuracy", {"x": 1}), tmp_path / "p")
+    model = load(tmp_path / "p")
+    assert model.config.menu == PROGRAMS and model.config.menu_threshold == net.tuned["accuracy"]
+    chosen = net.select(test, xt, mt, "accuracy", "m2").choice
+    served = []
+    for i in range(len(test.ids)):
+        b, o = model(xt[i : i + 1], mt[i : i + 1])
+        ranked = decode(b[0], o[0], model.config, k=3)
+        assert Program.parse(PROGRAMS[3]) not in ranked  # no compact form: never offered
+        served.append(PROGRAMS.index(ranked[0].text))
+    assert served == chosen.tolist() and len(set(served)) > 1
+    with pytest.raises(ValueError, match="only the accuracy mode"):
+        net.predictor("efficiency")
+
+
+def _menu_folder(folder, n: int = 40):
+    """A menu run as `polar label --menu` leaves it: the skip answers the sums, the repeat the colours."""
+    from polar.labels import MenuRecord, MenuResult
+    from polar.menu import export
+
+    folder.mkdir()
+    records = []
+    for i in range(n):
+        add = i % 2 == 0
+        question = f"What is {i} + {i + 7}?" if add else f"Name the colour of flag number {i}."
+        right = [False, add, not add, False]  # the full depth never: every held-out input gains by switching
+        results = tuple(
+            MenuResult(p, r, None, len(Program.parse(p)), -1.0, 3) for p, r in zip(PROGRAMS, right, strict=True)
+        )
+        records.append(
+            MenuRecord(f"t/{i}", "t", "1", question, "x", "text", "tiny", 6, "plain", "menu-x", results, -1, 0, 0, 0, 0)
+        )
+    merged = folder / "menu.jsonl"
+    merged.write_text("".join(r.to_json() + "\n" for r in records))
+    export(merged, records)
+    settings = {"kind": "menu", "model": "tiny", "config": {"max_new_tokens": 6}, "prompt": TEST_PROMPT}
+    (folder / "settings.json").write_text(json.dumps(settings))
+    return folder
+
+
+@pytest.mark.slow  # MiniLM
+def test_polar_train_method_menu(tmp_path):
+    from typer.testing import CliRunner
+
+    from polar.cli import app
+    from polar.embedder import load_embedder
+
+    folder = _menu_folder(tmp_path / "menu")
+    args = ["train", "--method", "menu", "--steps", "200", "--lr", "0.002", "--labels", str(folder)]
+    result = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "p")])
+    assert result.exit_code == 0, result.output
+    assert "menu of 4 programs; best step" in " ".join(result.output.split())
+    model = load(tmp_path / "p")
+    assert model.config.menu == PROGRAMS and model.config.meta["method"] == "menu"
+    assert model.config.meta["data"] == {"inputs": 40, "train_inputs": 32, "val_inputs": 8}
+    questions = ["What is 101 + 108?", "Name the colour of flag number 99."]
+    top = [ranked[0].text for ranked in predict(model, load_embedder("minilm"), questions, k=2)]
+    assert top == [PROGRAMS[1], PROGRAMS[2]]
+    bad = CliRunner().invoke(app, [*args[:-1], str(tmp_path / "nothing"), "--out", str(tmp_path / "q")])
+    assert bad.exit_code != 0 and "label it first" in bad.output

@@ -133,3 +133,20 @@ def test_levels_of_any_name_are_features_and_unseen_ones_do_not_break_it():
     unseen = replace(test, levels=np.array(["topology"] * len(test.ids)))
     proba = other.proba(features(unseen, ("level", "confidence")))
     assert proba.shape == (len(test.ids), len(PROGRAMS)) and np.isfinite(proba).all()
+
+
+def test_the_tuned_threshold_can_switch_every_input():
+    """When every validation input gains by switching, the threshold is -inf (a finite one would keep the
+    input of lowest estimated gain on the full depth)."""
+    val = _matrix(1, n=20)
+    val = Matrix(
+        val.ids,
+        val.levels,
+        val.programs,
+        val.layers,
+        np.stack([np.zeros(20, bool)] + [np.ones(20, bool)] * 2, 1),
+        val.inputs,
+    )
+    proba = np.column_stack([np.full(20, 0.1), np.linspace(0.5, 0.9, 20), np.zeros(20)])
+    assert tune_threshold(val, proba, 0) == -np.inf
+    assert score(val, choose_gain(val, proba, -np.inf, 0, "m1"))["correct"] == 20

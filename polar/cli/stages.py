@@ -162,7 +162,13 @@ def validate_cmd(
 @app.command(name="train")
 @configured(config=TrainConfig)
 def train_cmd(
-    labels: Annotated[list[str], typer.Option(help="Merged label files (labels.jsonl) of one base model; repeatable.")],
+    labels: Annotated[
+        list[str],
+        typer.Option(
+            help="Merged label files (labels.jsonl) of one base model; with --method menu, menu run folders "
+            "(`polar label --menu`); repeatable."
+        ),
+    ],
     out: Annotated[str, typer.Option(help="Output folder: predictor.safetensors, config.json, history.json.")],
     model: Annotated[
         str | None, typer.Option("--model", "-m", help="Base model spec (default: the one named in the labels).")
@@ -171,7 +177,11 @@ def train_cmd(
     *,
     config: TrainConfig,
 ) -> None:
-    """Train the program predictor on label files; keeps the checkpoint with the best validation loss."""
+    """Train the program predictor on label files; keeps the checkpoint with the best validation loss.
+
+    With --method menu, train M2 on menu runs instead: the same network scored over the menu, keeping the
+    checkpoint and gain threshold that answer the most held-out inputs right.
+    """
     from polar.backbone import ModelSpecError
     from polar.embedder import EmbedderError
     from polar.train import train
@@ -181,9 +191,17 @@ def train_cmd(
     except (ValueError, FileNotFoundError, ModelSpecError, EmbedderError) as err:
         fail(str(err))
     meta = json.loads((path / "config.json").read_text())["meta"]
+    best, data = meta["best"], meta["data"]
+    if meta.get("method") == "menu":
+        console.print(
+            f"predictor: {path} (menu of {len(json.loads((path / 'config.json').read_text())['menu'])} programs; "
+            f"best step {best['step']}: {best['val_right']}/{data['val_inputs']} held-out inputs right; "
+            f"trained on {data['train_inputs']})"
+        )
+        return
     console.print(
-        f"predictor: {path} (best epoch {meta['best']['epoch']}, validation loss {meta['best']['val_loss']:.3f}; "
-        f"{meta['data']['inputs_with_targets']}/{meta['data']['inputs']} inputs had a valid program)"
+        f"predictor: {path} (best epoch {best['epoch']}, validation loss {best['val_loss']:.3f}; "
+        f"{data['inputs_with_targets']}/{data['inputs']} inputs had a valid program)"
     )
 
 
