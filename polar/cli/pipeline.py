@@ -28,6 +28,9 @@ def pipeline_cmd(
     """
     # The temporary server's telemetry heartbeat races the flow for its SQLite file ("database is locked").
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # Its first start creates the database; on a busy 2-core machine that took more than Prefect's 20 s default
+    # ("Timed out while attempting to connect to ephemeral Prefect API server").
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     from flows.api import check_prefect
     from flows.pipeline import check_models, pipeline, project_root, summary
     from polar.tracking import default_tracking_uri
