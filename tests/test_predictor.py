@@ -120,19 +120,19 @@ def test_search_decoder_ranks_exactly_as_exhaustive_scoring():
     depth, k = 7, 6
     config = PredictorConfig(depth=depth, embed_dim=8, beam=10_000, identity_rule="marginal")
     lo, hi = math.ceil(config.min_length_ratio * depth), math.floor(config.max_length_ratio * depth)
+    every = []  # (layers run, boundaries, ops) of every admissible segmentation
+    for segments, ops, z, oo in _every_compact(depth, config.k_max):
+        layers = tuple(
+            i for (s, n), op in zip(segments, ops, strict=True) for _ in range(OPS[op].times) for i in range(s, s + n)
+        )
+        if layers and lo <= len(layers) <= hi:
+            every.append((layers, z, oo))
+    z, oo = torch.tensor([e[1] for e in every]), torch.tensor([e[2] for e in every])
     for _ in range(5):
         b, o = 2 * torch.randn(depth), 2 * torch.randn(depth, 3)
+        scores = program_logprob(b[None], o[None], z, oo)[0].tolist()
         best: dict[tuple[int, ...], float] = {}
-        for segments, ops, z, oo in _every_compact(depth, config.k_max):
-            layers = tuple(
-                i
-                for (s, n), op in zip(segments, ops, strict=True)
-                for _ in range(OPS[op].times)
-                for i in range(s, s + n)
-            )
-            if not layers or not lo <= len(layers) <= hi:
-                continue
-            score = program_logprob(b[None], o[None], torch.tensor([z]), torch.tensor([oo]))[0, 0].item()
+        for (layers, _, _), score in zip(every, scores, strict=True):
             best[layers] = max(best.get(layers, -math.inf), score)
         expected = [Program(x) for x, _ in sorted(best.items(), key=lambda kv: -kv[1])[:k]]
         assert decode(b, o, config, k) == expected
