@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from polar.predictor import PredictorConfig, ProgramPredictor, menu_softmax, program_logprob, program_targets
 from polar.programs import Program
-from polar.selection import Matrix
+from polar.selection import Matrix, static
 from polar.selector import choose_cheap, choose_gain, right_answers, tune_price, tune_threshold
 
 __all__ = ["MenuNetwork", "MenuNetworkConfig", "embed_each", "menu_loss", "split_matrix", "train_menu"]
@@ -90,7 +90,8 @@ class MenuNetwork:
     depth: int
     embed_dim: int
     states: dict[str, dict] = field(default_factory=dict)  # mode -> state_dict
-    tuned: dict[str, float] = field(default_factory=dict)  # mode -> threshold (accuracy) or price (efficiency)
+    # mode -> threshold (accuracy) or price (efficiency; None: no checkpoint within the margin, the full depth)
+    tuned: dict[str, float | None] = field(default_factory=dict)
     history: list[dict] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -108,17 +109,16 @@ class MenuNetwork:
         )
 
     @torch.no_grad()
-    def proba(self, x: torch.Tensor, mask: torch.Tensor, mode: str | None = None, batch: int = 1) -> np.ndarray:
-        """(n, M) the menu softmax of each input (programs without a compact form get 0). ``mode`` loads that
-        operating point's checkpoint first. ``batch = 1`` scores each question alone, as it is served."""
+    def proba(self, x: torch.Tensor, mask: torch.Tensor, mode: str | None = None) -> np.ndarray:
+        """(n, M) the menu softmax of each input (programs without a compact form get 0), each question scored
+        alone without its padding, as it is served. ``mode`` loads that operating point's checkpoint first."""
         if mode is not None:
             self.net.load_state_dict(self.states[mode])
         self.net.eval()
         out = []
-        for i in range(0, len(x), batch):
-            xi, mi = x[i : i + batch], mask[i : i + batch]
-            width = int(mi.sum(1).max())  # trailing padding off: each question as if alone
-            b, o = self.net(xi[:, :width], mi[:, :width])
+        for xi, mi in zip(x, mask, strict=True):
+            width = int(mi.sum())
+            b, o = self.net(xi[None, :width], mi[None, :width])
             out.append(menu_softmax(b, o, (self.boundaries, self.ops, self.usable)))
         return torch.cat(out).double().numpy()
 
@@ -166,15 +166,14 @@ class MenuNetwork:
                 {"step": step, "loss": loss.item(), "val_right": right, "threshold": threshold, "val_layers": layers}
             )
             bar.set_postfix(loss=f"{loss.item():.3f}", val_right=right, val_layers=f"{layers:.1f}")
-            state = copy.deepcopy(self.net.state_dict())
             if right > best["accuracy"][0]:  # ties: the earlier step
                 best["accuracy"] = (right, step)
-                self.states["accuracy"], self.tuned["accuracy"] = state, threshold
+                self.states["accuracy"], self.tuned["accuracy"] = copy.deepcopy(self.net.state_dict()), threshold
             if within and layers < best["efficiency"][0] - 1e-9:
                 best["efficiency"] = (layers, step)
-                self.states["efficiency"], self.tuned["efficiency"] = state, price
-        if "efficiency" not in self.states:  # no checkpoint saved a layer within the margin: the full depth
-            self.states["efficiency"], self.tuned["efficiency"] = self.states["accuracy"], 0.0
+                self.states["efficiency"], self.tuned["efficiency"] = copy.deepcopy(self.net.state_dict()), price
+        if "efficiency" not in self.states:  # no checkpoint stays within the margin: keep the full depth
+            self.tuned["efficiency"] = None
         self.best = {mode: {"step": s, "value": v} for mode, (v, s) in best.items()}
         return self
 
@@ -193,6 +192,8 @@ class MenuNetwork:
 
     def select(self, matrix: Matrix, x: torch.Tensor, mask: torch.Tensor, mode: str, name: str):
         """The :class:`polar.selection.Selection` of ``mode`` with its checkpoint and tuned setting."""
+        if self.tuned[mode] is None:
+            return static(matrix, 0, name)
         p = self.proba(x, mask, mode)
         pick = choose_gain if mode == "accuracy" else choose_cheap
         return pick(matrix, p, self.tuned[mode], 0, name)
@@ -212,13 +213,14 @@ def split_matrix(matrix: Matrix, val_fraction: float, seed: int) -> tuple[Matrix
     return matrix.take(~on_val), matrix.take(on_val)
 
 
-def train_menu(label_paths: Sequence[str | Path], out_dir: str | Path, config) -> Path:
+def train_menu(label_paths: Sequence[str | Path], out_dir: str | Path, config, base_model: str | None = None) -> Path:
     """``polar train --method menu``: M2 on menu runs (``polar label --menu`` folders, or a file in one), saved as
     a predictor that ranks the menu (:func:`polar.predictor.save`) with its ``history.json``.
 
     Args:
         config: :class:`polar.settings.TrainConfig` (``steps``, ``lr``, ``weight_decay``, ``dropout``,
-            ``embedder``, ``val_fraction``, ``seed``; the network's shape is M2's).
+            ``embedder``, ``val_fraction``, ``seed``; the network's shape is M2's). It trains on the CPU.
+        base_model: the model spec the predictor records (default: the one the menu runs name).
     """
     from polar.embedder import load_embedder
     from polar.labels import read_settings
@@ -253,7 +255,7 @@ def train_menu(label_paths: Sequence[str | Path], out_dir: str | Path, config) -
     )
     files = [f / name for f in folders for name in (REWARDS, INPUTS)]
     meta = {
-        "base_model": settings[0]["model"],
+        "base_model": base_model or settings[0]["model"],
         "embedder": config.embedder,
         "label_files": [str(f / REWARDS) for f in folders],
         "labels_sha256": file_sha256(files),

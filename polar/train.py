@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from polar.embedder import load_embedder
 from polar.labels import label_prompt, read_labels, read_settings
-from polar.predictor import OPS, PredictorConfig, ProgramPredictor, save
+from polar.predictor import PredictorConfig, ProgramPredictor, compact_arrays, save
 from polar.programs import DEFAULT_K_MAX, CompactProgram, Program, ProgramError
 from polar.settings import TrainConfig
 from polar.tasks.prompts import PromptMismatch, PromptSpec
@@ -130,8 +130,8 @@ def _targets_of(question: str, valid: Sequence[str], depth: int, config: TrainCo
     total = sum(raw.values())
     out = []
     for text, compact in forms.items():
-        ops = tuple(OPS.index(op) if op is not None else -100 for op in compact.ops())
-        out.append(Target(question, tuple(compact.boundaries()), ops, raw[text] / total))
+        boundaries, ops = compact_arrays(compact)
+        out.append(Target(question, tuple(boundaries), tuple(ops), raw[text] / total))
     return out
 
 
@@ -189,7 +189,7 @@ def train(
     if config.method == "menu":
         from polar.menu_network import train_menu
 
-        return train_menu(label_files, out_dir, config)
+        return train_menu(label_files, out_dir, config, base_model)
     torch.manual_seed(config.seed)
     targets, summary = load_targets(label_files, config)
     train_t, val_t = split_by_question(targets, config.val_fraction, config.seed)

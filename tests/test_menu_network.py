@@ -135,3 +135,19 @@ def test_polar_train_method_menu(tmp_path):
     assert top == [PROGRAMS[1], PROGRAMS[2]]
     bad = CliRunner().invoke(app, [*args[:-1], str(tmp_path / "nothing"), "--out", str(tmp_path / "q")])
     assert bad.exit_code != 0 and "label it first" in bad.output
+
+
+def test_efficiency_mode_keeps_the_full_depth_when_no_checkpoint_stays_within_the_margin():
+    """Train teaches the skip; on validation only the full depth is right, so every price loses accuracy."""
+    (train, x, m), (val, xv, mv) = _split(0), _split(1)
+    n = len(train.ids)
+    train = Matrix(
+        train.ids, train.levels, PROGRAMS, train.layers, np.tile([False, True, False, False], (n, 1)), train.inputs
+    )
+    val = Matrix(val.ids, val.levels, PROGRAMS, val.layers, np.tile([True, False, False, False], (n, 1)), val.inputs)
+    config = MenuNetworkConfig(steps=100, batch=16, lr=2e-3, d_model=32, ff=64, dropout=0.0, eval_every=50)
+    net = MenuNetwork(config, PROGRAMS, 6, 8).fit(train, x, m, val, xv, mv)
+    assert net.tuned["efficiency"] is None and "efficiency" not in net.states
+    chosen = net.select(val, xv, mv, "efficiency", "m2")
+    assert chosen.choice.tolist() == [0] * n and chosen.cost.mean() == 6
+    assert net.select(val, xv, mv, "accuracy", "m2").choice.tolist() == [0] * n  # the threshold keeps it too

@@ -190,11 +190,12 @@ def train_cmd(
         path = train(labels, out, config, base_model=model, device=device)
     except (ValueError, FileNotFoundError, ModelSpecError, EmbedderError) as err:
         fail(str(err))
-    meta = json.loads((path / "config.json").read_text())["meta"]
+    saved = json.loads((path / "config.json").read_text())
+    meta = saved["meta"]
     best, data = meta["best"], meta["data"]
     if meta.get("method") == "menu":
         console.print(
-            f"predictor: {path} (menu of {len(json.loads((path / 'config.json').read_text())['menu'])} programs; "
+            f"predictor: {path} (menu of {len(saved['menu'])} programs; "
             f"best step {best['step']}: {best['val_right']}/{data['val_inputs']} held-out inputs right; "
             f"trained on {data['train_inputs']})"
         )
