@@ -3,7 +3,7 @@
 At registration the DVC hashes (from ``dvc.lock``) of everything the predictor came from are tagged
 on the model version: base model weights, task files, label folder, predictor weights. ``polar
 lineage MODEL_URI`` walks registry version -> run -> git commit -> those hashes, checks that each
-hash is still present in the DVC cache or the default local remote, so that ``dvc checkout`` /
+hash is still present in the DVC cache or the default remote (a local folder, or the team stack's S3 store), so that ``dvc checkout`` /
 ``dvc pull`` can bring the inputs back, and whether the repository's ``dvc.lock`` still records the same
 hash for each path (``matches``): since the stages' outputs reproduce byte for byte, a version whose
 outputs all match is what re-running the pipeline on its inputs gives.
@@ -12,6 +12,7 @@ outputs all match is what re-running the pipeline on its inputs gives.
 from __future__ import annotations
 
 import configparser
+from collections.abc import Callable
 from pathlib import Path
 
 import yaml
@@ -48,16 +49,31 @@ def lineage_tags(paths: dict[str, str | Path], lock_path: str | Path = "dvc.lock
     return tags
 
 
-def _cache_dirs(repo: Path) -> list[tuple[str, Path]]:
-    places = [("cache", repo / ".dvc" / "cache" / "files" / "md5")]
+def _in_folder(root: Path) -> Callable[[str], bool]:
+    return lambda md5: (root / md5[:2] / md5[2:]).exists()
+
+
+def _places(repo: Path) -> list[tuple[str, Callable[[str], bool]]]:
+    """Where DVC keeps objects for this checkout: its cache, and its default remote when local or on S3 (the
+    team stack's object store, reached with the environment's key pair)."""
+    places = [("cache", _in_folder(repo / ".dvc" / "cache" / "files" / "md5"))]
     config = configparser.ConfigParser()
     config.read([repo / ".dvc" / "config", repo / ".dvc" / "config.local"])
     default = config.get("core", "remote", fallback=None)
     if default and config.has_section(f"'remote \"{default}\"'"):
         url = config.get(f"'remote \"{default}\"'", "url")
-        if "://" not in url:  # a local remote; cloud remotes are checked by `dvc status -c`
+        if url.startswith("s3://"):
+            from polar.stack.client import remote_has
+
+            places.append((f"remote {default}", lambda md5: remote_has(url, md5)))
+        elif "://" not in url:  # a local remote; other clouds are checked by `dvc status -c`
             root = (repo / ".dvc" / url).resolve() if not Path(url).is_absolute() else Path(url)
-            places.append((f"remote {default}", root / "files" / "md5"))
+            places.append((f"remote {default}", _in_folder(root / "files" / "md5")))
+    from polar.stack.client import REMOTE, remote_has, store_url
+
+    store = store_url()  # a checkout that has only the stack's settings in its environment
+    if store and default != REMOTE:
+        places.append((f"remote {REMOTE}", lambda md5: remote_has(f"{store}/dvc", md5)))
     return places
 
 
@@ -90,7 +106,7 @@ def lineage(model_uri: str, tracking_uri: str | None = None, repo: str | Path = 
         ) from err
     tags = mv.tags
     run = client.get_run(mv.run_id)
-    places = _cache_dirs(Path(repo))
+    places = _places(Path(repo))
     current = dvc_hashes(Path(repo) / "dvc.lock")
     inputs = []
     for key, md5 in sorted(tags.items()):
@@ -98,7 +114,7 @@ def lineage(model_uri: str, tracking_uri: str | None = None, repo: str | Path = 
             continue
         role = key.removeprefix("dvc.").removesuffix(".md5")
         path = tags.get(f"dvc.{role}.path")
-        found = [where for where, root in places if md5 != "untracked" and (root / md5[:2] / md5[2:]).exists()]
+        found = [where for where, has in places if md5 != "untracked" and has(md5)]
         matches = None if md5 == "untracked" else current.get(path) == md5
         inputs.append({"role": role, "path": path, "md5": md5, "found_in": found, "matches": matches})
     return {

@@ -213,20 +213,3 @@ def test_the_served_model_answers_exactly_as_the_evaluation_did(store, smollm2):
     for row, answer in zip(rows, served, strict=True):
         assert answer["program"] == row["programs"][0] and answer["text"] == row["top1_text"], row["id"]
         assert answer.get("answer") == row["top1_answer"] and answer["depth"] == 6
-
-
-@pytest.mark.slow  # a real `mlflow server` on loopback
-def test_register_and_promote_through_a_real_tracking_server(store):
-    import mlflow
-
-    port = free_port()
-    uri = f"http://127.0.0.1:{port}"
-    cmd = [str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{store / 'server.db'}"]
-    cmd += ["--artifacts-destination", str(store / "server-artifacts"), "--host", "127.0.0.1", "--port", str(port)]
-    with running([*cmd, "--workers", "1"], env_with_bin(), f"{uri}/health", "mlflow server"):
-        pred = _predictor(store / "pred")
-        info = register(pred, _metrics(store / "m.json", 0.4), tracking_uri=uri)
-        assert promote(info["name"], tracking_uri=uri)["promoted"]
-        client = mlflow.MlflowClient(uri)
-        assert str(client.get_model_version_by_alias(info["name"], "champion").version) == info["version"]
-        assert not (store / "mlflow").exists()  # nothing fell back to the local store

@@ -19,12 +19,21 @@ def pipeline_cmd(
         typer.Option("--model", "-m", help="Base model of params.yaml to run (repeatable; default: all)."),
     ] = None,
     push: Annotated[bool, typer.Option(help="dvc push the outputs to the default remote at the end.")] = True,
+    stack: Annotated[
+        bool,
+        typer.Option(
+            "--stack",
+            help="Run on the team stack of $POLAR_STACK_DIR (default ./stack; see `polar stack up`): its Prefect "
+            "and MLflow servers, and its object store as the DVC remote. Without it, a stack's settings exported "
+            "in the environment (polar stack env) are used as they are.",
+        ),
+    ] = False,
 ) -> None:
     """The main job: ingest, label, validate, train, evaluate and register every base model of params.yaml.
 
     Runs the Prefect flow of flows/pipeline.py over the DVC stages of dvc.yaml, from the project root; stages that DVC finds up to date are skipped.
 
-    Uses $PREFECT_API_URL when set, else a temporary local Prefect server, and $MLFLOW_TRACKING_URI when set, else mlflow/mlflow.db. Exit 1 when a model's chain stops (e.g. its labels fail validation).
+    Uses $PREFECT_API_URL when set, else a temporary local Prefect server, and $MLFLOW_TRACKING_URI when set, else mlflow/mlflow.db; with $POLAR_STORE_URL (or --stack), the object store is the DVC remote. Exit 1 when a model's chain stops (e.g. its labels fail validation).
     """
     # The temporary server's telemetry heartbeat races the flow for its SQLite file ("database is locked").
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -33,14 +42,23 @@ def pipeline_cmd(
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     from flows.api import check_prefect
     from flows.pipeline import check_models, pipeline, project_root, summary
+    from polar.stack.client import check_store, store_url, use_store_remote
     from polar.tracking import default_tracking_uri
 
     try:
+        if stack:
+            from polar.stack import load_stack
+
+            os.environ.update(load_stack().client_env())
         root = project_root()
         check_models(root, model)
         prefect_url = check_prefect()
+        remote = None
+        if store_url() is not None:  # the team stack's object store: the DVC remote
+            check_store()
+            remote = use_store_remote(root)
         outcome = pipeline(models=model or None, cwd=str(root), push_outputs=push)
-    except (ValueError, FileNotFoundError, ConnectionError) as err:
+    except (ValueError, FileNotFoundError, ConnectionError, RuntimeError) as err:
         fail(str(err))
     for name, result in outcome.items():
         _print_summary(summary(root, name), result, root)
@@ -52,6 +70,7 @@ def pipeline_cmd(
         f"  MLflow UI        {ui}",
         f"  Prefect runs     {where}",
         "  stage outputs    dvc status; dvc metrics show; dvc plots show",
+        *([f"  DVC remote       {remote} (stack, in .dvc/config.local)"] if remote else []),
     ):
         console.print(line, soft_wrap=True)
     if any(result != "registered" for result in outcome.values()):

@@ -1,0 +1,271 @@
+"""The team stack on loopback: PostgreSQL, SeaweedFS, Prefect and MLflow servers started by `polar stack up`,
+used by MLflow, DVC and `polar lineage` from two clones that share nothing but the stack's URLs."""
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from unittest import mock
+
+import pytest
+from servers import BIN, env_with_bin, free_port
+from test_registry import _metrics, _predictor
+
+from polar.stack.config import CREDENTIAL_KEYS, Credentials, load_stack
+
+POLAR = [str(BIN / "polar"), "stack"]
+
+
+def _polar(*args: str, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    env = env or env_with_bin(POLAR_STACK_MLFLOW_WORKERS="1")  # one server process: 2 cores, shared
+    proc = subprocess.run([*POLAR, *args], env=env, capture_output=True, text=True, timeout=600)
+    assert not check or proc.returncode == 0, proc.stdout + proc.stderr
+    return proc
+
+
+@pytest.fixture(scope="module")
+def stack():
+    # Not under pytest's private temporary folder: run as root, PostgreSQL runs as another account that must
+    # reach its data folder.
+    root = Path(tempfile.mkdtemp(prefix="polar-stack-"))
+    root.chmod(0o711)
+    ports = [f"--{s}-port={free_port()}" for s in ("postgres", "s3", "prefect", "mlflow")]
+    try:
+        _polar("up", "--dir", str(root), *ports)
+        yield load_stack(root)
+    finally:
+        _polar("down", "--dir", str(root), check=False)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def client_env(stack):
+    """What a user exports after `eval "$(polar stack env)"`, read from the command's own output."""
+    out = _polar("env", "--dir", str(stack.root)).stdout
+    exported = dict(re.findall(r"^export (\w+)=(\S+)$", out, flags=re.M))
+    assert set(exported) == {
+        "PREFECT_API_URL",
+        "MLFLOW_TRACKING_URI",
+        "POLAR_STORE_URL",
+        "AWS_ENDPOINT_URL_S3",
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+    }
+    return exported
+
+
+def _s3(stack):
+    from polar.stack.services import s3_client
+
+    creds = stack.credentials()
+    return s3_client(stack.url("s3"), creds.s3_access_key, creds.s3_secret_key)
+
+
+def _keys(stack, prefix: str) -> list[str]:
+    listing = _s3(stack).list_objects_v2(Bucket=stack.bucket, Prefix=prefix)
+    return [o["Key"] for o in listing.get("Contents", [])]
+
+
+# ------------------------------------------------------------------------------ without servers
+def test_credentials_are_made_once_private_and_the_environment_may_not_contradict_them(tmp_path):
+    first = Credentials.load(tmp_path, create=True)
+    path = tmp_path / "credentials.env"
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert Credentials.load(tmp_path) == first  # stable across commands
+    other = {CREDENTIAL_KEYS["postgres_password"]: "other"}
+    with mock.patch.dict(os.environ, other), pytest.raises(ValueError, match="differs from the value the stack was"):
+        Credentials.load(tmp_path)
+    with pytest.raises(FileNotFoundError, match="polar stack up"):
+        Credentials.load(tmp_path / "elsewhere")
+
+
+def test_a_stack_keeps_the_host_and_ports_it_was_made_with(tmp_path):
+    made = load_stack(tmp_path, ports={"prefect": 14999}, create=True)
+    assert load_stack(tmp_path).ports == made.ports and made.ports["prefect"] == 14999
+    assert len(set(made.ports.values())) == len(made.ports)  # SeaweedFS's own ports too, all distinct
+    with pytest.raises(ValueError, match="prefect 14999 -> 15000"):
+        load_stack(tmp_path, ports={"prefect": 15000})
+    with pytest.raises(ValueError, match="unknown service"):
+        load_stack(tmp_path, ports={"redis": 6379})
+    with pytest.raises(FileNotFoundError, match="no stack in"):
+        load_stack(tmp_path / "none")
+
+
+def test_a_store_that_is_not_there_fails_within_seconds():
+    from polar.stack.client import check_store
+
+    env = {"POLAR_STORE_URL": "s3://polar", "AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "y"}
+    with mock.patch.dict(os.environ, {**env, "AWS_ENDPOINT_URL_S3": f"http://127.0.0.1:{free_port()}"}):
+        start = time.monotonic()
+        with pytest.raises(ConnectionError, match="unreachable.*polar stack up"):
+            check_store()
+        assert time.monotonic() - start < 30
+    with mock.patch.dict(os.environ, {"POLAR_STORE_URL": "polar-bucket"}), pytest.raises(ValueError, match="s3://"):
+        check_store()
+
+
+# ------------------------------------------------------------------------------ on the stack
+def test_up_status_and_env(stack, client_env):
+    status = _polar("status", "--dir", str(stack.root))
+    assert status.stdout.count(" up ") == 4, status.stdout
+    creds = stack.credentials()
+    assert client_env["AWS_ACCESS_KEY_ID"] == creds.s3_access_key
+    assert client_env["MLFLOW_TRACKING_URI"] == f"http://127.0.0.1:{stack.ports['mlflow']}"
+    assert _polar("up", "--dir", str(stack.root)).stderr.count("already up") == 4  # idempotent
+    for service in ("prefect", "mlflow", "s3"):  # passwords travel in environments, not command lines
+        pid = int((stack.root / f"{service}.pid").read_text())
+        assert creds.postgres_password not in Path(f"/proc/{pid}/cmdline").read_text()
+    assert (stack.pgdata / "PG_VERSION").exists() and (stack.root / "credentials.env").stat().st_mode & 0o077 == 0
+
+
+def test_wrong_credentials_are_refused_by_every_server_within_seconds(stack, client_env):
+    import psycopg
+
+    from polar.stack.client import check_store
+
+    start = time.monotonic()
+    wrong = {**client_env, "AWS_SECRET_ACCESS_KEY": "wrong"}
+    with mock.patch.dict(os.environ, wrong), pytest.raises(ConnectionError, match="rejected the credentials"):
+        check_store()
+    missing = {**client_env, "POLAR_STORE_URL": "s3://no-such-bucket"}
+    with mock.patch.dict(os.environ, missing), pytest.raises(ConnectionError, match="no bucket 'no-such-bucket'"):
+        check_store()
+    with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
+        psycopg.connect(
+            host="127.0.0.1", port=stack.ports["postgres"], user="polar", password="wrong", dbname="mlflow"
+        ).close()
+    assert time.monotonic() - start < 60
+
+
+def test_register_and_promote_with_the_registry_in_postgres_and_artifacts_in_the_store(
+    stack, client_env, tmp_path, monkeypatch
+):
+    import mlflow
+
+    from polar.registry import promote, register
+    from polar.stack.services import _connect
+
+    monkeypatch.chdir(tmp_path)
+    uri = client_env["MLFLOW_TRACKING_URI"]
+    info = register(_predictor(tmp_path / "pred"), _metrics(tmp_path / "m.json", 0.4), tracking_uri=uri)
+    assert promote(info["name"], tracking_uri=uri)["promoted"]
+    assert str(mlflow.MlflowClient(uri).get_model_version_by_alias(info["name"], "champion").version) == info["version"]
+    with _connect(stack, "mlflow") as conn:
+        rows = conn.execute("SELECT name, version FROM model_versions").fetchall()
+    assert (info["name"], int(info["version"])) in rows
+    stored = _keys(stack, "mlflow/")
+    assert any(k.endswith("predictor.safetensors") for k in stored), stored  # the logged model's weights
+    assert f"mlflow/1/{info['run_id']}/artifacts/m.json" in stored  # the run's own files
+    assert not (tmp_path / "mlflow").exists()  # nothing fell back to the local store
+
+
+def _clone(src: Path, dst: Path) -> Path:
+    subprocess.run(["git", "clone", "-q", str(src), str(dst)], check=True)
+    return dst
+
+
+def _dvc(repo: Path, *args: str, env: dict) -> subprocess.CompletedProcess:
+    proc = subprocess.run([str(BIN / "dvc"), *args], cwd=repo, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc
+
+
+def test_two_clones_share_data_and_lineage_through_the_stack_alone(stack, client_env, tmp_path):
+    """Clone A pushes a DVC-tracked folder and registers a version that points at it; clone B, at another path
+    with only the stack's URLs, resolves that version's lineage to the store and pulls the folder back."""
+    from polar.stack.client import use_store_remote
+
+    env = env_with_bin(
+        **client_env,
+        DVC_NO_ANALYTICS="1",
+        GIT_AUTHOR_NAME="t",
+        GIT_AUTHOR_EMAIL="t@t",
+        GIT_COMMITTER_NAME="t",
+        GIT_COMMITTER_EMAIL="t@t",
+    )
+    a = tmp_path / "site-a" / "repo"
+    (a / "data" / "labels").mkdir(parents=True)
+    (a / "data" / "labels" / "labels.jsonl").write_text('{"id": "q1", "program": "0-29"}\n')
+    subprocess.run(["git", "init", "-q"], cwd=a, check=True)
+    _dvc(a, "init", "-q", env=env)
+    _dvc(a, "add", "-q", "data/labels", env=env)
+    md5 = json.loads(json.dumps(__import__("yaml").safe_load((a / "data" / "labels.dvc").read_text())))["outs"][0][
+        "md5"
+    ]
+    (a / "dvc.lock").write_text(
+        f"schema: '2.0'\nstages:\n  label:\n    outs:\n    - path: data/labels\n      md5: {md5}\n"
+    )
+    subprocess.run(["git", "add", "-A"], cwd=a, check=True, env=env)
+    subprocess.run(["git", "commit", "-qm", "labels"], cwd=a, check=True, env=env)
+    with mock.patch.dict(os.environ, client_env):
+        assert use_store_remote(a) == f"{client_env['POLAR_STORE_URL']}/dvc"
+    assert "stack" in (a / ".dvc" / "config.local").read_text()
+    assert _dvc(a, "push", env=env).stdout.strip().endswith("pushed")
+    assert any(k.endswith(md5.removesuffix(".dir")[2:] + ".dir") for k in _keys(stack, "dvc/files/md5/"))
+
+    pred = _predictor(a / "pred")
+    cfg = json.loads((pred / "config.json").read_text())
+    cfg["meta"]["label_files"] = ["data/labels/labels.jsonl"]
+    (pred / "config.json").write_text(json.dumps(cfg))
+    from polar.registry import register
+
+    info = register(
+        pred, _metrics(a / "m.json", 0.4), tracking_uri=client_env["MLFLOW_TRACKING_URI"], lock_path=a / "dvc.lock"
+    )
+
+    b = _clone(a, tmp_path / "site-b" / "elsewhere" / "repo")
+    assert not (b / ".dvc" / "config.local").exists() and not (b / "data" / "labels").exists()
+    lineage = subprocess.run(
+        [str(BIN / "polar"), "lineage", f"models:/{info['name']}/{info['version']}", "--json"],
+        cwd=b,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    # Exit 1: this version's other inputs (predictor, task files) are not DVC-tracked here, so found nowhere.
+    assert lineage.returncode == 1 and "not in the DVC cache or remote" in lineage.stderr, lineage.stderr
+    labels = {i["role"]: i for i in json.loads(lineage.stdout)["inputs"]}["labels"]
+    assert labels["md5"] == md5 and labels["found_in"] == ["remote stack"] and labels["matches"] is True
+    with mock.patch.dict(os.environ, client_env):
+        use_store_remote(b)
+    _dvc(b, "pull", env=env)
+    assert (b / "data" / "labels" / "labels.jsonl").read_text() == (a / "data" / "labels" / "labels.jsonl").read_text()
+
+
+def test_runs_registry_and_objects_survive_a_restart(stack, client_env):
+    """Last in this file: stops and restarts the stack."""
+    import mlflow
+
+    flow = "from prefect import flow\n@flow(name='polar-stack-check')\ndef f():\n    return 1\nf()\n"
+    env = env_with_bin(**client_env)
+    done = subprocess.run([sys.executable, "-c", flow], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    names = {m.name for m in mlflow.MlflowClient(client_env["MLFLOW_TRACKING_URI"]).search_registered_models()}
+    objects = set(_keys(stack, ""))
+    assert names and objects
+
+    _polar("down", "--dir", str(stack.root))
+    down = _polar("status", "--dir", str(stack.root), check=False)
+    assert down.returncode == 1 and down.stdout.count(" down ") == 4, down.stdout
+    _polar("up", "--dir", str(stack.root))
+
+    after = {m.name for m in mlflow.MlflowClient(client_env["MLFLOW_TRACKING_URI"]).search_registered_models()}
+    assert after == names and set(_keys(stack, "")) == objects
+    runs = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from prefect import get_client\nwith get_client(sync_client=True) as c:\n"
+            "    print(sorted({r.state.type.value for r in c.read_flow_runs()}))",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert runs.returncode == 0 and "COMPLETED" in runs.stdout, runs.stdout + runs.stderr
