@@ -9,7 +9,16 @@ shard at a time:
     CUDA_VISIBLE_DEVICES=0 prefect worker start --pool gpu --type process --limit 1
     CUDA_VISIBLE_DEVICES=1 prefect worker start --pool gpu --type process --limit 1
 
-Workers need this checkout (same path) and the label folder on a file system they share.
+Workers import this flow from their own installation of polar (the deployment names a module, not a file),
+so their checkouts may live anywhere. Where they find inputs and leave records:
+
+* **Through the team stack's object store** (``$POLAR_STORE_URL`` set, see ``polar stack env``): the dispatcher
+  sends the task file, the model folder (when it is one; a bundled name or hub id travels as is), the
+  few-shot pool and the menu by content, and workers fetch them into their cache (``$POLAR_CACHE_DIR``). Each
+  worker pulls its job's shards, labels what is left of its shard and sends its shard file after every
+  record; the dispatcher pulls every shard and merges. Workers need only the stack's URLs and key pair.
+* **Otherwise**, every path is absolute and the workers need this checkout's files and the label folder on a
+  file system they share.
 
 Dense menu labeling (``polar label --menu ... --pool gpu``) goes the same way: the dispatcher resolves the menu
 once and leaves it in the label folder as ``menu.txt``, which every shard run labels with.
@@ -22,6 +31,7 @@ and re-attaches to shard runs still queued or running (same settings) instead of
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import time
@@ -38,7 +48,8 @@ from polar.label import finish, label, prepare
 from polar.labels import LabelRecord, MenuRecord, read_records
 from polar.menu import MENU_FILE, finish_menu, label_menu, model_depth, prepare_menu
 from polar.settings import LabelConfig, MenuConfig
-from polar.tasks.files import read_examples
+from polar.stack.client import check_store, store_url
+from polar.tasks.files import SHOTS_FILE, read_examples
 
 DEPLOYMENT_FLOW = "polar-label-shard"
 
@@ -54,26 +65,103 @@ def label_shard(
     limit: int | None = None,
     device: str = "auto",
     menu: dict | None = None,
+    store: str | None = None,
+    refs: dict | None = None,
 ) -> dict:
     """Label shard ``shard`` of ``shards`` of ``tasks`` into ``out`` (MCTS, or the dense ``menu`` settings);
-    merges when it is the last to finish."""
+    merges when it is the last to finish.
+
+    With ``store`` (an object store URL), ``out`` names the job there, ``refs`` the inputs sent by content
+    (``tasks``, and ``model``, ``shots``, ``menu`` when they are files): the shard is labeled in this
+    worker's cache, its records sent to the store after each one, and the dispatcher merges."""
     import torch
 
     where = device if device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    get_run_logger().info("labeling shard %d/%d of %s on %s", shard, shards, tasks, where)
     settings, part = LabelConfig.from_dict(config), (shard, shards)
+    after_write, merge, backbone = None, True, None
+    if store:
+        from polar.stack.transfer import Store, cache_dir
+
+        remote, job, refs = Store(store), out, refs or {}
+        tasks = str(remote.get(refs["tasks"]))
+        if "model" in refs:  # records name the model as the dispatcher does; the weights come from the cache
+            from polar.backbone import load
+
+            backbone = load(str(remote.get(refs["model"])), device=device)
+            backbone.spec = model  # what the records say: the model as the dispatcher names it
+        if "shots" in refs:
+            settings = replace(settings, shots_from=str(remote.get(refs["shots"])))
+        if menu and "menu" in refs:
+            menu = {**menu, "menu": str(remote.get(refs["menu"]))}
+        local = cache_dir() / "jobs" / job
+        remote.pull_files(job, local)  # where any machine left this job: resume from there
+
+        def after_write(path: Path) -> None:
+            remote.push_files([path], job)
+
+        out, merge = str(local), False
+    get_run_logger().info("labeling shard %d/%d of %s on %s", shard, shards, tasks, where)
     if menu:
-        merged = label_menu(model, tasks, out, settings, MenuConfig(**menu), limit, device=device, shard=part)
+        merged = label_menu(
+            model,
+            tasks,
+            out,
+            settings,
+            MenuConfig(**menu),
+            limit,
+            device=device,
+            backbone=backbone,
+            shard=part,
+            after_write=after_write,
+            merge=merge,
+        )
     else:
-        merged = label(model, tasks, out, settings, limit=limit, device=device, shard=part)
+        merged = label(
+            model,
+            tasks,
+            out,
+            settings,
+            limit=limit,
+            device=device,
+            backbone=backbone,
+            shard=part,
+            after_write=after_write,
+            merge=merge,
+        )
     return {"shard": shard, "shards": shards, "device": where, "merged": str(merged) if merged else None}
 
 
 def shard_deployment(pool: str):
-    """The labeling deployment for ``pool``, run by process workers from this checkout."""
-    deployment = label_shard.to_deployment(name=pool, description="One shard of `polar label` (flows/labeling.py).")
-    deployment.entrypoint = f"{Path(__file__).resolve()}:{label_shard.fn.__name__}"  # from any working directory
-    return deployment
+    """The labeling deployment for ``pool``: workers import the flow from their own installation of polar."""
+    from prefect.deployments.runner import EntrypointType
+
+    return label_shard.to_deployment(
+        name=pool,
+        description="One shard of `polar label` (flows/labeling.py).",
+        entrypoint_type=EntrypointType.MODULE_PATH,
+    )
+
+
+def _send_inputs(store: str, model: str, tasks_path: Path, out_dir: Path, config: LabelConfig, menu: dict | None):
+    """Send the job's inputs to the store by content; (the job's name there, the refs, the model's name)."""
+    from polar.stack.transfer import Store
+
+    remote = Store(store)
+    refs = {"tasks": remote.put(tasks_path)}
+    if Path(model).exists():
+        refs["model"] = remote.put(model)
+    pool = Path(config.shots_from) if config.shots_from else tasks_path.with_name(SHOTS_FILE)  # as prompt_spec
+    if pool.exists():
+        refs["shots"] = remote.put(pool)
+    if menu:
+        refs["menu"] = remote.put(out_dir / MENU_FILE)
+    # The job's name: what the records depend on, by content (not the local paths of the model, pool or menu).
+    config_key = {k: v for k, v in config.to_dict().items() if k != "shots_from"}
+    menu_key = {**menu, "menu": ""} if menu else None
+    key = {"refs": refs, "model": "" if "model" in refs else model, "config": config_key, "menu": menu_key}
+    job = "label-" + hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    remote.push_files(sorted(out_dir.glob("shard-*.jsonl")), job)  # what this folder has already labeled
+    return remote, job, refs
 
 
 # ------------------------------------------------------------------------------------- dispatching
@@ -137,8 +225,9 @@ def label_on_pool(
     """Label ``tasks_path`` into ``out_dir`` as ``shards`` flow runs on the work pool ``pool``; merge them.
 
     MCTS labels, or with ``dense`` (a menu) a reward matrix. ``shards=0`` makes one shard per online worker.
-    Paths are passed to the workers as absolute paths: they must see the same files (this checkout, the task
-    file and ``out_dir``).
+    With ``$POLAR_STORE_URL`` (the team stack), inputs and records travel through the object store and the
+    workers share no folder with this machine; otherwise paths are passed to the workers as absolute paths and
+    they must see the same files (the task file, the model and ``out_dir``).
 
     Raises:
         ConnectionError: no Prefect server (a temporary one cannot reach workers), it is unreachable, or
@@ -165,6 +254,25 @@ def label_on_pool(
     else:
         prepare(model, tasks_path, out_dir, config, restart_on_change)
 
+    remote = None
+    common = {
+        "model": model,
+        "tasks": str(tasks_path),
+        "out": str(out_dir),
+        "config": json.loads(json.dumps(config.to_dict())),  # as the server gives it back
+        "limit": limit,
+        "device": device,
+        "menu": menu,
+    }
+    if (url := store_url()) is not None:  # workers elsewhere: inputs and records go through the store
+        check_store(url)
+        store = f"{url}/labels"
+        remote, job, refs = _send_inputs(store, model, tasks_path, out_dir, config, menu)
+        remote.pull_files(job, out_dir)  # what workers of an earlier run of this command labeled
+        common |= {"out": job, "store": store, "refs": refs, "tasks": tasks_path.name}
+        if menu:
+            common["menu"] = {**menu, "menu": MENU_FILE}
+
     with get_client(sync_client=True) as client:
         _ensure_pool(client, pool)
         workers = online_workers(client, pool)
@@ -174,15 +282,6 @@ def label_on_pool(
             )
         shards = shards or len(workers)
         deployment_id = shard_deployment(pool).apply(work_pool_name=pool)
-        common = {
-            "model": model,
-            "tasks": str(tasks_path),
-            "out": str(out_dir),
-            "config": json.loads(json.dumps(config.to_dict())),  # as the server gives it back
-            "limit": limit,
-            "device": device,
-            "menu": menu,
-        }
         running = _active_runs(client, deployment_id, common)
         done = {r.id for r in read_records(out_dir, MenuRecord if menu else LabelRecord)}
         runs = {}
@@ -200,6 +299,8 @@ def label_on_pool(
                 tags=["polar", "label"],
             )
         failed, stalled = _follow(client, runs, pool, poll, f"label {Path(model).name} on pool {pool!r}")
+    if remote is not None:
+        remote.pull_files(common["out"], out_dir)  # every worker's records, kept here whatever happens next
     if stalled:
         raise RuntimeError(
             f"no worker has polled the work pool {pool!r} for {STALL_SECONDS:.0f} s while shards "
@@ -215,9 +316,10 @@ def label_on_pool(
             + "\n  ".join(lines)
             + "\nsee `prefect flow-run logs ID` for each"
         )
-    if menu:
-        return finish_menu(model, tasks_path, out_dir, ids)
-    return finish(model, tasks_path, out_dir, config, ids)
+    merged = finish_menu(model, tasks_path, out_dir, ids) if menu else finish(model, tasks_path, out_dir, config, ids)
+    if remote is not None:
+        remote.drop_job(common["out"])  # merged here; the job's shards in the store are spent
+    return merged
 
 
 def _follow(client, runs: dict, pool: str, poll: float, desc: str) -> tuple[list, list]:

@@ -18,7 +18,7 @@ import json
 import os
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from filelock import FileLock, Timeout
@@ -112,6 +112,8 @@ def label(
     backbone=None,
     restart_on_change: bool = False,
     shard: tuple[int, int] | None = None,
+    after_write: Callable[[Path], None] | None = None,
+    merge: bool = True,
 ) -> Path | None:
     """Label every input of ``tasks_path`` (resuming from ``out_dir``), then merge the shards.
 
@@ -119,7 +121,10 @@ def label(
     ``shard=(k, n)`` only inputs ``k, k+n, k+2n, ...`` are labeled (one worker of ``n`` sharing
     ``out_dir``); the merge happens when every input is labeled, by whichever run finds them all done.
 
-    Returns the merged ``labels.jsonl``, or None when other shards still have inputs to label.
+    ``after_write(shard_file)`` runs after each record is written; without ``merge`` the shards stay as they
+    are (a pool worker's caller merges elsewhere).
+
+    Returns the merged ``labels.jsonl``, or None when other shards still have inputs to label (or not ``merge``).
     """
     if shard is not None and not 0 <= shard[0] < shard[1]:
         raise ValueError(f"shard {shard[0]}/{shard[1]}: write K/N with 0 <= K < N")
@@ -135,7 +140,7 @@ def label(
         worker = f"{shard[0]}of{shard[1]}"
     lock = worker_lock(out_dir, worker)
     try:
-        writer = ShardWriter(out_dir, worker)  # repairs this worker's torn shards before reading them
+        writer = ShardWriter(out_dir, worker, after_write)  # repairs this worker's torn shards before reading them
         done = {r.id for r in read_records(out_dir)}
         mine = examples if shard is None else examples[shard[0] :: shard[1]]
         todo = [e for e in mine if e.id not in done]
@@ -159,8 +164,8 @@ def label(
                 bar.close()
     finally:
         lock.release()
-    if shard is not None and not {e.id for e in examples} <= {r.id for r in read_records(out_dir)}:
-        return None  # other shards are still at work; the last one to finish merges
+    if not merge or (shard is not None and not {e.id for e in examples} <= {r.id for r in read_records(out_dir)}):
+        return None  # other shards are still at work (the last one to finish merges), or the caller merges
     return finish(model, tasks_path, out_dir, config, ids)
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -253,7 +253,9 @@ def _repair(shard: Path) -> None:
 class ShardWriter:
     """Appends one worker's records to a new shard of ``out_dir``, each flushed to disk before the next."""
 
-    def __init__(self, out_dir: Path, worker: str) -> None:
+    def __init__(self, out_dir: Path, worker: str, after_write: Callable[[Path], None] | None = None) -> None:
+        """``after_write(shard)`` runs after each record is on disk (a pool worker sends its shard to the store)."""
+        self.after_write = after_write
         out_dir.mkdir(parents=True, exist_ok=True)
         for shard in out_dir.glob(f"shard-{worker}-*.jsonl"):  # never another worker's: it may be writing
             _repair(shard)
@@ -269,6 +271,8 @@ class ShardWriter:
         os.fsync(self._f.fileno())
         with (self.path.parent / TIMINGS).open("a") as f:  # after the record: a timing never outlives its label
             f.write(json.dumps({"id": record.id, "seconds": round(seconds, 3)}) + "\n")
+        if self.after_write is not None:
+            self.after_write(self.path)
 
     def close(self) -> None:
         if self._f is not None:

@@ -21,7 +21,7 @@ import json
 import os
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pandas as pd
@@ -295,11 +295,14 @@ def label_menu(
     backbone=None,
     restart_on_change: bool = False,
     shard: tuple[int, int] | None = None,
+    after_write: Callable[[Path], None] | None = None,
+    merge: bool = True,
 ) -> Path | None:
     """Run the menu of ``dense`` on every input of ``tasks_path`` into ``out_dir`` (resumable, shardable).
 
     Returns the merged ``menu.jsonl`` (with ``rewards.parquet`` and ``inputs.parquet`` beside it), or None when
-    other shards still have inputs to label.
+    other shards still have inputs to label (or not ``merge``: the caller merges). ``after_write(shard_file)``
+    runs after each record is written.
     """
     from polar.backbone import load
     from polar.label import worker_lock
@@ -315,7 +318,7 @@ def label_menu(
         worker = f"{shard[0]}of{shard[1]}"
     lock = worker_lock(out_dir, worker)
     try:
-        writer = ShardWriter(out_dir, worker)
+        writer = ShardWriter(out_dir, worker, after_write)
         done = {r.id for r in read_records(out_dir, MenuRecord)}
         mine = examples if shard is None else examples[shard[0] :: shard[1]]
         todo = [e for e in mine if e.id not in done]
@@ -335,7 +338,7 @@ def label_menu(
     finally:
         lock.release()
     ids = [e.id for e in examples]
-    if shard is not None and not set(ids) <= {r.id for r in read_records(out_dir, MenuRecord)}:
+    if not merge or (shard is not None and not set(ids) <= {r.id for r in read_records(out_dir, MenuRecord)}):
         return None
     return finish_menu(model, tasks_path, out_dir, ids)
 

@@ -40,10 +40,12 @@ def wait_until_up(server: subprocess.Popen, url: str, what: str, seconds: int = 
 
 
 @contextlib.contextmanager
-def running(cmd: list[str], env: dict, health: str | None, what: str, log: Path | None = None) -> Iterator:
-    """Start ``cmd``; wait until ``health`` answers (when given); terminate it on exit."""
+def running(
+    cmd: list[str], env: dict, health: str | None, what: str, log: Path | None = None, cwd: Path | None = None
+) -> Iterator:
+    """Start ``cmd`` (in ``cwd``); wait until ``health`` answers (when given); terminate it on exit."""
     out = log.open("wb") if log else subprocess.PIPE
-    proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=cwd)
     try:
         if health:
             wait_until_up(proc, health, what)

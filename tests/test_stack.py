@@ -13,9 +13,10 @@ from pathlib import Path
 from unittest import mock
 
 import pytest
-from servers import BIN, env_with_bin, free_port
+from servers import BIN, env_with_bin, free_port, running
 from test_registry import _metrics, _predictor
 
+from polar.settings import IngestConfig, LabelConfig, SearchConfig
 from polar.stack.config import CREDENTIAL_KEYS, Credentials, load_stack
 
 POLAR = [str(BIN / "polar"), "stack"]
@@ -238,7 +239,7 @@ def test_two_clones_share_data_and_lineage_through_the_stack_alone(stack, client
 
 
 def test_runs_registry_and_objects_survive_a_restart(stack, client_env):
-    """Last in this file: stops and restarts the stack."""
+    """Stops and restarts the stack: the tests after this one run on the restarted stack."""
     import mlflow
 
     flow = "from prefect import flow\n@flow(name='polar-stack-check')\ndef f():\n    return 1\nf()\n"
@@ -269,3 +270,92 @@ def test_runs_registry_and_objects_survive_a_restart(stack, client_env):
         timeout=120,
     )
     assert runs.returncode == 0 and "COMPLETED" in runs.stdout, runs.stdout + runs.stderr
+
+
+# ------------------------------------------------------------------------------ label workers elsewhere
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = LabelConfig(shots=1, max_new_tokens=6, search=SearchConfig(simulations=6, batch=3))
+FLAGS = ["--shots", "1", "--max-new-tokens", "6", "--simulations", "6", "--batch", "3", "--device", "cpu"]
+
+
+def _checkout(dst: Path) -> Path:
+    """A copy of this working tree's code (what `git clone` gives, with uncommitted changes) at ``dst``."""
+    files = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard", "polar", "flows"], cwd=ROOT, capture_output=True, text=True
+    ).stdout.split()
+    for rel in files:
+        if (ROOT / rel).is_file():
+            (dst / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / rel, dst / rel)
+    return dst
+
+
+@pytest.fixture(scope="module")
+def remote_workers(client_env, tmp_path_factory):
+    """Two process workers, each in its own checkout at its own path with its own home and cache: they share
+    nothing with the dispatcher or each other but the stack's URLs and key pair."""
+    sites = tmp_path_factory.mktemp("sites")
+    procs, logs = [], {}
+    try:
+        for name, where in (("w0", sites / "site-a" / "polar"), ("w1", sites / "site-b" / "deep" / "polar")):
+            repo = _checkout(where)
+            env = env_with_bin(
+                **client_env,
+                PYTHONPATH=str(repo),  # this checkout's polar and flows, before the installed ones
+                HOME=str(repo / "home"),
+                POLAR_CACHE_DIR=str(repo / "cache"),
+                PREFECT_HOME=str(repo / "prefect-home"),
+            )
+            cmd = [str(BIN / "prefect"), "worker", "start", "--pool", "stack", "--type", "process", "--limit", "1"]
+            logs[name] = repo / f"{name}.log"
+            procs.append(running([*cmd, "--name", name], env, None, f"worker {name}", logs[name], cwd=repo))
+            procs[-1].__enter__()
+        deadline = time.time() + 180
+        while True:
+            online = subprocess.run(
+                [sys.executable, "-c", ONLINE], env=env_with_bin(**client_env), capture_output=True, text=True
+            ).stdout.split()
+            if {"w0", "w1"} <= set(online):
+                break
+            assert time.time() < deadline, logs["w0"].read_text()[-3000:]
+            time.sleep(2)
+        yield logs
+    finally:
+        for proc in reversed(procs):
+            proc.__exit__(None, None, None)
+
+
+ONLINE = """
+from prefect import get_client
+with get_client(sync_client=True) as c:
+    try:
+        print(" ".join(w.name for w in c.read_workers_for_work_pool(work_pool_name="stack")))
+    except Exception:
+        pass
+"""
+
+
+@pytest.mark.slow  # the bundled tokenizer in the tiny model
+def test_workers_in_other_checkouts_label_through_the_store_alone(
+    stack, client_env, remote_workers, tiny_dir, tmp_path
+):
+    from polar.ingest import ingest
+    from polar.label import label
+
+    paths, _ = ingest(tmp_path / "tasks", IngestConfig(levels="1,4", train=3, validation=1, test=1))
+    here = tmp_path / "dispatcher"
+    out = here / "pooled"
+    args = ["label", "--model", str(tiny_dir), "--tasks", str(paths["train"]), "--out", str(out), *FLAGS]
+    env = env_with_bin(**client_env)
+    proc = subprocess.run(
+        [str(BIN / "polar"), *args, "--pool", "stack", "--shards", "3"], env=env, capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    straight = label(str(tiny_dir), paths["train"], tmp_path / "straight", CONFIG, device="cpu")
+    assert (out / "labels.jsonl").read_bytes() == straight.read_bytes()  # nothing lost, nothing twice
+    assert not list(out.glob("shard-*.jsonl")) and not _keys(stack, "labels/jobs/")  # merged, the job dropped
+    texts = {name: log.read_text(errors="replace") for name, log in remote_workers.items()}
+    assert any("label shard" in t for t in texts.values()), texts
+    for text in texts.values():  # the workers never saw this machine's folders (the records name the model as
+        assert str(tmp_path) not in text  # given here, so its path is in their logs as a name)
+    assert any(k.startswith("labels/blobs/sha256/") for k in _keys(stack, "labels/"))

@@ -35,6 +35,13 @@ def pipeline_cmd(
 
     Uses $PREFECT_API_URL when set, else a temporary local Prefect server, and $MLFLOW_TRACKING_URI when set, else mlflow/mlflow.db; with $POLAR_STORE_URL (or --stack), the object store is the DVC remote. Exit 1 when a model's chain stops (e.g. its labels fail validation).
     """
+    if stack:  # before Prefect is imported: it reads its settings from the environment once
+        from polar.stack import load_stack
+
+        try:
+            os.environ.update(load_stack().client_env())
+        except (ValueError, FileNotFoundError) as err:
+            fail(str(err))
     # The temporary server's telemetry heartbeat races the flow for its SQLite file ("database is locked").
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     # Its first start creates the database; on a busy 2-core machine that took more than Prefect's 20 s default
@@ -46,10 +53,6 @@ def pipeline_cmd(
     from polar.tracking import default_tracking_uri
 
     try:
-        if stack:
-            from polar.stack import load_stack
-
-            os.environ.update(load_stack().client_env())
         root = project_root()
         check_models(root, model)
         prefect_url = check_prefect()

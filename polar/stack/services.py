@@ -360,6 +360,7 @@ def _start_mlflow(stack: Stack) -> None:
         AWS_ACCESS_KEY_ID=creds.s3_access_key,
         AWS_SECRET_ACCESS_KEY=creds.s3_secret_key,
         AWS_DEFAULT_REGION="us-east-1",
+        MLFLOW_DISABLE_TELEMETRY=os.environ.get("MLFLOW_DISABLE_TELEMETRY", "true"),
     )
     cmd = [
         str(BIN / "mlflow"),
