@@ -34,6 +34,7 @@ import contextlib
 import hashlib
 import json
 import os
+import sys
 import time
 from dataclasses import asdict, replace
 from datetime import UTC, datetime, timedelta
@@ -167,6 +168,10 @@ def _send_inputs(store: str, model: str, tasks_path: Path, out_dir: Path, config
 # ------------------------------------------------------------------------------------- dispatching
 ACTIVE = ("SCHEDULED", "PENDING", "RUNNING", "PAUSED", "CANCELLING")
 STALL_SECONDS = float(os.environ.get("POLAR_POOL_STALL_SECONDS", 300))  # no worker online this long: give up
+# A running shard with no heartbeat this long is lost. Flow runs send one every PREFECT_FLOWS_HEARTBEAT_FREQUENCY
+# seconds (Prefect's default 180, at least 30): the default allows three to go missing.
+LOST_SECONDS = float(os.environ.get("POLAR_POOL_LOST_SECONDS", 600))
+RETRIES = 3  # resubmissions of one lost shard before it counts as failed
 
 
 def online_workers(client, pool: str) -> list[str]:
@@ -283,6 +288,16 @@ def label_on_pool(
         shards = shards or len(workers)
         deployment_id = shard_deployment(pool).apply(work_pool_name=pool)
         running = _active_runs(client, deployment_id, common)
+
+        def submit(k: int):
+            return run_deployment(
+                f"{DEPLOYMENT_FLOW}/{pool}",
+                parameters={**common, "shard": k, "shards": shards},
+                timeout=0,
+                as_subflow=False,
+                tags=["polar", "label"],
+            )
+
         done = {r.id for r in read_records(out_dir, MenuRecord if menu else LabelRecord)}
         runs = {}
         for k in range(shards):
@@ -291,14 +306,8 @@ def label_on_pool(
             if (k, shards) in running:
                 runs[k] = running[k, shards]
                 continue
-            runs[k] = run_deployment(
-                f"{DEPLOYMENT_FLOW}/{pool}",
-                parameters={**common, "shard": k, "shards": shards},
-                timeout=0,
-                as_subflow=False,
-                tags=["polar", "label"],
-            )
-        failed, stalled = _follow(client, runs, pool, poll, f"label {Path(model).name} on pool {pool!r}")
+            runs[k] = submit(k)
+        failed, stalled = _follow(client, runs, pool, poll, f"label {Path(model).name} on pool {pool!r}", submit)
     if remote is not None:
         remote.pull_files(common["out"], out_dir)  # every worker's records, kept here whatever happens next
     if stalled:
@@ -322,23 +331,80 @@ def label_on_pool(
     return merged
 
 
-def _follow(client, runs: dict, pool: str, poll: float, desc: str) -> tuple[list, list]:
+def _last_heartbeat(client, run) -> datetime | None:
+    """When the flow run last said it was alive: its latest heartbeat event, else its start."""
+    from prefect.events.filters import (
+        EventFilter,
+        EventNameFilter,
+        EventOccurredFilter,
+        EventOrder,
+        EventResourceFilter,
+    )
+
+    since = run.start_time or datetime.now(UTC) - timedelta(days=1)
+    page = client.read_events(
+        EventFilter(
+            occurred=EventOccurredFilter(since=since),
+            event=EventNameFilter(name=["prefect.flow-run.heartbeat"]),
+            resource=EventResourceFilter(id=[f"prefect.flow-run.{run.id}"]),
+            order=EventOrder.DESC,
+        ),
+        limit=1,
+    )
+    return page.events[0].occurred if page.events else run.start_time
+
+
+def _lost(client, run) -> bool:
+    """A running shard whose process has sent no heartbeat for ``LOST_SECONDS`` (its machine died, its worker
+    was killed): Prefect keeps it "running" for ever."""
+    if not run.state or run.state.type.value != "RUNNING":
+        return False
+    last = _last_heartbeat(client, run)
+    return last is not None and (datetime.now(UTC) - last).total_seconds() > LOST_SECONDS
+
+
+def _follow(client, runs: dict, pool: str, poll: float, desc: str, resubmit) -> tuple[list, list]:
     """Wait for every flow run in ``runs`` to end, with a progress bar.
 
+    A run that crashed (its process died), or that was lost with its worker (no heartbeat for ``LOST_SECONDS``:
+    it is then marked crashed), has its shard submitted again (``resubmit(shard)``), up to ``RETRIES`` times;
+    the new run resumes from the records already made. A run that failed (labeling raised) is not retried.
+
     Returns the (shard, run) pairs that failed, and the shards left waiting when no worker of ``pool``
-    has been online for ``STALL_SECONDS`` (a run whose worker died stays "running" on the server).
+    has been online for ``STALL_SECONDS``.
     """
-    pending, failed = dict(runs), []
-    last_seen = time.monotonic()
+    from prefect.states import Crashed
+
+    pending, failed, retries = dict(runs), [], dict.fromkeys(runs, 0)
+    last_seen = checked = time.monotonic()
     with tqdm(total=len(runs), desc=desc, unit="shard") as bar:
         while pending:
+            check_lost = time.monotonic() - checked > min(30.0, LOST_SECONDS / 4)
             for k, run in list(pending.items()):
                 run = client.read_flow_run(run.id)
-                if run.state and run.state.is_final():
+                why = None
+                if run.state and run.state.is_crashed():  # its process or machine died, not the labeling
+                    why = f"crashed: {run.state.message or 'its process ended'}"
+                elif run.state and run.state.is_final():
                     del pending[k]
                     bar.update()
                     if not run.state.is_completed():
                         failed.append((k, run))
+                elif check_lost and _lost(client, run):
+                    why = f"lost: no heartbeat for {LOST_SECONDS:.0f} s, its worker is gone"
+                    client.set_flow_run_state(run.id, Crashed(message=why), force=True)
+                if why is None:
+                    continue
+                if retries[k] < RETRIES:
+                    retries[k] += 1
+                    tqdm.write(f"shard {k}: flow run {run.name} {why}; submitted again (it resumes)", file=sys.stderr)
+                    pending[k] = resubmit(k)
+                else:
+                    del pending[k]
+                    bar.update()
+                    failed.append((k, client.read_flow_run(run.id)))
+            if check_lost:
+                checked = time.monotonic()
             if not pending:
                 break
             if online_workers(client, pool):

@@ -41,11 +41,18 @@ def wait_until_up(server: subprocess.Popen, url: str, what: str, seconds: int = 
 
 @contextlib.contextmanager
 def running(
-    cmd: list[str], env: dict, health: str | None, what: str, log: Path | None = None, cwd: Path | None = None
+    cmd: list[str],
+    env: dict,
+    health: str | None,
+    what: str,
+    log: Path | None = None,
+    cwd: Path | None = None,
+    group: bool = False,
 ) -> Iterator:
-    """Start ``cmd`` (in ``cwd``); wait until ``health`` answers (when given); terminate it on exit."""
+    """Start ``cmd`` (in ``cwd``; with ``group``, as the leader of its own process group, which a test can kill
+    whole); wait until ``health`` answers (when given); terminate it on exit."""
     out = log.open("wb") if log else subprocess.PIPE
-    proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=cwd)
+    proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=cwd, start_new_session=group)
     try:
         if health:
             wait_until_up(proc, health, what)

@@ -1,6 +1,7 @@
 """The team stack on loopback: PostgreSQL, SeaweedFS, Prefect and MLflow servers started by `polar stack up`,
 used by MLflow, DVC and `polar lineage` from two clones that share nothing but the stack's URLs."""
 
+import contextlib
 import json
 import os
 import re
@@ -295,7 +296,7 @@ def remote_workers(client_env, tmp_path_factory):
     """Two process workers, each in its own checkout at its own path with its own home and cache: they share
     nothing with the dispatcher or each other but the stack's URLs and key pair."""
     sites = tmp_path_factory.mktemp("sites")
-    procs, logs = [], {}
+    procs, logs, pids = [], {}, {}
     try:
         for name, where in (("w0", sites / "site-a" / "polar"), ("w1", sites / "site-b" / "deep" / "polar")):
             repo = _checkout(where)
@@ -305,11 +306,12 @@ def remote_workers(client_env, tmp_path_factory):
                 HOME=str(repo / "home"),
                 POLAR_CACHE_DIR=str(repo / "cache"),
                 PREFECT_HOME=str(repo / "prefect-home"),
+                PREFECT_FLOWS_HEARTBEAT_FREQUENCY="30",  # Prefect's least: a lost shard is found in minutes
             )
             cmd = [str(BIN / "prefect"), "worker", "start", "--pool", "stack", "--type", "process", "--limit", "1"]
             logs[name] = repo / f"{name}.log"
-            procs.append(running([*cmd, "--name", name], env, None, f"worker {name}", logs[name], cwd=repo))
-            procs[-1].__enter__()
+            procs.append(running([*cmd, "--name", name], env, None, f"worker {name}", logs[name], repo, group=True))
+            pids[name] = procs[-1].__enter__().pid
         deadline = time.time() + 180
         while True:
             online = subprocess.run(
@@ -319,7 +321,7 @@ def remote_workers(client_env, tmp_path_factory):
                 break
             assert time.time() < deadline, logs["w0"].read_text()[-3000:]
             time.sleep(2)
-        yield logs
+        yield logs, pids
     finally:
         for proc in reversed(procs):
             proc.__exit__(None, None, None)
@@ -336,26 +338,73 @@ with get_client(sync_client=True) as c:
 
 
 @pytest.mark.slow  # the bundled tokenizer in the tiny model
-def test_workers_in_other_checkouts_label_through_the_store_alone(
+def test_workers_in_other_checkouts_label_through_the_store_and_a_killed_one_loses_nothing(
     stack, client_env, remote_workers, tiny_dir, tmp_path
 ):
+    """Two workers in their own checkouts label one task file through the store alone. One of them is killed
+    mid-shard with the flow run it was executing, as a machine that dies: the dispatcher finds the run crashed
+    (or lost: no heartbeat) and submits the shard again, the other worker resumes it from the records in the
+    store, and the merged labels are byte for byte those of labeling in one process. Last in this file: it
+    leaves one worker."""
     from polar.ingest import ingest
     from polar.label import label
+    from polar.labels import read_labels
 
-    paths, _ = ingest(tmp_path / "tasks", IngestConfig(levels="1,4", train=3, validation=1, test=1))
-    here = tmp_path / "dispatcher"
-    out = here / "pooled"
+    logs, pids = remote_workers
+    paths, _ = ingest(tmp_path / "tasks", IngestConfig(levels="1-5", train=4, validation=1, test=1))
+    out = tmp_path / "dispatcher" / "pooled"
     args = ["label", "--model", str(tiny_dir), "--tasks", str(paths["train"]), "--out", str(out), *FLAGS]
-    env = env_with_bin(**client_env)
-    proc = subprocess.run(
-        [str(BIN / "polar"), *args, "--pool", "stack", "--shards", "3"], env=env, capture_output=True, text=True
+    started = {name: log.read_text(errors="replace").count("labeling shard") for name, log in logs.items()}
+    dispatcher = subprocess.Popen(
+        [str(BIN / "polar"), *args, "--pool", "stack", "--shards", "2"],
+        env=env_with_bin(**client_env, POLAR_POOL_LOST_SECONDS="75"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    try:
+        victim, kept = None, []
+        deadline = time.time() + 300
+        while victim is None:  # the first worker with a shard under way and at least one record in the store
+            assert dispatcher.poll() is None and time.time() < deadline, "no shard got under way"
+            for name, log in logs.items():
+                text = log.read_text(errors="replace")
+                if text.count("labeling shard") > started[name]:
+                    k = text.rsplit("labeling shard ", 1)[1].split("/")[0]
+                    kept = [key for key in _keys(stack, "labels/jobs/") if f"/shard-{k}of2-" in key]
+                    if kept:
+                        victim = name
+                        break
+            time.sleep(0.5)
+        _kill_tree(pids[victim])  # the worker and the flow run it started: nothing of that machine is left
+        before = {r.id: r for key in kept for r in _records(stack, key)}
+        stdout, stderr = dispatcher.communicate(timeout=900)
+    finally:
+        if dispatcher.poll() is None:
+            dispatcher.kill()
+    assert dispatcher.returncode == 0, stdout[-2000:] + stderr[-4000:]
+    assert "submitted again (it resumes)" in stderr, stderr[-3000:]
     straight = label(str(tiny_dir), paths["train"], tmp_path / "straight", CONFIG, device="cpu")
     assert (out / "labels.jsonl").read_bytes() == straight.read_bytes()  # nothing lost, nothing twice
+    merged = {r.id: r for r in read_labels(out / "labels.jsonl")}
+    assert before and all(merged[i].to_json() == r.to_json() for i, r in before.items())  # kept, not redone
     assert not list(out.glob("shard-*.jsonl")) and not _keys(stack, "labels/jobs/")  # merged, the job dropped
-    texts = {name: log.read_text(errors="replace") for name, log in remote_workers.items()}
-    assert any("label shard" in t for t in texts.values()), texts
-    for text in texts.values():  # the workers never saw this machine's folders (the records name the model as
-        assert str(tmp_path) not in text  # given here, so its path is in their logs as a name)
     assert any(k.startswith("labels/blobs/sha256/") for k in _keys(stack, "labels/"))
+    for log in logs.values():  # the workers never saw this machine's folders (the records name the model as
+        assert str(tmp_path) not in log.read_text(errors="replace")  # given here: its path is in their logs)
+
+
+def _kill_tree(pid: int) -> None:
+    import psutil
+
+    worker = psutil.Process(pid)
+    for proc in [*worker.children(recursive=True), worker]:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.kill()
+
+
+def _records(stack, key: str):
+    from polar.labels import LabelRecord
+
+    body = _s3(stack).get_object(Bucket=stack.bucket, Key=key)["Body"].read().decode()
+    return [LabelRecord.from_dict(json.loads(line)) for line in body.splitlines() if line.strip()]
