@@ -18,7 +18,14 @@ if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
         os.environ.setdefault(_var, str(_threads))
 
 # The longest files first, so that `-n N --dist loadfile` starts them at once instead of last.
-LONGEST = ["test_pipeline.py", "test_prefect_server.py", "test_stack.py", "test_registry.py", "test_label.py", "test_evaluate.py"]
+LONGEST = [
+    "test_pipeline.py",
+    "test_prefect_server.py",
+    "test_stack.py",
+    "test_registry.py",
+    "test_label.py",
+    "test_evaluate.py",
+]
 
 
 def pytest_collection_modifyitems(items):
