@@ -6,7 +6,6 @@ converts them once to safetensors under the models folder; later loads take abou
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import os
@@ -23,6 +22,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTra
 from transformers.utils import logging as hf_logging
 
 from polar.executor import Executor
+from polar.hashing import sha256_file
 from polar.hf import check_model_type
 
 __all__ = ["BUNDLED", "Backbone", "BundledModel", "ModelSpecError", "convert", "load", "models_dir", "resolve_device"]
@@ -270,7 +270,7 @@ def convert(spec: str, out_dir: str | Path, chat: bool | None = None) -> Path:
             "model_type": backbone.model_type,
             "depth": backbone.depth,
             "chat": backbone.chat,
-            "source_sha256": _sha256(gguf) if gguf is not None else None,
+            "source_sha256": sha256_file(gguf) if gguf is not None else None,
         }
         (staged / _META).write_text(json.dumps(meta, indent=2) + "\n")
         if out.exists():  # another process finished first, or an explicit re-conversion
@@ -295,11 +295,3 @@ def ensure_converted(name: str) -> Path:
             )
             convert(name, directory)
     return directory
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

@@ -62,7 +62,7 @@ def client_env(stack):
 
 
 def _s3(stack):
-    from polar.stack.services import s3_client
+    from polar.stack.client import s3_client
 
     creds = stack.credentials()
     return s3_client(stack.url("s3"), creds.s3_access_key, creds.s3_secret_key)

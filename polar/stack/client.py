@@ -30,14 +30,18 @@ def store_url() -> str | None:
     return url
 
 
-def _client():
+def s3_client(endpoint: str | None = None, access_key: str | None = None, secret_key: str | None = None):
+    """A boto3 S3 client that fails within seconds, not after minutes of retries. What is not given comes from
+    the environment (AWS_ENDPOINT_URL_S3, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY), read afresh: boto3's default
+    session keeps the first credentials it found."""
     import boto3
     from botocore.config import Config
 
-    # Endpoint and key pair from the environment (AWS_ENDPOINT_URL_S3, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY),
-    # read afresh: boto3's default session keeps the first credentials it found.
     return boto3.session.Session().client(
         "s3",
+        endpoint_url=endpoint,
+        aws_access_key_id=access_key,
+        aws_secret_access_key=secret_key,
         region_name=os.environ.get("AWS_DEFAULT_REGION", "us-east-1"),
         config=Config(connect_timeout=3, read_timeout=30, retries={"max_attempts": 2}),
     )
@@ -58,7 +62,7 @@ def check_store(url: str | None = None) -> str:
         raise ValueError(f"no object store: set {STORE_ENV} and the rest of `polar stack env`")
     endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or "AWS S3"
     bucket = urlparse(url).netloc
-    client = _client()
+    client = s3_client()
     try:
         try:
             client.head_bucket(Bucket=bucket)
@@ -115,7 +119,7 @@ def remote_has(url: str, md5: str) -> bool:
     import botocore.exceptions
 
     try:
-        _client().head_object(Bucket=parsed.netloc, Key=key)
+        s3_client().head_object(Bucket=parsed.netloc, Key=key)
     except botocore.exceptions.ClientError as err:
         if err.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 404:
             return False

@@ -344,22 +344,9 @@ def _start_s3(stack: Stack) -> None:
     _spawn(stack, "s3", cmd, {"PATH": os.environ.get("PATH", ""), "HOME": str(stack.s3_dir)})
 
 
-def s3_client(endpoint: str, access_key: str, secret_key: str):
-    """A boto3 S3 client that fails within seconds, not after minutes of retries."""
-    import boto3
-    from botocore.config import Config
-
-    return boto3.client(
-        "s3",
-        endpoint_url=endpoint,
-        aws_access_key_id=access_key,
-        aws_secret_access_key=secret_key,
-        region_name="us-east-1",
-        config=Config(connect_timeout=3, read_timeout=30, retries={"max_attempts": 2}),
-    )
-
-
 def _s3_health(stack: Stack) -> str:
+    from polar.stack.client import s3_client
+
     creds = stack.credentials()
     s3_client(stack.url("s3", _local(stack)), creds.s3_access_key, creds.s3_secret_key).head_bucket(Bucket=stack.bucket)
     return f"bucket {stack.bucket}"

@@ -11,12 +11,13 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import tempfile
 from pathlib import Path
 from urllib.parse import urlparse
+
+from polar.hashing import sha256_file
 
 __all__ = ["Store", "cache_dir"]
 
@@ -28,25 +29,17 @@ def cache_dir() -> Path:
     return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "polar").resolve()
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 class Store:
     """The object store at ``url`` (``s3://BUCKET[/PREFIX]``), reached with the environment's endpoint and key pair."""
 
     def __init__(self, url: str) -> None:
-        from polar.stack.client import _client
+        from polar.stack.client import s3_client
 
         parsed = urlparse(url)
         self.url = url.rstrip("/")
         self.bucket = parsed.netloc
         self.prefix = parsed.path.strip("/")
-        self._s3 = _client()
+        self._s3 = s3_client()
 
     def key(self, *parts: str) -> str:
         return "/".join(p.strip("/") for p in (self.prefix, *parts) if p)
@@ -97,7 +90,7 @@ class Store:
 
     # ------------------------------------------------------------------ content-addressed inputs
     def _put_blob(self, path: Path) -> str:
-        sha = _sha256(path)
+        sha = sha256_file(path)
         key = self.key("blobs", "sha256", sha)
         if not self.exists(key):
             self.upload(path, key)
