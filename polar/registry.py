@@ -5,20 +5,31 @@ The embedded default is a local SQLite store (``mlflow/mlflow.db``) with an arti
 for a team server). One registered model per base model (``polar-<base>``). Each version carries tags
 for lineage (git commit, DVC hashes of its labels and data, the base model's hash) and starts with the
 alias ``candidate``; ``champion`` moves only through :func:`promote`'s gates.
+
+Registering is idempotent: a version carries the hash of what it registers (``polar.change``: the predictor's
+files, its evaluation and the extra tags), and registering the same change again returns that version. Several
+processes that register one change at once (pipelines in several clones, a retry after a crash) end with one
+version: each creates its own, the lowest number wins, the others delete theirs and their runs.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import random
+import time
 from pathlib import Path
 
+from polar.hashing import sha256_file
 from polar.lineage import lineage_tags
 from polar.report import paired_interval
 from polar.settings import Gates
 from polar.tracking import PARENT_ENV, configure, git_commit
 
-__all__ = ["model_name", "promote", "publish", "register", "registry_status"]
+__all__ = ["CHANGE_TAG", "change_key", "model_name", "promote", "publish", "register", "registry_status"]
+
+CHANGE_TAG = "polar.change"
 
 
 def model_name(base_model: str) -> str:
@@ -44,7 +55,8 @@ def register(
             tagged on the version (``dvc.<role>.md5``; ``untracked`` for paths DVC does not track).
 
     Returns:
-        ``{"name", "version", "run_id", "model_uri"}`` of the new version (alias ``candidate``).
+        ``{"name", "version", "run_id", "model_uri", "reused"}`` of the version (alias ``candidate``);
+        ``reused`` is true when this change was registered before and no new version was made.
     """
     import mlflow
 
@@ -96,12 +108,17 @@ def register(
         "prompt": _prompt_id(prompt),
         **(lineage or {}),
     }
+    change = change_key(predictor_dir, metrics_path, lineage or {})
+    client = mlflow.MlflowClient()
+    done = _versions_of(client, name, change)
+    if done:  # registered before (or by a run that crashed after making the version): complete it, add nothing
+        return _settle(client, name, done[0], reused=True)
     # Inside `polar pipeline`, this run is nested under the pipeline's run (polar.tracking).
     with mlflow.start_run(run_name=f"register {name}", parent_run_id=os.environ.get(PARENT_ENV) or None) as run:
         mlflow.log_params({f"train.{k}": v for k, v in meta["train"].items()})
         mlflow.log_params({f"predictor.{k}": v for k, v in config.items() if k != "meta"})
         mlflow.log_metrics(flat)
-        mlflow.set_tags(tags)
+        mlflow.set_tags({**tags, CHANGE_TAG: change})
         for path in [metrics_path, *artifacts]:
             mlflow.log_artifact(str(path))
         mlflow.log_dict(prompt, "prompt.json")  # the prompt the version was searched, evaluated and is served with
@@ -114,17 +131,69 @@ def register(
                 "max_new_tokens": metrics["config"]["max_new_tokens"],
                 "answer_kind": kinds[0],
             },
-            registered_model_name=name,
             pip_requirements=["polar"],
             signature=_signature(),
         )
-    client = mlflow.MlflowClient()
-    version = str(info.registered_model_version)
-    for key, value in tags.items():
-        client.set_model_version_tag(name, version, key, str(value))
-    client.set_model_version_tag(name, version, "run_id", run.info.run_id)
-    client.set_registered_model_alias(name, "candidate", version)
-    return {"name": name, "version": version, "run_id": run.info.run_id, "model_uri": f"models:/{name}/{version}"}
+    # The version is made with all its tags in one request: a crash leaves either no version or a whole one.
+    version_tags = {**{k: str(v) for k, v in tags.items()}, "run_id": run.info.run_id, CHANGE_TAG: change}
+    mine = _create_version(info.model_uri, name, version_tags)
+    winner = _versions_of(client, name, change)[0]
+    if str(winner.version) != str(mine.version):  # another process registered the same change first: keep one version
+        client.delete_model_version(name, mine.version)
+        client.delete_run(run.info.run_id)
+        return _settle(client, name, winner, reused=True)
+    return _settle(client, name, mine, reused=False)
+
+
+def change_key(predictor_dir: str | Path, metrics_path: str | Path, tags: dict[str, str]) -> str:
+    """What a registration registers, as one hash: the predictor's files, its evaluation and the extra tags."""
+    digest = hashlib.sha256()
+    folder = Path(predictor_dir)
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        digest.update(f"{path.relative_to(folder).as_posix()}\0{sha256_file(path)}\n".encode())
+    digest.update(f"metrics\0{sha256_file(metrics_path)}\n".encode())
+    digest.update(json.dumps({k: str(v) for k, v in tags.items()}, sort_keys=True).encode())
+    return digest.hexdigest()
+
+
+def _versions_of(client, name: str, change: str) -> list:
+    """Versions of ``name`` registered for ``change``, lowest number first."""
+    import mlflow
+
+    try:
+        versions = client.search_model_versions(f"name = '{name}'")
+    except mlflow.exceptions.MlflowException as err:
+        if "RESOURCE_DOES_NOT_EXIST" in str(err.error_code):
+            return []
+        raise
+    return sorted((v for v in versions if v.tags.get(CHANGE_TAG) == change), key=lambda v: int(v.version))
+
+
+def _create_version(model_uri: str, name: str, tags: dict[str, str], attempts: int = 6):
+    """``mlflow.register_model``, again after a short random wait when concurrent registrations took the number
+    it tried (the tracking store gives up after 3 clashes)."""
+    import mlflow
+
+    for attempt in range(attempts):
+        try:
+            return mlflow.register_model(model_uri, name, tags=tags)
+        except mlflow.exceptions.MlflowException as err:
+            if "Model Version creation error" not in str(err) or attempt == attempts - 1:
+                raise
+            time.sleep(random.uniform(0.2, 1.0) * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
+def _settle(client, name: str, version, reused: bool) -> dict:
+    """Point ``candidate`` at ``version`` and describe it."""
+    client.set_registered_model_alias(name, "candidate", version.version)
+    return {
+        "name": name,
+        "version": str(version.version),
+        "run_id": version.tags.get("run_id") or version.run_id,
+        "model_uri": f"models:/{name}/{version.version}",
+        "reused": reused,
+    }
 
 
 def _prompt_id(data: dict) -> str:
@@ -229,7 +298,8 @@ def publish(
         info["promotion"] = promote(info["name"], info["version"], gates, tracking_uri)
     if out:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
-        Path(out).write_text(json.dumps({k: v for k, v in info.items() if k != "run_id"}, indent=2) + "\n")
+        kept = {k: v for k, v in info.items() if k not in ("run_id", "reused")}  # what a fresh registry gives too
+        Path(out).write_text(json.dumps(kept, indent=2) + "\n")
     return info
 
 

@@ -213,3 +213,19 @@ def test_the_served_model_answers_exactly_as_the_evaluation_did(store, smollm2):
     for row, answer in zip(rows, served, strict=True):
         assert answer["program"] == row["programs"][0] and answer["text"] == row["top1_text"], row["id"]
         assert answer.get("answer") == row["top1_answer"] and answer["depth"] == 6
+
+
+def test_registering_one_change_again_gives_its_version(store):
+    """The same predictor, evaluation and tags are one change (a retried stage, a second clone): one version."""
+    import mlflow
+
+    pred, metrics = _predictor(store / "pred"), _metrics(store / "m.json", 0.4)
+    first, again = register(pred, metrics), register(pred, metrics)
+    assert again["version"] == first["version"] and again["run_id"] == first["run_id"]
+    assert again["reused"] and not first["reused"]
+    other = register(pred, metrics, lineage={"note": "retrained"})  # other tags: another change
+    assert other["version"] != first["version"] and not other["reused"]
+    client = mlflow.MlflowClient()
+    assert str(client.get_model_version_by_alias(first["name"], "candidate").version) == other["version"]
+    assert register(pred, metrics)["version"] == first["version"]  # and candidate moves back to what was registered
+    assert str(client.get_model_version_by_alias(first["name"], "candidate").version) == first["version"]

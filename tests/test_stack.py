@@ -6,6 +6,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -239,6 +240,128 @@ def test_two_clones_share_data_and_lineage_through_the_stack_alone(stack, client
     assert (b / "data" / "labels" / "labels.jsonl").read_text() == (a / "data" / "labels" / "labels.jsonl").read_text()
 
 
+# ------------------------------------------------------------------------------ faults and load
+REGISTER = [str(BIN / "polar"), "register", "--predictor", "pred", "--metrics", "m.json", "--out", "registry.json"]
+
+
+def _sites(tmp_path: Path, n: int, pass1: float) -> list[Path]:
+    """``n`` folders (clones on other machines) holding the same trained predictor and evaluation."""
+    pred, metrics = _predictor(tmp_path / "pred"), _metrics(tmp_path / "m.json", pass1)
+    sites = []
+    for i in range(n):
+        sites.append(tmp_path / f"site-{i}")
+        shutil.copytree(pred, sites[-1] / "pred")
+        shutil.copy(metrics, sites[-1] / "m.json")
+    return sites
+
+
+def _key(site: Path) -> str:
+    from polar.registry import change_key
+
+    return change_key(site / "pred", site / "m.json", {})
+
+
+def _registered(client_env, key: str) -> tuple[list, list]:
+    """The live registry versions made for the change ``key``, and its live MLflow runs."""
+    import mlflow
+
+    from polar.registry import CHANGE_TAG
+
+    client = mlflow.MlflowClient(client_env["MLFLOW_TRACKING_URI"])
+    versions = [v for v in client.search_model_versions("name = 'polar-tiny-model'") if v.tags.get(CHANGE_TAG) == key]
+    experiment = client.get_experiment_by_name("polar").experiment_id
+    runs = client.search_runs([experiment], filter_string=f"tags.`{CHANGE_TAG}` = '{key}'")
+    return versions, runs
+
+
+def test_four_clones_registering_one_change_at_once_make_one_version(stack, client_env, tmp_path):
+    """Four pipelines in four clones reach the register stage with the same predictor and evaluation: one version,
+    one run, and every clone's registry.json names it."""
+    sites = _sites(tmp_path, 4, 0.41)
+    env = env_with_bin(**client_env)
+    procs = [
+        subprocess.Popen(REGISTER, cwd=site, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for site in sites
+    ]
+    outs = [proc.communicate(timeout=600) for proc in procs]
+    assert all(proc.returncode == 0 for proc in procs), outs
+    written = {(site / "registry.json").read_text() for site in sites}
+    assert len(written) == 1, written
+    info = json.loads(written.pop())
+    key = _key(sites[0])
+    versions, runs = _registered(client_env, key)
+    assert [str(v.version) for v in versions] == [info["version"]]
+    assert [r.info.run_id for r in runs] == [versions[0].run_id]  # the other processes' runs were deleted
+    said = "".join(out for out, _ in outs)
+    assert said.count(f"already registered as version {info['version']}") == 3, said
+    from polar.stack.services import _connect
+
+    with _connect(stack, "mlflow") as conn:  # versions made and deleted when registrations raced
+        made = conn.execute(
+            "SELECT v.version, v.current_stage FROM model_versions v JOIN model_version_tags t ON t.name = v.name "
+            "AND t.version = v.version WHERE t.key = 'polar.change' AND t.value = %s",
+            (key,),
+        ).fetchall()
+    assert sum(stage != "Deleted_Internal" for _, stage in made) == 1, made
+
+
+def test_a_postgres_restart_during_a_flow_that_registers_leaves_one_whole_version(stack, client_env, tmp_path):
+    """PostgreSQL (under both Prefect and MLflow) goes down for a few seconds while a flow on the stack is
+    registering. Both clients retry: the flow completes, or fails with the reason and its rerun completes. Either
+    way the registry holds one version of the change, with every tag, and the candidate alias on it."""
+    import mlflow
+
+    from polar.stack.services import SERVICES, _connect
+
+    postgres = next(s for s in SERVICES if s.name == "postgres")
+    (site,) = _sites(tmp_path, 1, 0.43)
+    key = _key(site)
+    env = env_with_bin(**client_env)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", FLOW], cwd=site, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.time() + 300
+    query = "SELECT count(*) FROM tags WHERE key = 'polar.change' AND value = %s"
+    while proc.poll() is None:  # down as soon as the register run exists: its model and version are still to come
+        with _connect(stack, "mlflow") as conn:
+            if conn.execute(query, (key,)).fetchone()[0]:
+                break
+        assert time.time() < deadline, "the flow never started its register run"
+        time.sleep(0.2)
+    postgres.stop(stack)
+    time.sleep(3)
+    postgres.start(stack)
+    stdout, stderr = proc.communicate(timeout=600)
+    if proc.returncode != 0:  # failed cleanly: the rerun completes what was done
+        assert "Error" in stderr, stderr[-3000:]
+        rerun = subprocess.run([sys.executable, "-c", FLOW], cwd=site, env=env, capture_output=True, text=True)
+        assert rerun.returncode == 0, rerun.stderr[-3000:]
+    info = json.loads((site / "registry.json").read_text())
+    versions, runs = _registered(client_env, key)
+    assert [str(v.version) for v in versions] == [info["version"]], stderr[-3000:]
+    tags = versions[0].tags
+    assert {"run_id", "git_commit", "prompt", "dvc.predictor.md5", "labels_sha256"} <= set(tags), tags
+    assert [r.info.run_id for r in runs] == [tags["run_id"]]
+    client = mlflow.MlflowClient(client_env["MLFLOW_TRACKING_URI"])
+    assert str(client.get_model_version_by_alias("polar-tiny-model", "candidate").version) == info["version"]
+
+
+FLOW = """
+from prefect import flow, task
+from polar.registry import publish
+
+@task
+def register():
+    return publish("pred", "m.json", out="registry.json")
+
+@flow(name="polar-postgres-restart")
+def registering():
+    return register()
+
+print(registering())
+"""
+
+
 def test_runs_registry_and_objects_survive_a_restart(stack, client_env):
     """Stops and restarts the stack: the tests after this one run on the restarted stack."""
     import mlflow
@@ -293,12 +416,13 @@ def _checkout(dst: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def remote_workers(client_env, tmp_path_factory):
-    """Two process workers, each in its own checkout at its own path with its own home and cache: they share
+    """Four process workers, each in its own checkout at its own path with its own home and cache: they share
     nothing with the dispatcher or each other but the stack's URLs and key pair."""
     sites = tmp_path_factory.mktemp("sites")
     procs, logs, pids = [], {}, {}
     try:
-        for name, where in (("w0", sites / "site-a" / "polar"), ("w1", sites / "site-b" / "deep" / "polar")):
+        for name, where in WORKERS.items():
+            where = sites / where
             repo = _checkout(where)
             env = env_with_bin(
                 **client_env,
@@ -317,16 +441,20 @@ def remote_workers(client_env, tmp_path_factory):
             online = subprocess.run(
                 [sys.executable, "-c", ONLINE], env=env_with_bin(**client_env), capture_output=True, text=True
             ).stdout.split()
-            if {"w0", "w1"} <= set(online):
+            if set(WORKERS) <= set(online):
                 break
             assert time.time() < deadline, logs["w0"].read_text()[-3000:]
             time.sleep(2)
         yield logs, pids
     finally:
+        for pid in pids.values():  # all at once: each takes seconds to stop
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
         for proc in reversed(procs):
             proc.__exit__(None, None, None)
 
 
+WORKERS = {"w0": "site-a/polar", "w1": "site-b/deep/polar", "w2": "site-c/polar", "w3": "site-d/x/y/polar"}
 ONLINE = """
 from prefect import get_client
 with get_client(sync_client=True) as c:
@@ -341,7 +469,8 @@ with get_client(sync_client=True) as c:
 def test_workers_in_other_checkouts_label_through_the_store_and_a_killed_one_loses_nothing(
     stack, client_env, remote_workers, tiny_dir, tmp_path
 ):
-    """Two workers in their own checkouts label one task file through the store alone. One of them is killed
+    """Four workers in their own checkouts label one task file through the store alone, four shards at once. One
+    of them is killed
     mid-shard with the flow run it was executing, as a machine that dies: the dispatcher finds the run crashed
     (or lost: no heartbeat) and submits the shard again, the other worker resumes it from the records in the
     store, and the merged labels are byte for byte those of labeling in one process. Last in this file: it
@@ -356,7 +485,7 @@ def test_workers_in_other_checkouts_label_through_the_store_and_a_killed_one_los
     args = ["label", "--model", str(tiny_dir), "--tasks", str(paths["train"]), "--out", str(out), *FLAGS]
     started = {name: log.read_text(errors="replace").count("labeling shard") for name, log in logs.items()}
     dispatcher = subprocess.Popen(
-        [str(BIN / "polar"), *args, "--pool", "stack", "--shards", "2"],
+        [str(BIN / "polar"), *args, "--pool", "stack", "--shards", "4"],
         env=env_with_bin(**client_env, POLAR_POOL_LOST_SECONDS="75"),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -371,7 +500,7 @@ def test_workers_in_other_checkouts_label_through_the_store_and_a_killed_one_los
                 text = log.read_text(errors="replace")
                 if text.count("labeling shard") > started[name]:
                     k = text.rsplit("labeling shard ", 1)[1].split("/")[0]
-                    kept = [key for key in _keys(stack, "labels/jobs/") if f"/shard-{k}of2-" in key]
+                    kept = [key for key in _keys(stack, "labels/jobs/") if f"/shard-{k}of4-" in key]
                     if kept:
                         victim = name
                         break

@@ -29,8 +29,13 @@ def register_cmd(
 ) -> None:
     """Log the predictor and its evaluation to MLflow and register a new version (alias: candidate).
 
+    The same predictor with the same evaluation and tags is one change: registering it again, or from several
+    clones at once, gives its existing version.
+
     The version is tagged with the git commit and the DVC hashes (dvc.lock) of its base model, task files, labels and weights, for `polar lineage`.
     """
+    from mlflow.exceptions import MlflowException
+
     from polar.registry import publish, registry_status
 
     try:
@@ -38,7 +43,18 @@ def register_cmd(
         info = publish(predictor, metrics, gates if promote else None, out, tracking_uri, tags, artifact or [])
     except (ValueError, FileNotFoundError, ConnectionError) as err:
         fail(str(err))
-    console.print(f"registered {info['name']} version {info['version']} (alias candidate; run {info['run_id']})")
+    except MlflowException as err:  # the tracking server or its database failed half-way
+        fail(
+            f"the tracking server failed while registering: {err.message[:300]}; run the same command again "
+            "when it answers: registering is idempotent (a change gets one version)"
+        )
+    if info["reused"]:
+        console.print(
+            f"{info['name']} already registered as version {info['version']} (alias candidate; same "
+            "predictor, evaluation and tags)"
+        )
+    else:
+        console.print(f"registered {info['name']} version {info['version']} (alias candidate; run {info['run_id']})")
     if promote:
         console.print(registry_status(info))
 
