@@ -95,9 +95,12 @@ def label_shard(
         if menu and "menu" in refs:
             menu = {**menu, "menu": str(remote.get(refs["menu"]))}
         local = cache_dir() / "jobs" / job
+        owner = f"{shard}of{shards}"
+        token = remote.claim(job, owner)  # before pulling: an older run of this shard stops at its next record
         remote.pull_files(job, local)  # where any machine left this job: resume from there
 
         def after_write(path: Path) -> None:
+            remote.check(job, owner, token)
             remote.push_files([path], job)
 
         out, merge = str(local), False

@@ -396,6 +396,22 @@ def test_runs_registry_and_objects_survive_a_restart(stack, client_env):
     assert runs.returncode == 0 and "COMPLETED" in runs.stdout, runs.stdout + runs.stderr
 
 
+def test_a_shard_taken_over_stops_the_run_it_was_taken_from(client_env):
+    """A run given up for lost that comes back (a partition) finds its shard claimed by the run submitted again."""
+    from polar.stack.transfer import Store, Superseded
+
+    with mock.patch.dict(os.environ, client_env):
+        store = Store(client_env["POLAR_STORE_URL"] + "/labels")
+        old = store.claim("job-t", "0of2")
+        store.check("job-t", "0of2", old)
+        new = store.claim("job-t", "0of2")
+        with pytest.raises(Superseded, match="another run took it over"):
+            store.check("job-t", "0of2", old)
+        store.check("job-t", "0of2", new)
+        store.drop_job("job-t")
+        assert not store.list(store.key("jobs", "job-t"))
+
+
 # ------------------------------------------------------------------------------ label workers elsewhere
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = LabelConfig(shots=1, max_new_tokens=6, search=SearchConfig(simulations=6, batch=3))
@@ -500,8 +516,10 @@ def test_workers_in_other_checkouts_label_through_the_store_and_a_killed_one_los
                 text = log.read_text(errors="replace")
                 if text.count("labeling shard") > started[name]:
                     k = text.rsplit("labeling shard ", 1)[1].split("/")[0]
-                    kept = [key for key in _keys(stack, "labels/jobs/") if f"/shard-{k}of4-" in key]
+                    stored = _keys(stack, "labels/jobs/")
+                    kept = [key for key in stored if f"/shard-{k}of4-" in key]
                     if kept:
+                        assert any(key.endswith(f"/owner-{k}of4") for key in stored), stored  # its claim
                         victim = name
                         break
             time.sleep(0.5)

@@ -7,6 +7,10 @@
 * **Records by job.** A labeling job's shard files live under ``jobs/<job>/``: each worker uploads its own
   shard after every record (a killed worker loses at most the input it was on), pulls the job's shards
   before it starts (resuming where any machine left off), and the dispatcher pulls them all to merge.
+* **One owner per shard.** A shard run claims its shard (``jobs/<job>/owner-<shard>``: the newest claim wins) and
+  checks the claim before each upload. A run the dispatcher gave up for lost (no heartbeat: a partition, not a
+  death) that comes back finds its shard taken over by the run submitted again, and stops instead of labeling
+  the same inputs twice.
 """
 
 from __future__ import annotations
@@ -14,12 +18,13 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import uuid
 from pathlib import Path
 from urllib.parse import urlparse
 
 from polar.hashing import sha256_file
 
-__all__ = ["Store", "cache_dir"]
+__all__ = ["Store", "Superseded", "cache_dir"]
 
 CACHE_ENV = "POLAR_CACHE_DIR"
 
@@ -27,6 +32,10 @@ CACHE_ENV = "POLAR_CACHE_DIR"
 def cache_dir() -> Path:
     """Where a worker keeps what it fetched from the store: ``$POLAR_CACHE_DIR``, else ``~/.cache/polar``."""
     return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "polar").resolve()
+
+
+class Superseded(RuntimeError):
+    """This run's shard was submitted again and claimed by another run."""
 
 
 class Store:
@@ -143,3 +152,18 @@ class Store:
 
     def drop_job(self, job: str) -> None:
         self.delete(self.list(self.key("jobs", job) + "/"))
+
+    def claim(self, job: str, shard: str) -> str:
+        """Make the calling run the owner of ``shard`` of ``job``; returns its token for :meth:`check`."""
+        token = uuid.uuid4().hex
+        self._s3.put_object(Bucket=self.bucket, Key=self.key("jobs", job, f"owner-{shard}"), Body=token.encode())
+        return token
+
+    def check(self, job: str, shard: str, token: str) -> None:
+        """Raise :class:`Superseded` unless ``token`` still owns ``shard`` of ``job``."""
+        body = self._s3.get_object(Bucket=self.bucket, Key=self.key("jobs", job, f"owner-{shard}"))["Body"]
+        if body.read().decode() != token:
+            raise Superseded(
+                f"shard {shard} of job {job} was submitted again and another run took it over (this run was given "
+                "up for lost): this run stops; its records are in the store and the other run goes on from them"
+            )
