@@ -23,3 +23,19 @@ def check_prefect() -> str | None:
         "to run on a temporary local server",
     )
     return url
+
+
+def require_prefect(what: str) -> str:
+    """The Prefect API that ``what`` (e.g. ``--pool gpu``) needs for workers on other processes or machines.
+
+    Raises:
+        ConnectionError: Prefect's temporary local server is in use (no worker can reach it), or the server
+            does not answer.
+    """
+    url = check_prefect()
+    if url is None:
+        raise ConnectionError(
+            f"{what} needs a Prefect server that workers also reach: `prefect server start`, then "
+            "`export PREFECT_API_URL=http://127.0.0.1:4200/api` here and where the workers run"
+        )
+    return url

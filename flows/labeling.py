@@ -44,7 +44,7 @@ from prefect import flow, get_client, get_run_logger
 from prefect.deployments import run_deployment
 from tqdm import tqdm
 
-from flows.api import check_prefect
+from flows.api import require_prefect
 from polar.label import finish, label, prepare
 from polar.labels import LabelRecord, MenuRecord, read_records
 from polar.menu import MENU_FILE, finish_menu, label_menu, model_depth, prepare_menu
@@ -217,6 +217,15 @@ def _active_runs(client, deployment_id, parameters: dict) -> dict[tuple[int, int
     return {(r.parameters["shard"], r.parameters["shards"]): r for r in same}
 
 
+def _require_workers(client, pool: str) -> list:
+    """The workers polling ``pool`` (made if missing); ConnectionError when there are none."""
+    _ensure_pool(client, pool)
+    workers = online_workers(client, pool)
+    if not workers:
+        raise ConnectionError(f"no worker polls the work pool {pool!r}: start one per GPU, e.g. {_worker_hint(pool)}")
+    return workers
+
+
 def label_on_pool(
     model: str,
     tasks_path: str | Path,
@@ -242,11 +251,9 @@ def label_on_pool(
             no worker polls ``pool``.
         RuntimeError: some shard runs failed (their labels so far are kept).
     """
-    if check_prefect() is None:
-        raise ConnectionError(
-            f"--pool {pool} needs a Prefect server that workers also reach: `prefect server start`, then "
-            "`export PREFECT_API_URL=http://127.0.0.1:4200/api` here and where the workers run"
-        )
+    require_prefect(f"--pool {pool}")
+    with get_client(sync_client=True) as client:  # before anything is written: a pool nobody polls is an error
+        _require_workers(client, pool)
     config = config or LabelConfig()
     if config.shots_from:  # workers start elsewhere: every path they get is absolute
         config = replace(config, shots_from=str(Path(config.shots_from).resolve()))
@@ -282,13 +289,7 @@ def label_on_pool(
             common["menu"] = {**menu, "menu": MENU_FILE}
 
     with get_client(sync_client=True) as client:
-        _ensure_pool(client, pool)
-        workers = online_workers(client, pool)
-        if not workers:
-            raise ConnectionError(
-                f"no worker polls the work pool {pool!r}: start one per GPU, e.g. {_worker_hint(pool)}"
-            )
-        shards = shards or len(workers)
+        shards = shards or len(_require_workers(client, pool))
         deployment_id = shard_deployment(pool).apply(work_pool_name=pool)
         running = _active_runs(client, deployment_id, common)
 

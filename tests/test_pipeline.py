@@ -25,7 +25,7 @@ def _repo(tmp: Path, **overrides) -> Path:
     shutil.copy(ROOT / "dvc.yaml", repo / "dvc.yaml")
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["base_models"] = {"smollm2-135m": {"spec": "smollm2-135m"}}
-    params["ingest"].update(levels="1-2", train=6, validation=2, test=3)
+    params["ingest"].update(levels="1-2", train=6, validation=2, test=2)
     params["label"].update(simulations=3, max_new_tokens=6, shots=1)
     params["train"].update(epochs=3)
     params["evaluate"].update(k=2)
@@ -109,7 +109,7 @@ def test_pipeline_end_to_end_cached_then_gated(tmp_path):
         held = {normalise(e.question) for e in read_examples(repo / "data/tasks" / f"{split}.parquet")}
         assert held and not held & trained, split
     validation = json.loads((repo / "reports/smollm2-135m/validation/validation.json").read_text())
-    assert validation["heldout_in_training"] == [] and sum(validation["heldout_checked"].values()) == 10
+    assert validation["heldout_in_training"] == [] and sum(validation["heldout_checked"].values()) == 8
     runs = subprocess.run([sys.executable, "-c", MLFLOW_RUNS], env=_env(repo), capture_output=True, text=True)
     runs = json.loads(runs.stdout.split("RUNS ", 1)[1])
     pipelines = [r for r in runs if r["tags"].get("polar.kind") == "pipeline"]
@@ -120,7 +120,7 @@ def test_pipeline_end_to_end_cached_then_gated(tmp_path):
         assert {"smollm2-135m/label/valid_share", "smollm2-135m/validate/success"} <= set(run["metrics"])
         assert "smollm2-135m/evaluate/predictor.pass_at_1" in run["metrics"]
     metrics = json.loads((repo / "reports/smollm2-135m/evaluation/metrics.json").read_text())
-    assert metrics["inputs"] == 6 and "predictor" in metrics["methods"]
+    assert metrics["inputs"] == 4 and "predictor" in metrics["methods"]
     registry = json.loads((repo / "reports/smollm2-135m/registry.json").read_text())
     assert registry["name"] == "polar-smollm2-135m" and registry["version"] == "1"
     lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
@@ -144,19 +144,23 @@ def test_pipeline_end_to_end_cached_then_gated(tmp_path):
 
     # A second fresh clone with the same inputs and parameters writes the same dvc.lock: byte-identical
     # tasks, labels, predictor, evaluation metrics and registry inputs (timings live outside DVC's outputs).
-    # Plain `dvc repro` (the flow is tested above). The converted model is carried over with its lock entry
-    # and the first clone's cache, so DVC finds that one stage up to date; with the run cache off, every
+    # Plain `dvc repro` (the flow is tested above). The converted model and the labels are carried over with
+    # their lock entries and the first clone's cache, so DVC finds those stages up to date (labels equal
+    # across processes and workers are tested in test_label and test_stack); with the run cache off, every
     # other stage runs again.
     other = _repo(tmp_path / "b")
-    shutil.copytree(repo / "models" / "smollm2-135m", other / "models" / "smollm2-135m")
-    convert = {"convert@smollm2-135m": lock["convert@smollm2-135m"]}
-    (other / "dvc.lock").write_text(yaml.safe_dump({"schema": "2.0", "stages": convert}))
+    carried = ("convert@smollm2-135m", "label@smollm2-135m")
+    for path in ("models/smollm2-135m", "data/labels/smollm2-135m"):
+        shutil.copytree(repo / path, other / path)
+    (other / "dvc.lock").write_text(yaml.safe_dump({"schema": "2.0", "stages": {s: lock[s] for s in carried}}))
     dvc = str(Path(sys.executable).parent / "dvc")
     subprocess.run([dvc, "cache", "dir", str(repo / ".dvc" / "cache")], cwd=other, check=True)
     rerun = [dvc, "repro", "--no-run-cache"]
     rerun = subprocess.run(rerun, cwd=other, env=_env(other), capture_output=True, text=True)
     assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
-    assert "Stage 'convert@smollm2-135m' didn't change, skipping" in rerun.stdout, rerun.stdout[-3000:]
+    for stage in carried:
+        assert f"Stage '{stage}' didn't change, skipping" in rerun.stdout, rerun.stdout[-3000:]
+    assert "Running stage 'ingest'" in rerun.stdout and "Running stage 'train@smollm2-135m'" in rerun.stdout
     # The same entries (stage order aside: dvc.lock lists stages in the order they last ran).
     assert yaml.safe_load((other / "dvc.lock").read_text()) == yaml.safe_load((repo / "dvc.lock").read_text())
 

@@ -82,6 +82,15 @@ def label_cmd(
 
     With --menu, every program of a menu runs on every input instead of a search (a reward matrix: menu.jsonl, rewards.parquet, inputs.parquet). With --pool, the inputs are split into shards labeled by the pool's workers (one GPU each) and merged here when all are done, for either kind.
     """
+    if where.pool:  # said before the model code loads (seconds)
+        from flows.api import require_prefect
+
+        try:
+            if shard:
+                raise ValueError("--shard and --pool do not mix: --pool makes the shards itself (--shards N)")
+            require_prefect(f"--pool {where.pool}")
+        except (ValueError, ConnectionError) as err:
+            fail(str(err))
     from polar.backbone import ModelSpecError
     from polar.hf import UnsupportedModelError
     from polar.label import label
@@ -91,8 +100,6 @@ def label_cmd(
         out = f"data/labels/{Path(model.rstrip('/')).name.removesuffix('.gguf')}/{kind}"
     try:
         if where.pool:
-            if shard:
-                raise ValueError("--shard and --pool do not mix: --pool makes the shards itself (--shards N)")
             from flows.labeling import label_on_pool
 
             merged = label_on_pool(
