@@ -22,10 +22,9 @@ def verdict(m: dict) -> str:
     p = pred["p_vs_base"]
     lo, hi = paired_interval(pred["correct"], base["correct"], m.get("discordant"), n)
     disc = m.get("discordant") or {}
+    interval = f"95% CI of the difference {lo * 100:+.1f} to {hi * 100:+.1f} points"
     if disc and not disc["a_only"] + disc["b_only"]:
-        interval = "the two are right and wrong on the same inputs"
-    else:
-        interval = f"95% CI of the difference {lo * 100:+.1f} to {hi * 100:+.1f} points"
+        interval = f"the two are right and wrong on the same inputs; {interval}"
     test = f"p = {p:.3g}, exact McNemar on {n} paired inputs"
     if p < ALPHA and gap != 0:
         word = "beats" if gap > 0 else "is worse than"
@@ -39,9 +38,13 @@ def verdict(m: dict) -> str:
 def paired_interval(correct_a: int, correct_b: int, discordant: dict | None, n: int) -> tuple[float, float]:
     """95% interval of the paired difference of two pass rates, in the units of the difference.
 
-    Exact and conditional on the number of discordant pairs: a Clopper-Pearson interval for the share of
-    them that favour ``a``, scaled to the difference. It excludes 0 exactly when the two-sided exact McNemar
-    test is significant at 0.05, so the interval and the test never tell two stories.
+    The difference is ``r (2 s - 1)``: ``r`` the share of the ``n`` inputs on which the two disagree, ``s`` the
+    share of those that favour ``a``. Each factor gets its exact (Clopper-Pearson) 95% interval, and the interval
+    spans their products. The sign comes from ``s`` alone, so the interval excludes 0 exactly when the two-sided
+    exact McNemar test is significant at 0.05: the interval and the test never tell two stories. The uncertainty
+    of ``r`` keeps it honest when few inputs disagree: with none, it is not a point but plus or minus the most
+    that ``n`` inputs allow (``1 - 0.025 ** (1 / n)``). In simulation (tests/test_evaluate.py) it holds the true
+    difference at least 95% of the time, where scaling by the observed ``r`` held it as little as 36%.
     """
     from scipy.stats import beta
 
@@ -50,11 +53,12 @@ def paired_interval(correct_a: int, correct_b: int, discordant: dict | None, n: 
         return (d, d)
     a_only, b_only = discordant["a_only"], discordant["b_only"]
     m = a_only + b_only
-    if m == 0:
-        return (0.0, 0.0)
-    lo = beta.ppf(0.025, a_only, b_only + 1) if a_only else 0.0
-    hi = beta.ppf(0.975, a_only + 1, b_only) if b_only else 1.0
-    return (float(m / n * (2 * lo - 1)), float(m / n * (2 * hi - 1)))
+    s_low = beta.ppf(0.025, a_only, b_only + 1) if a_only else 0.0
+    s_high = beta.ppf(0.975, a_only + 1, b_only) if b_only else 1.0
+    r_low = beta.ppf(0.025, m, n - m + 1) if m else 0.0
+    r_high = beta.ppf(0.975, m + 1, n - m) if m < n else 1.0
+    low, high = 2 * s_low - 1, 2 * s_high - 1  # of the signed share; the widest product of each with r
+    return (float(low * (r_high if low < 0 else r_low)), float(high * (r_high if high > 0 else r_low)))
 
 
 def write_report(metrics_path: str | Path, command: str | None = None) -> Path:

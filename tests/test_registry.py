@@ -94,9 +94,16 @@ def test_versions_aliases_and_gates(store):
     third = promote("polar-tiny-model", v3["version"], Gates(tolerance=1.0))
     assert not third["promoted"] and len(third["reasons"]) == 2  # below base, over the layer budget
     assert client.get_model_version("polar-tiny-model", v3["version"]).tags["promotion"].startswith("pass@1")
-    # Leaner at no loss passes (a 15-layer cut, 2 answers each way); one more right answer out of 500 does not.
-    lean = register(pred, _metrics(store / "m4.json", 0.30, base=0.30, layers=0.85, swaps=2))
+    # Leaner at no loss passes (a 15-layer cut, the same 150 of 500 right). With 2 answers lost and 2 gained, the
+    # share of inputs that change hands could be 2%, so the loss could pass the 1-point margin: refused.
+    lean = register(pred, _metrics(store / "m4.json", 0.30, base=0.30, layers=0.85))
     assert promote("polar-tiny-model", lean["version"], Gates(tolerance=1.0))["promoted"]
+    swapped = register(pred, _metrics(store / "m4b.json", 0.30, base=0.30, layers=0.85, swaps=2))
+    refused = promote("polar-tiny-model", swapped["version"], Gates(tolerance=1.0))
+    assert not refused["promoted"] and "difference down to -0.018" in refused["reasons"][0], refused
+    # Six inputs, none right either way: nothing is known about the loss, nothing is promoted.
+    tiny = register(pred, _metrics(store / "m4c.json", 0.0, base=0.0, layers=0.85, n=6))
+    assert not promote("polar-tiny-model", tiny["version"], Gates(tolerance=1.0))["promoted"]
     lucky = register(pred, _metrics(store / "m5.json", 0.31, base=0.30, layers=1.0))  # 5 fixes, 0 breaks: p = 0.0625
     refused = promote("polar-tiny-model", lucky["version"], Gates(tolerance=1.0))
     assert not refused["promoted"] and "McNemar p 0.0625, needs < 0.05" in refused["reasons"][0]

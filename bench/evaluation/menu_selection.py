@@ -14,6 +14,10 @@ Two phases, in this order, by one command:
    matrix, and ShortGPT is run at the efficiency budget. ``OUT/test.json``, ``OUT/report.md`` and
    ``OUT/accuracy_vs_layers.png``.
 
+``--phase report`` runs nothing: it re-renders ``report.md`` and the plot from ``frozen.json`` and ``test.json``,
+with each difference's interval recomputed from its counts (after a change of
+:func:`polar.report.paired_interval`).
+
 Usage (see bench/evaluation/README.md):
     python bench/evaluation/menu_selection.py --menus bench/menus/smollm2-135m --model models/smollm2-135m \
         --train train-0of2 --out bench/evaluation/menu-smollm2-135m
@@ -37,6 +41,7 @@ from polar.baselines import block_influence, shortgpt_program
 from polar.embedder import load_embedder
 from polar.menu_network import MenuNetwork, MenuNetworkConfig, embed_each
 from polar.programs import Program
+from polar.report import paired_interval
 from polar.selection import (
     FEATURE_PASSES,
     Matrix,
@@ -325,15 +330,32 @@ def write_report(out: Path, frozen: dict, result: dict) -> None:
     fig.savefig(out / "accuracy_vs_layers.png", dpi=120)
 
 
+def rerender(out: Path) -> None:
+    """``--phase report``: the report again from ``frozen.json`` and ``test.json``, intervals from their counts."""
+    frozen, result = (json.loads((out / name).read_text()) for name in ("frozen.json", "test.json"))
+    for rows in (frozen["validation_scores"], result["scores"]):
+        base = rows["B0 base greedy"]["correct"]
+        for r in rows.values():
+            counts = {"a_only": r["fixes"], "b_only": r["breaks"]}
+            r["diff_ci95"] = list(paired_interval(r["correct"], base, counts, r["inputs"]))
+    (out / "frozen.json").write_text(json.dumps(frozen, indent=1, default=float) + "\n")
+    (out / "test.json").write_text(json.dumps(result, indent=1, default=float) + "\n")
+    write_report(out, frozen, result)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--menus", required=True, help="folder of the menu matrices (train parts, validation, test)")
-    ap.add_argument("--model", required=True)
-    ap.add_argument("--train", action="append", required=True, help="train matrix folder(s) under --menus")
+    ap.add_argument("--menus", help="folder of the menu matrices (train parts, validation, test)")
+    ap.add_argument("--model")
+    ap.add_argument("--train", action="append", help="train matrix folder(s) under --menus")
     ap.add_argument("--out", required=True)
     ap.add_argument("--cache", default="data/scale/features", help="where hidden-state features are kept")
-    ap.add_argument("--phase", choices=("freeze", "test", "all"), default="all")
+    ap.add_argument("--phase", choices=("freeze", "test", "all", "report"), default="all")
     args = ap.parse_args()
+    if args.phase == "report":
+        return rerender(Path(args.out))
+    if not (args.menus and args.model and args.train):
+        ap.error(f"--phase {args.phase} needs --menus, --model and --train")
     menus, out = Path(args.menus), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     train = Matrix.concat([Matrix.load(menus / t) for t in args.train])
