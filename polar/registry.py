@@ -224,6 +224,24 @@ def _paired(metrics: dict) -> dict:
     return {"p_vs_base": predictor["p_vs_base"], "diff_low": low, "diff_high": high}
 
 
+def _paired_again(client, run_id: str) -> dict:
+    """The paired comparison recomputed from the evaluation the version was registered with (its logged
+    ``metrics.json``): versions registered before the interval counted how many inputs change hands logged a
+    narrower one. Empty when the run holds no such file."""
+    import mlflow
+
+    for item in client.list_artifacts(run_id):
+        if item.is_dir or not item.path.endswith(".json") or item.path == "prompt.json":
+            continue
+        try:
+            logged = mlflow.artifacts.load_dict(f"runs:/{run_id}/{item.path}")
+        except (mlflow.exceptions.MlflowException, OSError, ValueError):
+            continue
+        if isinstance(logged, dict) and "methods" in logged and "discordant" in logged:
+            return _paired(logged)
+    return {}
+
+
 def promote(name: str, version: str | None = None, gates: Gates = Gates(), tracking_uri: str | None = None) -> dict:
     """Move ``champion`` to ``version`` (default: the ``candidate``) if it passes the gates.
 
@@ -245,7 +263,7 @@ def promote(name: str, version: str | None = None, gates: Gates = Gates(), track
         )
     except mlflow.exceptions.MlflowException as err:
         raise ValueError(f"no version {version or '@candidate'} of registered model {name!r}: {err.message}") from err
-    metrics = client.get_run(mv.run_id).data.metrics
+    metrics = client.get_run(mv.run_id).data.metrics | _paired_again(client, mv.run_id)
     reasons = []
     if "p_vs_base" not in metrics or "diff_low" not in metrics:
         reasons.append("registered without a paired test against base greedy: evaluate it and register it again")

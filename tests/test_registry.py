@@ -101,9 +101,13 @@ def test_versions_aliases_and_gates(store):
     swapped = register(pred, _metrics(store / "m4b.json", 0.30, base=0.30, layers=0.85, swaps=2))
     refused = promote("polar-tiny-model", swapped["version"], Gates(tolerance=1.0))
     assert not refused["promoted"] and "difference down to -0.018" in refused["reasons"][0], refused
-    # Six inputs, none right either way: nothing is known about the loss, nothing is promoted.
+    # Six inputs, none right either way: nothing is known about the loss, nothing is promoted. Not even when the
+    # version logged the interval of an earlier polar (a point at 0): the gate recomputes it from its evaluation.
     tiny = register(pred, _metrics(store / "m4c.json", 0.0, base=0.0, layers=0.85, n=6))
-    assert not promote("polar-tiny-model", tiny["version"], Gates(tolerance=1.0))["promoted"]
+    run = client.get_model_version("polar-tiny-model", tiny["version"]).run_id
+    client.log_metric(run, "diff_low", 0.0)
+    refused = promote("polar-tiny-model", tiny["version"], Gates(tolerance=1.0))
+    assert not refused["promoted"] and "difference down to -0.459" in refused["reasons"][0], refused
     lucky = register(pred, _metrics(store / "m5.json", 0.31, base=0.30, layers=1.0))  # 5 fixes, 0 breaks: p = 0.0625
     refused = promote("polar-tiny-model", lucky["version"], Gates(tolerance=1.0))
     assert not refused["promoted"] and "McNemar p 0.0625, needs < 0.05" in refused["reasons"][0]
