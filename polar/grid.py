@@ -2,12 +2,13 @@
 
 Dense menu labeling runs every program of a menu on every input. The inputs of a level share their few-shot
 examples, so their prompts share a long token prefix (the examples) and differ in a short suffix (the
-question). :func:`generate_grid` computes the prefix's hidden states and per-visit keys and values under each
-program once (each distinct prefix of layer visits once, :func:`polar.prefix.prefill_shared`), lays them into
-every row of that program, runs only the suffixes (left-padded after the prefix: the gap is masked, positions
-continue from the prefix), then decodes greedily as :mod:`polar.decoding` does. Each row also gets the
-log-probability of the tokens it generated and, at its first new token, the top-2 margin and the entropy of the
-next-token distribution.
+question). :func:`generate_grid` computes the prefix's hidden states and per-visit keys and values once per
+distinct prefix of layer visits (:func:`polar.prefix.prefill_nodes`), then runs only the suffixes, walking the
+same trie: each node runs once for all suffixes, not once per program that starts with it
+(:func:`polar.prefix.prefill_suffixes`; suffixes are left-padded after the prefix, the gap masked, positions
+continuing from the prefix). The rows' caches are laid out from the nodes, and decoding is greedy as
+:mod:`polar.decoding` does. Each row also gets the log-probability of the tokens it generated and, at its
+first new token, the top-2 margin and the entropy of the next-token distribution.
 
 Rows are the same tokens as each prompt run alone under each program (tests hold them equal on every
 architecture and on the bundled SmolLM2).
@@ -20,9 +21,10 @@ from dataclasses import dataclass
 
 import torch
 
-from polar.decoding import CHECK_EVERY, DecodeState, compact, decode_step, finish, record, run_plan
-from polar.hf import SLIDING, ProgramCache
-from polar.prefix import prefill_shared
+from polar.decoding import CHECK_EVERY, DecodeState, compact, decode_step, finish, record
+from polar.hf import SLIDING
+from polar.plan import Plan
+from polar.prefix import prefill_nodes, prefill_suffixes
 from polar.programs import Program
 
 __all__ = ["GridRow", "common_prefix", "generate_grid"]
@@ -65,44 +67,39 @@ def generate_grid(
     dec, device = executor.decoder, executor.device
     menu = executor.plan(programs)
     p = common_prefix(prompts)
-    prefix_cache = None
+    nodes = None
     if p:  # the prefix once per program (each distinct prefix of layer visits once)
         prefix = torch.tensor([list(prompts[0][:p])], device=device)
-        _, prefix_cache = prefill_shared(dec, prefix, torch.ones_like(prefix), menu)
+        _, nodes = prefill_nodes(dec, prefix, torch.ones_like(prefix), menu)
     groups: dict[int, list[int]] = {}
     for i, x in enumerate(prompts):
         groups.setdefault(len(x) - p if SLIDING in menu.kinds else 0, []).append(i)
     out: list[list[GridRow]] = [[] for _ in prompts]
     for members in groups.values():
-        rows = _suffixes(
-            executor, menu, prefix_cache, p, [prompts[i][p:] for i in members], max_new_tokens, stop_token_ids
-        )
+        rows = _suffixes(executor, menu, nodes, p, [prompts[i][p:] for i in members], max_new_tokens, stop_token_ids)
         for i, row in zip(members, rows, strict=True):
             out[i] = row
     return out
 
 
-def _suffixes(
-    executor, menu, prefix_cache, p: int, suffixes, max_new_tokens: int, stop_token_ids
-) -> list[list[GridRow]]:
-    """The rows of ``suffixes`` (after the ``p`` prefix tokens held by ``prefix_cache``) under every program."""
+def _suffixes(executor, menu, nodes, p: int, suffixes, max_new_tokens: int, stop_token_ids) -> list[list[GridRow]]:
+    """The rows of ``suffixes`` (after the ``p`` prefix tokens whose keys and values per node are ``nodes``)
+    under every program; each node of the programs' trie runs once for all suffixes."""
     dec, device = executor.decoder, executor.device
     n, m = len(suffixes), len(menu.programs)
     ids, suffix_mask = executor.pad_left([list(x) for x in suffixes])  # (n, S)
     s = ids.shape[1]
     capacity = p + s + max_new_tokens - 1
-    plan, sources = menu.select([j for _ in range(n) for j in range(m)])  # row r = (suffix r // m, program r % m)
-    grown = prefix_cache.gather(sources) if prefix_cache is not None else ProgramCache(plan.n_slots)
+    plan = Plan.build([q for _ in range(n) for q in menu.programs], menu.layer_kinds, device)  # row r = (r // m, r % m)
+    own = torch.ones((n, p + s), dtype=torch.bool, device=device)
+    own[:, p:] = suffix_mask.bool()
+    positions = (p + suffix_mask.long().cumsum(-1) - 1).clamp(min=p)  # (n, S): the prefix's positions go on
+    logits, cache = prefill_suffixes(dec, nodes, ids, own, positions, menu, plan, capacity)  # (r, V)
     r = n * m
     mask = torch.zeros((r, capacity), dtype=torch.bool, device=device)
-    mask[:, :p] = True
-    mask[:, p : p + s] = suffix_mask.bool().repeat_interleave(m, dim=0)
+    mask[:, : p + s] = own.repeat_interleave(m, dim=0)
     ids = ids.repeat_interleave(m, dim=0)
     lengths = mask[:, p : p + s].long().sum(-1)  # (r,) real suffix tokens
-    positions = (p + mask[:, p : p + s].long().cumsum(-1) - 1).clamp(min=p)  # (r, S): the prefix's positions go on
-    hidden = run_plan(dec, ids, mask[:, : p + s], plan, grown, positions)  # grows the cache by the suffixes
-    logits = dec.logits(hidden[:, -1:])[:, -1]  # (r, V)
-    cache = ProgramCache.from_states([(x.keys, x.values) for x in grown.layers], capacity)
     probs = torch.softmax(logits, dim=-1)
     top2 = probs.topk(2, dim=-1).values
     margins = (top2[:, 0] - top2[:, 1]).tolist()

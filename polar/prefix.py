@@ -14,7 +14,7 @@ import torch
 from polar.hf import Decoder, ProgramCache
 from polar.plan import Plan
 
-__all__ = ["PrefixStore", "prefill_shared"]
+__all__ = ["PrefixStore", "prefill_nodes", "prefill_shared", "prefill_suffixes"]
 
 Prefix = tuple[int, ...]
 State = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # hidden (1, T, C), keys and values (1, heads, T, d)
@@ -42,18 +42,13 @@ class PrefixStore:
             self.bytes += size
 
 
-def prefill_shared(
-    dec: Decoder,
-    ids: torch.Tensor,
-    mask: torch.Tensor,
-    plan: Plan,
-    store: PrefixStore | None = None,
-    capacity: int | None = None,
-) -> tuple[torch.Tensor, ProgramCache]:
-    """Prefill one prompt ``ids`` (1, T) under every program of ``plan``.
+def prefill_nodes(
+    dec: Decoder, ids: torch.Tensor, mask: torch.Tensor, plan: Plan, store: PrefixStore | None = None
+) -> tuple[dict[Prefix, torch.Tensor], dict[Prefix, tuple[torch.Tensor, torch.Tensor]]]:
+    """Walk the trie of ``plan``'s programs over one prompt ``ids`` (1, T), each node once.
 
-    Returns the last-position logits (B, 1, V) and the per-visit cache laid out as ``plan`` expects
-    (static slots of ``capacity`` positions if given, see :class:`~polar.hf.ProgramCache`).
+    Returns the hidden states (1, T, C) after each program (by its layer visits) and the keys and values
+    (1, heads, T, d) of every node (prefix of layer visits).
     """
     if store is not None:
         store.bind(tuple(ids[0].tolist()))
@@ -91,9 +86,109 @@ def prefill_shared(
             if len(p) == j + 1:
                 finals[p] = nxt[p]
         hidden = nxt
+    return finals, states
+
+
+def prefill_shared(
+    dec: Decoder,
+    ids: torch.Tensor,
+    mask: torch.Tensor,
+    plan: Plan,
+    store: PrefixStore | None = None,
+    capacity: int | None = None,
+) -> tuple[torch.Tensor, ProgramCache]:
+    """Prefill one prompt ``ids`` (1, T) under every program of ``plan``.
+
+    Returns the last-position logits (B, 1, V) and the per-visit cache laid out as ``plan`` expects
+    (static slots of ``capacity`` positions if given, see :class:`~polar.hf.ProgramCache`).
+    """
+    finals, states = prefill_nodes(dec, ids, mask, plan, store)
+    programs = [p.layers for p in plan.programs]
     last = torch.cat([finals[p][:, -1:] for p in programs])  # (B, 1, C)
     slots: list[tuple[torch.Tensor, torch.Tensor]] = []
     for c in plan.calls:
         parts = [states[programs[r][: v + 1]] for r, v in zip(c.members, c.visits, strict=True)]
         slots.append((torch.cat([k for k, _ in parts]), torch.cat([v for _, v in parts])))
     return dec.logits(last), ProgramCache.from_states(slots, capacity)
+
+
+def prefill_suffixes(
+    dec: Decoder,
+    prefix: dict[Prefix, tuple[torch.Tensor, torch.Tensor]] | None,
+    ids: torch.Tensor,
+    mask: torch.Tensor,
+    positions: torch.Tensor,
+    menu: Plan,
+    rows: Plan,
+    capacity: int | None = None,
+) -> tuple[torch.Tensor, ProgramCache]:
+    """Run ``n`` prompt suffixes ``ids`` (n, S) after a shared prefix under every program of ``menu``.
+
+    The suffixes walk the same trie as the prefix: each node (prefix of layer visits) runs once for all ``n``
+    suffixes, not once per program that starts with it. ``prefix`` holds the prefix's keys and values per node
+    (:func:`prefill_nodes`; None: no shared prefix). ``mask`` (n, P + S) covers prefix and suffixes, and
+    ``positions`` (n, S) are the suffix tokens' positions. ``rows`` is the plan of the ``n * m`` rows, row
+    ``r`` being suffix ``r // m`` under program ``r % m``.
+
+    Returns the logits (n * m, V) of each row's first new token and the rows' per-visit cache laid out as
+    ``rows`` expects (static slots of ``capacity`` positions if given).
+    """
+    n, m = ids.shape[0], len(menu.programs)
+    embedded = dec.embed(ids)  # (n, S, C)
+    past = ProgramCache.from_states([next(iter(prefix.values()))]) if prefix else None  # its length, for masks
+    masks = dec.masks(embedded, mask, past, positions, menu.kinds)
+    rope = dec.position_embeddings(embedded, positions, menu.kinds)
+    p = mask.shape[1] - ids.shape[1]
+    programs = [q.layers for q in menu.programs]
+    hidden: dict[Prefix, torch.Tensor] = {(): embedded}
+    nodes: dict[Prefix, int] = {}  # node -> its index in the stacked suffix states
+    keys: list[torch.Tensor] = []  # per node, the suffixes' keys (n, heads, S, d)
+    values: list[torch.Tensor] = []
+    finals: dict[Prefix, torch.Tensor] = {}
+
+    def tile(t, g: int):
+        return t if t is None or g == 1 else t.repeat(g, *[1] * (t.dim() - 1))
+
+    for j in range(max(len(q) for q in programs)):
+        todo: dict[int, list[Prefix]] = {}
+        for pre in dict.fromkeys(q[: j + 1] for q in programs if len(q) > j):
+            todo.setdefault(pre[-1], []).append(pre)
+        nxt: dict[Prefix, torch.Tensor] = {}
+        for layer, prefixes in todo.items():
+            kind, g = menu.layer_kinds[layer], len(prefixes)
+            x = torch.cat([hidden[pre[:-1]] for pre in prefixes])  # (g * n, S, C)
+            tmp = ProgramCache(1)
+            if prefix:
+                tmp.layers[0].update(
+                    torch.cat([prefix[pre][0].expand(n, -1, -1, -1) for pre in prefixes]),
+                    torch.cat([prefix[pre][1].expand(n, -1, -1, -1) for pre in prefixes]),
+                )
+            cos, sin = rope[kind]
+            y = dec.run_layer(layer, x, tile(masks[kind], g), (tile(cos, g), tile(sin, g)), tile(positions, g), tmp)
+            k, v = tmp.layers[0].keys[:, :, p:], tmp.layers[0].values[:, :, p:]  # the suffixes' own
+            for i, pre in enumerate(prefixes):
+                nxt[pre] = y[i * n : (i + 1) * n]
+                nodes[pre] = len(keys)
+                keys.append(k[i * n : (i + 1) * n].contiguous())
+                values.append(v[i * n : (i + 1) * n].contiguous())
+        for q in programs:
+            if len(q) == j + 1:
+                finals[q] = nxt[q][:, -1]  # (n, C)
+        hidden = nxt
+    last = torch.stack([finals[q] for q in programs], dim=1).reshape(n * m, 1, -1)  # row r = (r // m, r % m)
+    suffix_keys, suffix_values = torch.cat(keys), torch.cat(values)  # (nodes * n, heads, S, d)
+    order = list(nodes)
+    if prefix:
+        prefix_keys = torch.cat([prefix[pre][0] for pre in order])  # (nodes, heads, P, d)
+        prefix_values = torch.cat([prefix[pre][1] for pre in order])
+    slots: list[tuple[torch.Tensor, torch.Tensor]] = []
+    device = suffix_keys.device
+    for c in rows.calls:
+        pairs = zip(c.members, c.visits, strict=True)
+        node = torch.tensor([nodes[programs[r % m][: v + 1]] for r, v in pairs], device=device)
+        own = node * n + torch.tensor([r // m for r in c.members], device=device)
+        k, v = suffix_keys[own], suffix_values[own]
+        if prefix:
+            k, v = torch.cat([prefix_keys[node], k], dim=2), torch.cat([prefix_values[node], v], dim=2)
+        slots.append((k, v))
+    return dec.logits(last)[:, -1], ProgramCache.from_states(slots, capacity)
