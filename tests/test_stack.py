@@ -494,6 +494,7 @@ def test_workers_in_other_checkouts_label_through_the_store_and_a_killed_one_los
     from polar.ingest import ingest
     from polar.label import label
     from polar.labels import read_labels
+    from polar.tasks.files import read_examples
 
     logs, pids = remote_workers
     paths, _ = ingest(tmp_path / "tasks", IngestConfig(levels="1-5", train=4, validation=1, test=1))
@@ -507,21 +508,28 @@ def test_workers_in_other_checkouts_label_through_the_store_and_a_killed_one_los
         stderr=subprocess.PIPE,
         text=True,
     )
+    n_inputs = len(read_examples(paths["train"]))
     try:
-        victim, kept = None, []
+        victim, kept, passed = None, [], set()
         deadline = time.time() + 300
-        while victim is None:  # the first worker with a shard under way and at least one record in the store
+        while victim is None:  # a worker with a shard under way: records in the store, and more to label
             assert dispatcher.poll() is None and time.time() < deadline, "no shard got under way"
             for name, log in logs.items():
                 text = log.read_text(errors="replace")
-                if text.count("labeling shard") > started[name]:
-                    k = text.rsplit("labeling shard ", 1)[1].split("/")[0]
-                    stored = _keys(stack, "labels/jobs/")
-                    kept = [key for key in stored if f"/shard-{k}of4-" in key]
-                    if kept:
-                        assert any(key.endswith(f"/owner-{k}of4") for key in stored), stored  # its claim
-                        victim = name
-                        break
+                if name in passed or text.count("labeling shard") <= started[name]:
+                    continue
+                k = int(text.rsplit("labeling shard ", 1)[1].split("/")[0])
+                stored = _keys(stack, "labels/jobs/")
+                kept = [key for key in stored if f"/shard-{k}of4-" in key]
+                if not kept:
+                    continue
+                assert any(key.endswith(f"/owner-{k}of4") for key in stored), stored  # its claim
+                _freeze(pids[name], True)  # what it has stored cannot change while we look
+                if sum(len(_records(stack, key)) for key in kept) < len(range(k, n_inputs, 4)):
+                    victim = name
+                    break
+                _freeze(pids[name], False)  # its shard is done (a fast machine): another is the victim
+                passed.add(name)
             time.sleep(0.5)
         _kill_tree(pids[victim])  # the worker and the flow run it started: nothing of that machine is left
         before = {r.id: r for key in kept for r in _records(stack, key)}
@@ -539,6 +547,16 @@ def test_workers_in_other_checkouts_label_through_the_store_and_a_killed_one_los
     assert any(k.startswith("labels/blobs/sha256/") for k in _keys(stack, "labels/"))
     for log in logs.values():  # the workers never saw this machine's folders (the records name the model as
         assert str(tmp_path) not in log.read_text(errors="replace")  # given here: its path is in their logs)
+
+
+def _freeze(pid: int, stop: bool) -> None:
+    """Stop (or continue) a worker and every process it started."""
+    import psutil
+
+    worker = psutil.Process(pid)
+    for proc in [worker, *worker.children(recursive=True)]:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.suspend() if stop else proc.resume()
 
 
 def _kill_tree(pid: int) -> None:
