@@ -18,17 +18,17 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
-from polar.decoding import CHECK_EVERY, DecodeState, compact, decode_step, finish, record
+from polar.decoding import CHECK_EVERY, DecodeState, Sampling, compact, decode_step, finish, next_token, record
 from polar.hf import SLIDING
 from polar.plan import Plan
 from polar.prefix import prefill_nodes, prefill_suffixes
 from polar.programs import Program
 
-__all__ = ["COMPACT_AT", "GridRow", "common_prefix", "generate_grid"]
+__all__ = ["COMPACT_AT", "GridRow", "Samples", "common_prefix", "generate_grid"]
 
 # A check drops the finished rows once they are at least this fraction of the grid's rows. Dropping copies
 # every kept row's cache into new slots, which a grid has many of (one per layer call of 32 programs): in
@@ -58,6 +58,16 @@ def common_prefix(prompts: Sequence[Sequence[int]]) -> int:
     return max(n, 0)
 
 
+@dataclass(frozen=True)
+class Samples:
+    """Sampled rows of each prompt under the grid's first program, drawn as
+    ``executor.generate([prompt], [program] * count, sampling=replace(sampling, seed=seeds[i]))`` draws them."""
+
+    count: int
+    sampling: Sampling
+    seeds: Sequence[int]  # one per prompt
+
+
 @torch.inference_mode()
 def generate_grid(
     executor,
@@ -65,8 +75,13 @@ def generate_grid(
     programs: Sequence[Program],
     max_new_tokens: int,
     stop_token_ids: Sequence[int] = (),
+    samples: Samples | None = None,
 ) -> list[list[GridRow]]:
     """Greedy generation of every prompt under every program; ``out[i][j]`` is prompt ``i`` under program ``j``.
+
+    With ``samples``, ``out[i]`` goes on with ``samples.count`` rows sampled under ``programs[0]``: they share
+    the prompt's prefill and the batch with the greedy rows, and each prompt's draws come from its own
+    generator, so they do not depend on the other rows.
 
     Suffixes of different lengths are left-padded after the prefix. A sliding-window layer measures its window
     in cache positions, which a padding gap would stretch, so models with one run each suffix length apart.
@@ -83,29 +98,35 @@ def generate_grid(
         groups.setdefault(len(x) - p if SLIDING in menu.kinds else 0, []).append(i)
     out: list[list[GridRow]] = [[] for _ in prompts]
     for members in groups.values():
-        rows = _suffixes(executor, menu, nodes, p, [prompts[i][p:] for i in members], max_new_tokens, stop_token_ids)
+        drawn = None if samples is None else replace(samples, seeds=[samples.seeds[i] for i in members])
+        suffixes = [prompts[i][p:] for i in members]
+        rows = _suffixes(executor, menu, nodes, p, suffixes, max_new_tokens, stop_token_ids, drawn)
         for i, row in zip(members, rows, strict=True):
             out[i] = row
     return out
 
 
-def _suffixes(executor, menu, nodes, p: int, suffixes, max_new_tokens: int, stop_token_ids) -> list[list[GridRow]]:
+def _suffixes(
+    executor, menu, nodes, p: int, suffixes, max_new_tokens: int, stop_token_ids, samples: Samples | None
+) -> list[list[GridRow]]:
     """The rows of ``suffixes`` (after the ``p`` prefix tokens whose keys and values per node are ``nodes``)
-    under every program; each node of the programs' trie runs once for all suffixes."""
+    under every program, then their samples; each node of the programs' trie runs once for all suffixes."""
     dec, device = executor.decoder, executor.device
     n, m = len(suffixes), len(menu.programs)
+    k = samples.count if samples else 0
+    owners = [(i, j) for i in range(n) for j in range(m)] + [(i, 0) for i in range(n) for _ in range(k)]
     ids, suffix_mask = executor.pad_left([list(x) for x in suffixes])  # (n, S)
     s = ids.shape[1]
     capacity = p + s + max_new_tokens - 1
-    plan = Plan.build([q for _ in range(n) for q in menu.programs], menu.layer_kinds, device)  # row r = (r // m, r % m)
+    plan = Plan.build([menu.programs[j] for _, j in owners], menu.layer_kinds, device)
     own = torch.ones((n, p + s), dtype=torch.bool, device=device)
     own[:, p:] = suffix_mask.bool()
     positions = (p + suffix_mask.long().cumsum(-1) - 1).clamp(min=p)  # (n, S): the prefix's positions go on
-    logits, cache = prefill_suffixes(dec, nodes, ids, own, positions, menu, plan, capacity)  # (r, V)
-    r = n * m
+    logits, cache = prefill_suffixes(dec, nodes, ids, own, positions, menu, plan, owners, capacity)  # (r, V)
+    r = len(owners)
+    suffix_of = torch.tensor([i for i, _ in owners], device=device)
     mask = torch.zeros((r, capacity), dtype=torch.bool, device=device)
-    mask[:, : p + s] = own.repeat_interleave(m, dim=0)
-    ids = ids.repeat_interleave(m, dim=0)
+    mask[:, : p + s] = own[suffix_of]
     lengths = mask[:, p : p + s].long().sum(-1)  # (r,) real suffix tokens
     probs = torch.softmax(logits, dim=-1)
     top2 = probs.topk(2, dim=-1).values
@@ -116,30 +137,52 @@ def _suffixes(executor, menu, nodes, p: int, suffixes, max_new_tokens: int, stop
         cache=cache,
         mask=mask,
         positions=p + lengths,
-        token=ids[:, -1],
+        token=ids[suffix_of, -1],
         done=torch.zeros(r, dtype=torch.bool, device=device),
         rows=torch.arange(r, device=device),
         tokens=torch.zeros((r, max_new_tokens), dtype=torch.long, device=device),
         length=p + s,
     )
+    draws = _Draws(samples, n * m, device) if k else None
     stops = torch.tensor(sorted(executor.eos_token_ids | set(stop_token_ids)) or [-1], device=device)
     logprob = torch.zeros(r, device=device)
     for t in range(max_new_tokens):
         if t:
             logits = decode_step(dec, state)
         token = logits.argmax(-1)
+        if draws is not None:
+            draws(state, logits, token)
         picked = torch.log_softmax(logits, dim=-1).gather(-1, token[:, None])[:, 0]
         logprob.index_add_(0, state.rows, torch.where(state.done, 0.0, picked))  # rows done before add nothing
         record(state, token, stops)
         if state.steps % CHECK_EVERY == 0 and t + 1 < max_new_tokens:
-            live, n_done = len(state.rows), int(state.done.sum())  # the loop's only host sync
+            live, n_done = len(state.rows), int(state.done.sum())  # the greedy loop's only host sync
             if n_done == live:
                 break
             if n_done >= max(1, math.ceil(COMPACT_AT * live)):
                 state = compact(state)
     tokens, _ = finish(state.tokens, state.steps, stops)
     logprobs = logprob.tolist()
-    out = [[None] * m for _ in range(n)]
-    for k, row in enumerate(tokens):
-        out[k // m][k % m] = GridRow(row, executor.decode(row), logprobs[k], margins[k], entropies[k])
+    out: list[list[GridRow]] = [[] for _ in range(n)]
+    for row, (i, _) in enumerate(owners):  # each suffix's program rows, then its samples, in row order
+        out[i].append(GridRow(tokens[row], executor.decode(tokens[row]), logprobs[row], margins[row], entropies[row]))
     return out
+
+
+class _Draws:
+    """The sampled rows' tokens, step by step: each suffix's rows not yet done, in row order, draw from the
+    suffix's own generator (as a batch of only those rows would: their draws do not depend on other rows)."""
+
+    def __init__(self, samples: Samples, first: int, device: torch.device) -> None:
+        self.sampling, self.k, self.first = samples.sampling, samples.count, first  # sampled rows: first, first + 1...
+        self.generators = [torch.Generator(device=device).manual_seed(seed) for seed in samples.seeds]
+
+    def __call__(self, state: DecodeState, logits: torch.Tensor, token: torch.Tensor) -> None:
+        rows, done = state.rows.tolist(), state.done.tolist()  # a host sync per step while samples run
+        live: dict[int, list[int]] = {}
+        for b, (row, finished) in enumerate(zip(rows, done, strict=True)):
+            if row >= self.first and not finished:
+                live.setdefault((row - self.first) // self.k, []).append(b)
+        for i, batch_rows in live.items():
+            at = torch.tensor(batch_rows, device=token.device)
+            token[at] = next_token(logits[at], self.sampling, self.generators[i])

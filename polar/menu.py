@@ -27,7 +27,8 @@ from pathlib import Path
 import pandas as pd
 from tqdm import tqdm
 
-from polar.grid import generate_grid
+from polar.decoding import Sampling
+from polar.grid import Samples, generate_grid
 from polar.labels import (
     MANIFEST,
     SCHEMA,
@@ -151,19 +152,23 @@ def run_menu(
     tok, executor = backbone.tokenizer, backbone.executor
     stops = stop_token_ids(tok)
     prompts = [prompt.encode(e.question, e.level, tok) for e in examples]
-    grid = generate_grid(executor, prompts, menu, config.max_new_tokens, stops)
+    samples = None
+    if dense.samples:  # seeded by the input: independent of the batch
+        seeds = [int(hashlib.sha256(e.id.encode()).hexdigest()[:8], 16) for e in examples]
+        samples = Samples(dense.samples, Sampling(temperature=dense.temperature), seeds)
+    grid = generate_grid(executor, prompts, menu, config.max_new_tokens, stops, samples)
     records = []
-    for example, ids, row in zip(examples, prompts, grid, strict=True):
+    for example, row in zip(examples, grid, strict=True):
         results = []
-        for program, cell in zip(menu, row, strict=True):
+        for program, cell in zip(menu, row, strict=False):  # the menu's rows; the samples follow
             prediction, ok = grade(cell.text, example.answer, example.answer_kind)
             results.append(
                 MenuResult(program.text, ok, prediction, len(program), round(cell.logprob, 4), len(cell.tokens))
             )
         base, first = results[0], row[0]
-        samples = _samples(executor, ids, menu[0], config, dense, stops, example)
-        agree = sum(a == base.prediction for a, _ in samples) / len(samples) if samples else 1.0
-        right = sum(ok for _, ok in samples) / len(samples) if samples else float(base.correct)
+        drawn = [grade(cell.text, example.answer, example.answer_kind) for cell in row[len(menu) :]]
+        agree = sum(a == base.prediction for a, _ in drawn) / len(drawn) if drawn else 1.0
+        right = sum(ok for _, ok in drawn) / len(drawn) if drawn else float(base.correct)
         records.append(
             MenuRecord(
                 id=example.id,
@@ -185,22 +190,6 @@ def run_menu(
             )
         )
     return records
-
-
-def _samples(
-    executor, ids, program, config: LabelConfig, dense: MenuConfig, stops, example: Example
-) -> list[tuple[str | None, bool]]:
-    """(answer, correct) of ``dense.samples`` samples of ``program`` (seeded by the input: independent of the batch)."""
-    from polar.executor import Sampling
-
-    if dense.samples == 0:
-        return []
-    seed = int(hashlib.sha256(example.id.encode()).hexdigest()[:8], 16)
-    sampling = Sampling(temperature=dense.temperature, seed=seed)
-    # One prompt under the program repeated: the prompt is prefilled once for all samples.
-    programs = [program] * dense.samples
-    outs = executor.generate([ids], programs, config.max_new_tokens, sampling, stop_token_ids=stops)
-    return [grade(g.text, example.answer, example.answer_kind) for g in outs]
 
 
 def level_batches(examples: Sequence[Example], size: int) -> list[list[Example]]:

@@ -9,6 +9,8 @@ programs in rounds, and each new program then costs only the visits after its lo
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 from polar.hf import Decoder, ProgramCache
@@ -120,6 +122,7 @@ def prefill_suffixes(
     positions: torch.Tensor,
     menu: Plan,
     rows: Plan,
+    owners: Sequence[tuple[int, int]],
     capacity: int | None = None,
 ) -> tuple[torch.Tensor, ProgramCache]:
     """Run ``n`` prompt suffixes ``ids`` (n, S) after a shared prefix under every program of ``menu``.
@@ -127,10 +130,10 @@ def prefill_suffixes(
     The suffixes walk the same trie as the prefix: each node (prefix of layer visits) runs once for all ``n``
     suffixes, not once per program that starts with it. ``prefix`` holds the prefix's keys and values per node
     (:func:`prefill_nodes`; None: no shared prefix). ``mask`` (n, P + S) covers prefix and suffixes, and
-    ``positions`` (n, S) are the suffix tokens' positions. ``rows`` is the plan of the ``n * m`` rows, row
-    ``r`` being suffix ``r // m`` under program ``r % m``.
+    ``positions`` (n, S) are the suffix tokens' positions. ``rows`` is the plan of the decoding rows, row
+    ``r`` being suffix ``owners[r][0]`` under program ``owners[r][1]`` of the menu.
 
-    Returns the logits (n * m, V) of each row's first new token and the rows' per-visit cache laid out as
+    Returns the logits (rows, V) of each row's first new token and the rows' per-visit cache laid out as
     ``rows`` expects (static slots of ``capacity`` positions if given).
     """
     n, m = ids.shape[0], len(menu.programs)
@@ -175,7 +178,8 @@ def prefill_suffixes(
             if len(q) == j + 1:
                 finals[q] = nxt[q][:, -1]  # (n, C)
         hidden = nxt
-    last = torch.stack([finals[q] for q in programs], dim=1).reshape(n * m, 1, -1)  # row r = (r // m, r % m)
+    by_owner = torch.stack([finals[q] for q in programs], dim=1).reshape(n * m, -1)  # (suffix i, program j): i * m + j
+    last = by_owner[torch.tensor([i * m + j for i, j in owners], device=by_owner.device)][:, None]  # (rows, 1, C)
     suffix_keys, suffix_values = torch.cat(keys), torch.cat(values)  # (nodes * n, heads, S, d)
     order = list(nodes)
     if prefix:
@@ -185,8 +189,8 @@ def prefill_suffixes(
     device = suffix_keys.device
     for c in rows.calls:
         pairs = zip(c.members, c.visits, strict=True)
-        node = torch.tensor([nodes[programs[r % m][: v + 1]] for r, v in pairs], device=device)
-        own = node * n + torch.tensor([r // m for r in c.members], device=device)
+        node = torch.tensor([nodes[programs[owners[r][1]][: v + 1]] for r, v in pairs], device=device)
+        own = node * n + torch.tensor([owners[r][0] for r in c.members], device=device)
         k, v = suffix_keys[own], suffix_values[own]
         if prefix:
             k, v = torch.cat([prefix_keys[node], k], dim=2), torch.cat([prefix_values[node], v], dim=2)

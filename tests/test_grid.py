@@ -1,10 +1,13 @@
 """Prompts sharing a prefix x programs: the prefix runs once per program, and every row is its prompt run alone."""
 
+from dataclasses import replace
+
 import pytest
 from tiny import ARCHS, DEPTH, prompt, tiny_model
 
+from polar.decoding import Sampling
 from polar.executor import Executor
-from polar.grid import common_prefix, generate_grid
+from polar.grid import Samples, common_prefix, generate_grid
 from polar.programs import Program
 
 PROGRAMS = [Program.identity(DEPTH), Program.parse("0-2,4-5"), Program.parse("0-3,2-5"), Program.parse("0-5,5")]
@@ -41,3 +44,19 @@ def test_prompts_without_a_common_prefix(executor):
         [executor.generate([ids], [p], 6)[0].tokens for p in PROGRAMS[:2]] for ids in prompts
     ]
     assert common_prefix([[1, 2, 3], [1, 2, 3]]) == 2  # each prompt keeps a token of its own
+
+
+def test_samples_are_drawn_as_each_prompt_alone_draws_them(executor):
+    """Sampled rows share the grid's batch, yet each prompt's draws are those of the prompt run alone."""
+    prompts, sampling = _prompts(), Sampling(temperature=1.5)
+    seeds = [11, 12, 13, 14]
+    grid = generate_grid(executor, prompts, PROGRAMS, 10, [7, 11], Samples(3, sampling, seeds))
+    drawn = 0
+    for ids, seed, row in zip(prompts, seeds, grid, strict=True):
+        alone = executor.generate([ids], [PROGRAMS[0]] * 3, 10, replace(sampling, seed=seed), stop_token_ids=[7, 11])
+        assert [c.tokens for c in row[len(PROGRAMS) :]] == [g.tokens for g in alone]
+        assert [c.tokens for c in row[: len(PROGRAMS)]] == [  # the greedy rows are unchanged by the samples
+            g.tokens for g in executor.generate([ids], PROGRAMS, 10, stop_token_ids=[7, 11])
+        ]
+        drawn += sum(c.tokens != row[0].tokens for c in row[len(PROGRAMS) :])
+    assert drawn  # at this temperature some samples leave the greedy path
