@@ -21,7 +21,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from polar.decoding import GREEDY, Sampling, decode, decode_recomputed, finish, run_plan
-from polar.hf import Decoder, ProgramCache
+from polar.hf import Decoder, ProgramCache, SlotPool
 from polar.plan import Plan
 from polar.prefix import PrefixStore
 from polar.programs import Program
@@ -76,6 +76,7 @@ class Executor:
         if pad is None:
             pad = model.config.pad_token_id if getattr(model.config, "pad_token_id", None) is not None else None
         self.pad_token_id = pad if pad is not None else (min(self.eos_token_ids) if self.eos_token_ids else 0)
+        self.slot_pool = SlotPool()  # cache buffers reused from one menu grid to the next (polar.grid)
 
     @property
     def depth(self) -> int:

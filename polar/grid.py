@@ -122,7 +122,8 @@ def _suffixes(
     own = torch.ones((n, p + s), dtype=torch.bool, device=device)
     own[:, p:] = suffix_mask.bool()
     positions = (p + suffix_mask.long().cumsum(-1) - 1).clamp(min=p)  # (n, S): the prefix's positions go on
-    logits, cache = prefill_suffixes(dec, nodes, ids, own, positions, menu, plan, owners, capacity)  # (r, V)
+    pool = executor.slot_pool
+    logits, cache = prefill_suffixes(dec, nodes, ids, own, positions, menu, plan, owners, capacity, pool)  # (r, V)
     r = len(owners)
     suffix_of = torch.tensor([i for i, _ in owners], device=device)
     mask = torch.zeros((r, capacity), dtype=torch.bool, device=device)
@@ -160,7 +161,10 @@ def _suffixes(
             if n_done == live:
                 break
             if n_done >= max(1, math.ceil(COMPACT_AT * live)):
-                state = compact(state)
+                kept = compact(state)
+                pool.give(state.cache)
+                state = kept
+    pool.give(state.cache)
     tokens, _ = finish(state.tokens, state.steps, stops)
     logprobs = logprob.tolist()
     out: list[list[GridRow]] = [[] for _ in range(n)]

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 import torch
 
-from polar.hf import Decoder, ProgramCache
+from polar.hf import Decoder, ProgramCache, SlotPool
 from polar.plan import Plan
 
 __all__ = ["PrefixStore", "prefill_nodes", "prefill_shared", "prefill_suffixes"]
@@ -123,7 +123,8 @@ def prefill_suffixes(
     menu: Plan,
     rows: Plan,
     owners: Sequence[tuple[int, int]],
-    capacity: int | None = None,
+    capacity: int,
+    pool: SlotPool | None = None,
 ) -> tuple[torch.Tensor, ProgramCache]:
     """Run ``n`` prompt suffixes ``ids`` (n, S) after a shared prefix under every program of ``menu``.
 
@@ -134,7 +135,7 @@ def prefill_suffixes(
     ``r`` being suffix ``owners[r][0]`` under program ``owners[r][1]`` of the menu.
 
     Returns the logits (rows, V) of each row's first new token and the rows' per-visit cache laid out as
-    ``rows`` expects (static slots of ``capacity`` positions if given).
+    ``rows`` expects: static slots of ``capacity`` positions, written in place (taken from ``pool`` if given).
     """
     n, m = ids.shape[0], len(menu.programs)
     embedded = dec.embed(ids)  # (n, S, C)
@@ -182,17 +183,26 @@ def prefill_suffixes(
     last = by_owner[torch.tensor([i * m + j for i, j in owners], device=by_owner.device)][:, None]  # (rows, 1, C)
     suffix_keys, suffix_values = torch.cat(keys), torch.cat(values)  # (nodes * n, heads, S, d)
     order = list(nodes)
+    parts = [(suffix_keys, None), (suffix_values, None)]  # per key / value: the suffixes', the prefix's per node
     if prefix:
-        prefix_keys = torch.cat([prefix[pre][0] for pre in order])  # (nodes, heads, P, d)
-        prefix_values = torch.cat([prefix[pre][1] for pre in order])
+        parts = [
+            (suffix_keys, torch.cat([prefix[pre][0] for pre in order])),  # (nodes, heads, P, d)
+            (suffix_values, torch.cat([prefix[pre][1] for pre in order])),
+        ]
+    device, dtype, s = suffix_keys.device, suffix_keys.dtype, ids.shape[1]
     slots: list[tuple[torch.Tensor, torch.Tensor]] = []
-    device = suffix_keys.device
-    for c in rows.calls:
+    for c in rows.calls:  # each slot written in place: prefix, suffix, then zeros up to the capacity
         pairs = zip(c.members, c.visits, strict=True)
         node = torch.tensor([nodes[programs[owners[r][1]][: v + 1]] for r, v in pairs], device=device)
         own = node * n + torch.tensor([owners[r][0] for r in c.members], device=device)
-        k, v = suffix_keys[own], suffix_values[own]
-        if prefix:
-            k, v = torch.cat([prefix_keys[node], k], dim=2), torch.cat([prefix_values[node], v], dim=2)
-        slots.append((k, v))
-    return dec.logits(last)[:, -1], ProgramCache.from_states(slots, capacity)
+        kv = []
+        for suffix, prefixes in parts:
+            shape = (len(c.members), suffix.shape[1], capacity, suffix.shape[3])
+            buffer = pool.empty(shape, dtype, device) if pool else torch.empty(shape, dtype=dtype, device=device)
+            if prefixes is not None:
+                torch.index_select(prefixes, 0, node, out=buffer[:, :, :p])
+            torch.index_select(suffix, 0, own, out=buffer[:, :, p : p + s])
+            buffer[:, :, p + s :] = 0
+            kv.append(buffer)
+        slots.append((kv[0], kv[1]))
+    return dec.logits(last)[:, -1], ProgramCache.from_buffers(slots, p + s)

@@ -60,3 +60,15 @@ def test_samples_are_drawn_as_each_prompt_alone_draws_them(executor):
         ]
         drawn += sum(c.tokens != row[0].tokens for c in row[len(PROGRAMS) :])
     assert drawn  # at this temperature some samples leave the greedy path
+
+
+def test_reused_cache_buffers_change_nothing(executor):
+    """The second grid writes into the first one's buffers (old contents and all) and gives the same rows."""
+    pool = executor.slot_pool
+    first = generate_grid(executor, _prompts(), PROGRAMS, 10, stop_token_ids=[7, 11])
+    hits = pool.hits
+    for _ in range(4):
+        again = generate_grid(executor, _prompts(), PROGRAMS, 10, stop_token_ids=[7, 11])
+        assert [[c.tokens for c in row] for row in again] == [[c.tokens for c in row] for row in first]
+    assert pool.hits > hits
+    assert pool.bytes <= pool.limit  # it keeps about one grid's cache
