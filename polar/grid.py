@@ -84,7 +84,8 @@ def generate_grid(
     generator, so they do not depend on the other rows.
 
     Suffixes of different lengths are left-padded after the prefix. A sliding-window layer measures its window
-    in cache positions, which a padding gap would stretch, so models with one run each suffix length apart.
+    in cache positions, which a padding gap would stretch, so models with one run each suffix length apart,
+    unless every row's cache fits in the window (the window then hides nothing and the gap changes nothing).
     """
     dec, device = executor.decoder, executor.device
     menu = executor.plan(programs)
@@ -93,9 +94,11 @@ def generate_grid(
     if p:  # the prefix once per program (each distinct prefix of layer visits once)
         prefix = torch.tensor([list(prompts[0][:p])], device=device)
         _, nodes = prefill_nodes(dec, prefix, torch.ones_like(prefix), menu)
+    window = getattr(executor.model.config, "sliding_window", None) or 0
+    within = max(len(x) for x in prompts) + max_new_tokens - 1 < window  # every query sees its whole row
     groups: dict[int, list[int]] = {}
     for i, x in enumerate(prompts):
-        groups.setdefault(len(x) - p if SLIDING in menu.kinds else 0, []).append(i)
+        groups.setdefault(len(x) - p if SLIDING in menu.kinds and not within else 0, []).append(i)
     out: list[list[GridRow]] = [[] for _ in prompts]
     for members in groups.values():
         drawn = None if samples is None else replace(samples, seeds=[samples.seeds[i] for i in members])

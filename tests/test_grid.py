@@ -72,3 +72,26 @@ def test_reused_cache_buffers_change_nothing(executor):
         assert [[c.tokens for c in row] for row in again] == [[c.tokens for c in row] for row in first]
     assert pool.hits > hits
     assert pool.bytes <= pool.limit  # it keeps about one grid's cache
+
+
+@pytest.mark.parametrize("arch", ["gemma2", "gemma3"])
+def test_sliding_windows_wider_than_the_rows_run_every_question_length_together(arch, monkeypatch):
+    """A window that covers every row's cache hides nothing, so questions of all lengths share one batch."""
+    import polar.grid
+
+    model = tiny_model(arch)
+    model.config.sliding_window = 64  # prompts of 15-20 tokens and 10 new ones fit
+    executor, batches = Executor(model), []
+    run = polar.grid._suffixes
+    monkeypatch.setattr(polar.grid, "_suffixes", lambda *a: batches.append(len(a[4])) or run(*a))
+    prompts = _prompts()
+    grid = generate_grid(executor, prompts, PROGRAMS, 10, stop_token_ids=[7, 11])
+    assert batches == [len(prompts)]
+    for ids, row in zip(prompts, grid, strict=True):
+        assert [c.tokens for c in row] == [
+            g.tokens for g in executor.generate([ids], PROGRAMS, 10, stop_token_ids=[7, 11])
+        ]
+    model.config.sliding_window = 7  # a narrow window: one batch per question length, as before
+    batches.clear()
+    generate_grid(executor, prompts, PROGRAMS, 10, stop_token_ids=[7, 11])
+    assert sorted(batches) == [1, 1, 1, 1]

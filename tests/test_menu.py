@@ -1,5 +1,7 @@
 """Dense menu labeling: every program on every input, equal to running each program alone; resumable; auto menus."""
 
+from dataclasses import replace
+
 import pandas as pd
 import pytest
 from conftest import write_labels
@@ -96,14 +98,20 @@ def test_menu_files_and_auto_menus(tmp_path):
 
 def test_the_bundled_model_gives_each_program_alone(smollm2, tasks):
     """On SmolLM2 with its real few-shot prompts: the grid's rows are the programs run alone, token for token."""
-    from polar.grid import generate_grid
+    from polar.decoding import Sampling
+    from polar.grid import Samples, generate_grid
 
     spec = LabelConfig(shots=3).prompt_spec(tasks)
     examples = [e for e in read_examples(tasks) if e.level == "1"][:2]
     prompts = [spec.encode(e.question, e.level, smollm2.tokenizer) for e in examples]
     programs = [Program.parse(p) for p in ("0-29", "0-27", "0-14,13-29", "2-29")]
     stops = stop_token_ids(smollm2.tokenizer)
-    grid = generate_grid(smollm2.executor, prompts, programs, 12, stops)
-    for ids, row in zip(prompts, grid, strict=True):
+    sampling = Sampling(temperature=1.0)
+    grid = generate_grid(smollm2.executor, prompts, programs, 12, stops, Samples(3, sampling, [5, 6]))
+    for ids, seed, row in zip(prompts, [5, 6], grid, strict=True):
         alone = smollm2.executor.generate([ids], programs, 12, stop_token_ids=stops)
-        assert [c.tokens for c in row] == [g.tokens for g in alone]
+        assert [c.tokens for c in row[: len(programs)]] == [g.tokens for g in alone]
+        drawn = smollm2.executor.generate(
+            [ids], programs[:1] * 3, 12, replace(sampling, seed=seed), stop_token_ids=stops
+        )
+        assert [c.tokens for c in row[len(programs) :]] == [g.tokens for g in drawn]
