@@ -311,7 +311,11 @@ class MenuConfig:
     discovery: str = setting("", "For auto:K menus: a label folder of MCTS labels with the same model and prompt.")
     samples: int = setting(4, "Samples of the base model per input whose answers are compared with its greedy one.")
     temperature: float = setting(0.7, "Sampling temperature of those samples.")
-    grid_inputs: int = setting(4, "Inputs of one level run together, under every menu program each (speed only).")
+    grid_inputs: int = setting(
+        8,
+        "Inputs of one level run together, under every menu program each (speed only: 8 ran 1.3x faster than 4 "
+        "on SmolLM2 with 32 programs, peak memory 4.0 GB against 2.7 GB).",
+    )
 
 
 # params.yaml section -> the settings it holds (``base_models`` and ``schedule`` are read by flows/).
