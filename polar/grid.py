@@ -94,8 +94,7 @@ def generate_grid(
     if p:  # the prefix once per program (each distinct prefix of layer visits once)
         prefix = torch.tensor([list(prompts[0][:p])], device=device)
         _, nodes = prefill_nodes(dec, prefix, torch.ones_like(prefix), menu)
-    window = getattr(executor.model.config, "sliding_window", None) or 0
-    within = max(len(x) for x in prompts) + max_new_tokens - 1 < window  # every query sees its whole row
+    within = max(len(x) for x in prompts) + max_new_tokens - 1 < (dec.sliding_window or 0)  # windows hide nothing
     groups: dict[int, list[int]] = {}
     for i, x in enumerate(prompts):
         groups.setdefault(len(x) - p if SLIDING in menu.kinds and not within else 0, []).append(i)
@@ -154,8 +153,8 @@ def _suffixes(
         if t:
             logits = decode_step(dec, state)
         token = logits.argmax(-1)
-        if draws is not None:
-            draws(state, logits, token)
+        if draws is not None and not draws(state, logits, token):
+            draws = None  # every sample has ended: no more host syncs for them
         picked = torch.log_softmax(logits, dim=-1).gather(-1, token[:, None])[:, 0]
         logprob.index_add_(0, state.rows, torch.where(state.done, 0.0, picked))  # rows done before add nothing
         record(state, token, stops)
@@ -184,7 +183,8 @@ class _Draws:
         self.sampling, self.k, self.first = samples.sampling, samples.count, first  # sampled rows: first, first + 1...
         self.generators = [torch.Generator(device=device).manual_seed(seed) for seed in samples.seeds]
 
-    def __call__(self, state: DecodeState, logits: torch.Tensor, token: torch.Tensor) -> None:
+    def __call__(self, state: DecodeState, logits: torch.Tensor, token: torch.Tensor) -> bool:
+        """Draw this step's tokens into ``token``; False once no sampled row is left to draw for."""
         rows, done = state.rows.tolist(), state.done.tolist()  # a host sync per step while samples run
         live: dict[int, list[int]] = {}
         for b, (row, finished) in enumerate(zip(rows, done, strict=True)):
@@ -193,3 +193,4 @@ class _Draws:
         for i, batch_rows in live.items():
             at = torch.tensor(batch_rows, device=token.device)
             token[at] = next_token(logits[at], self.sampling, self.generators[i])
+        return bool(live)

@@ -155,7 +155,7 @@ class SlotPool:
 
     @property
     def bytes(self) -> int:
-        return sum(_nbytes(t) for t in self._free)
+        return sum(t.nbytes for t in self._free)
 
     def empty(self, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
         """A tensor of ``shape`` with arbitrary contents."""
@@ -170,7 +170,7 @@ class SlotPool:
             self.hits += 1
         else:  # a little larger than asked, so that the next batch's slightly longer prompts fit
             size = math.ceil(need * (1 + self.slack))
-            self._trim(self.limit - size * torch.empty((), dtype=dtype).element_size())  # room first
+            self._trim(self.limit - size * dtype.itemsize)  # room first
             flat = torch.empty(size, dtype=dtype, device=device)
             self.misses += 1
         view = flat[:need].view(shape)
@@ -181,7 +181,7 @@ class SlotPool:
         """Take back the buffers of ``cache`` (which must not be used after)."""
         self._gives += 1
         given = [self._lent.pop(t.data_ptr())[1] for t in cache.buffers() if t.data_ptr() in self._lent]
-        self.limit = max(self.limit, int(self.share * sum(_nbytes(t) for t in given)))
+        self.limit = max(self.limit, int(self.share * sum(t.nbytes for t in given)))
         self._free.extend(given)
         self._trim(self.limit)
         for ptr, (when, _) in list(self._lent.items()):  # lent to a batch that failed: forget it
@@ -191,10 +191,6 @@ class SlotPool:
     def _trim(self, limit: int) -> None:
         while self._free and self.bytes > limit:
             self._free.pop(0)
-
-
-def _nbytes(t: torch.Tensor) -> int:
-    return t.numel() * t.element_size()
 
 
 @dataclass
@@ -253,6 +249,11 @@ class Decoder:
     @property
     def config(self):
         return self.model.config
+
+    @property
+    def sliding_window(self) -> int | None:
+        """Positions a sliding-window layer attends to (None: the model has no such layers)."""
+        return getattr(self.config, "sliding_window", None) if SLIDING in self.layer_kinds else None
 
     # ----------------------------------------------------------------------------------- per forward
     def masks(
