@@ -8,6 +8,9 @@ Cached generation (:func:`decode`) is three small functions in a loop:
 - :func:`decode_step` feeds every row its last token and writes one position of each slot in place;
 - :func:`record` writes the chosen tokens and marks the rows that produced a stop token.
 
+Greedy tokens come from :meth:`~polar.hf.Decoder.pick`, which runs the head over the vocabulary in chunks
+instead of materialising every row's logits.
+
 Finished rows stay in the batch between checks (their tokens past the stop are cut by
 :func:`finish`), so a step neither rebuilds the plan nor copies the cache, and asks the device nothing.
 Every :data:`CHECK_EVERY` tokens one host check ends the loop when every row is done, and otherwise
@@ -175,7 +178,8 @@ def prefill(
         capacity: positions of each cache slot; at least ``T + max_new_tokens - 1`` (the default).
 
     Returns:
-        The logits (B, V) of each row's first new token, and the state, ``max_new_tokens`` wide.
+        The last hidden state (B, C) of each row (its first new token's, through :meth:`Decoder.pick` or
+        :meth:`Decoder.logits`), and the state, ``max_new_tokens`` wide.
     """
     n, width = ids.shape
     need = width + max_new_tokens - 1  # the last new token is never fed back
@@ -183,10 +187,10 @@ def prefill(
     if capacity < need:
         raise ValueError(f"a cache of {capacity} positions cannot hold {width} + {max_new_tokens - 1}")
     if shared_prompt:
-        logits, cache = prefill_shared(dec, ids[:1], mask[:1], plan, store, capacity)
+        hidden, cache = prefill_shared(dec, ids[:1], mask[:1], plan, store, capacity)
     else:  # grow a cache by concatenation (exactly the uncached prompt's numbers), then lay it out static
         grown = ProgramCache(plan.n_slots)
-        logits = dec.logits(run_plan(dec, ids, mask, plan, grown)[:, -1:])
+        hidden = run_plan(dec, ids, mask, plan, grown)[:, -1]
         cache = ProgramCache.from_states([(s.keys, s.values) for s in grown.layers], capacity)
     full_mask = torch.zeros((n, capacity), dtype=torch.bool, device=ids.device)
     full_mask[:, :width] = mask.bool()
@@ -201,17 +205,17 @@ def prefill(
         tokens=torch.zeros((n, max_new_tokens), dtype=torch.long, device=ids.device),
         length=width,
     )
-    return logits[:, -1], state
+    return hidden, state
 
 
 def decode_step(dec: Decoder, state: DecodeState) -> torch.Tensor:
-    """Feed each row its last token; returns the logits (b, V) of the next. Writes slot position
+    """Feed each row its last token; returns its hidden state (b, C), the next token's. Writes slot position
     ``state.length`` in place: no allocation that grows, no host sync."""
     state.mask[:, state.length] = True
     hidden = run_plan(dec, state.token[:, None], state.mask, state.plan, state.cache, state.positions[:, None])
     state.length += 1
     state.positions += 1
-    return dec.logits(hidden)[:, -1]
+    return hidden[:, -1]
 
 
 def record(state: DecodeState, token: torch.Tensor, stops: torch.Tensor) -> None:
@@ -256,11 +260,12 @@ def decode(
     if max_new_tokens < 1:
         return ids.new_zeros((ids.shape[0], 0)), 0
     check_every, compact_at = (CHECK_EVERY, COMPACT_AT) if sampling.greedy else (1, 0.0)
-    logits, state = prefill(dec, ids, mask, plan, max_new_tokens, shared_prompt, store, capacity)
+    hidden, state = prefill(dec, ids, mask, plan, max_new_tokens, shared_prompt, store, capacity)
     for t in range(max_new_tokens):
         if t:
-            logits = decode_step(dec, state)
-        record(state, next_token(logits, sampling, generator), stops)
+            hidden = decode_step(dec, state)
+        token = dec.pick(hidden).token if sampling.greedy else next_token(dec.logits(hidden), sampling, generator)
+        record(state, token, stops)
         if state.steps % check_every == 0 and t + 1 < max_new_tokens:
             n, n_done = len(state.rows), int(state.done.sum())  # the loop's only host sync
             if n_done == n:

@@ -7,8 +7,9 @@ distinct prefix of layer visits (:func:`polar.prefix.prefill_nodes`), then runs 
 same trie: each node runs once for all suffixes, not once per program that starts with it
 (:func:`polar.prefix.prefill_suffixes`; suffixes are left-padded after the prefix, the gap masked, positions
 continuing from the prefix). The rows' caches are laid out from the nodes, and decoding is greedy as
-:mod:`polar.decoding` does. Each row also gets the log-probability of the tokens it generated and, at its
-first new token, the top-2 margin and the entropy of the next-token distribution.
+:mod:`polar.decoding` does. Each row also gets the log-probability of the tokens it generated and, under the
+grid's first program, the top-2 margin and the entropy of the first new token's distribution. Tokens and
+log-probabilities come from :meth:`polar.hf.Decoder.pick`, which never holds every row's logits at once.
 
 Rows are the same tokens as each prompt run alone under each program (tests hold them equal on every
 architecture and on the bundled SmolLM2).
@@ -44,8 +45,8 @@ class GridRow:
     tokens: list[int]  # new tokens, up to and including the stop token
     text: str | None
     logprob: float  # sum of the log-probabilities of ``tokens``
-    margin: float  # top-1 minus top-2 probability of the first new token's distribution
-    entropy: float  # its entropy (nats)
+    margin: float | None  # top-1 minus top-2 probability of the first new token's distribution
+    entropy: float | None  # its entropy (nats); both for the grid's first program only, else None
 
 
 def common_prefix(prompts: Sequence[Sequence[int]]) -> int:
@@ -125,16 +126,12 @@ def _suffixes(
     own[:, p:] = suffix_mask.bool()
     positions = (p + suffix_mask.long().cumsum(-1) - 1).clamp(min=p)  # (n, S): the prefix's positions go on
     pool = executor.slot_pool
-    logits, cache = prefill_suffixes(dec, nodes, ids, own, positions, menu, plan, owners, capacity, pool)  # (r, V)
+    hidden, cache = prefill_suffixes(dec, nodes, ids, own, positions, menu, plan, owners, capacity, pool)  # (r, C)
     r = len(owners)
     suffix_of = torch.tensor([i for i, _ in owners], device=device)
     mask = torch.zeros((r, capacity), dtype=torch.bool, device=device)
     mask[:, : p + s] = own[suffix_of]
     lengths = mask[:, p : p + s].long().sum(-1)  # (r,) real suffix tokens
-    probs = torch.softmax(logits, dim=-1)
-    top2 = probs.topk(2, dim=-1).values
-    margins = (top2[:, 0] - top2[:, 1]).tolist()
-    entropies = (-(probs * torch.log(probs.clamp_min(1e-30))).sum(-1)).tolist()
     state = DecodeState(
         plan=plan,
         cache=cache,
@@ -147,16 +144,24 @@ def _suffixes(
         length=p + s,
     )
     draws = _Draws(samples, n * m, device) if k else None
+    firsts = torch.arange(0, n * m, m, device=device)  # each suffix's row under the first program
     stops = torch.tensor(sorted(executor.eos_token_ids | set(stop_token_ids)) or [-1], device=device)
     logprob = torch.zeros(r, device=device)
     for t in range(max_new_tokens):
         if t:
-            logits = decode_step(dec, state)
-        token = logits.argmax(-1)
-        if draws is not None and not draws(state, logits, token):
+            hidden = decode_step(dec, state)
+        drawn = draws.live(state) if draws is not None else None
+        if draws is not None and drawn is None:
             draws = None  # every sample has ended: no more host syncs for them
-        picked = torch.log_softmax(logits, dim=-1).gather(-1, token[:, None])[:, 0]
-        logprob.index_add_(0, state.rows, torch.where(state.done, 0.0, picked))  # rows done before add nothing
+        keep = [firsts] if t == 0 else []
+        keep += [] if drawn is None else [drawn]
+        picked = dec.pick(hidden, torch.cat(keep) if keep else None)
+        token, picked_logprob = picked.token, picked.logprob
+        if t == 0:
+            margins, entropies = _confidence(picked.logits[:n])
+        if drawn is not None:
+            draws.draw(picked.logits[len(picked.logits) - len(drawn) :], token, picked_logprob)
+        logprob.index_add_(0, state.rows, torch.where(state.done, 0.0, picked_logprob))  # rows done before add 0
         record(state, token, stops)
         if state.steps % CHECK_EVERY == 0 and t + 1 < max_new_tokens:
             live, n_done = len(state.rows), int(state.done.sum())  # the greedy loop's only host sync
@@ -170,9 +175,19 @@ def _suffixes(
     tokens, _ = finish(state.tokens, state.steps, stops)
     logprobs = logprob.tolist()
     out: list[list[GridRow]] = [[] for _ in range(n)]
-    for row, (i, _) in enumerate(owners):  # each suffix's program rows, then its samples, in row order
-        out[i].append(GridRow(tokens[row], executor.decode(tokens[row]), logprobs[row], margins[row], entropies[row]))
+    for row, (i, j) in enumerate(owners):  # each suffix's program rows, then its samples, in row order
+        first = row < n * m and j == 0
+        margin, entropy = (margins[i], entropies[i]) if first else (None, None)
+        out[i].append(GridRow(tokens[row], executor.decode(tokens[row]), logprobs[row], margin, entropy))
     return out
+
+
+def _confidence(logits: torch.Tensor) -> tuple[list[float], list[float]]:
+    """The top-2 probability margin and the entropy (nats) of each row's next-token distribution (b, V)."""
+    probs = torch.softmax(logits, dim=-1)
+    top2 = probs.topk(2, dim=-1).values
+    entropy = -(probs * torch.log(probs.clamp_min(1e-30))).sum(-1)
+    return (top2[:, 0] - top2[:, 1]).tolist(), entropy.tolist()
 
 
 class _Draws:
@@ -183,14 +198,24 @@ class _Draws:
         self.sampling, self.k, self.first = samples.sampling, samples.count, first  # sampled rows: first, first + 1...
         self.generators = [torch.Generator(device=device).manual_seed(seed) for seed in samples.seeds]
 
-    def __call__(self, state: DecodeState, logits: torch.Tensor, token: torch.Tensor) -> bool:
-        """Draw this step's tokens into ``token``; False once no sampled row is left to draw for."""
+    def live(self, state: DecodeState) -> torch.Tensor | None:
+        """The batch positions (k,) of the sampled rows not yet done, in row order; None once there are none."""
         rows, done = state.rows.tolist(), state.done.tolist()  # a host sync per step while samples run
-        live: dict[int, list[int]] = {}
+        self.groups: dict[int, list[int]] = {}
+        positions = []
         for b, (row, finished) in enumerate(zip(rows, done, strict=True)):
             if row >= self.first and not finished:
-                live.setdefault((row - self.first) // self.k, []).append(b)
-        for i, batch_rows in live.items():
-            at = torch.tensor(batch_rows, device=token.device)
-            token[at] = next_token(logits[at], self.sampling, self.generators[i])
-        return bool(live)
+                self.groups.setdefault((row - self.first) // self.k, []).append(len(positions))
+                positions.append(b)
+        self.positions = torch.tensor(positions, dtype=torch.long, device=state.rows.device)
+        return self.positions if positions else None
+
+    def draw(self, logits: torch.Tensor, token: torch.Tensor, logprob: torch.Tensor) -> None:
+        """Draw the live sampled rows' tokens from their logits (k, V) (in :meth:`live`'s order) into ``token``,
+        and their log-probabilities into ``logprob``: both (b,), greedy's choice for every other row."""
+        at = self.positions
+        for i, offsets in self.groups.items():
+            part = logits[offsets]
+            drawn = next_token(part, self.sampling, self.generators[i])
+            token[at[offsets]] = drawn
+            logprob[at[offsets]] = torch.log_softmax(part, dim=-1).gather(-1, drawn[:, None])[:, 0]

@@ -23,8 +23,10 @@ from transformers.masking_utils import create_causal_mask, create_sliding_window
 __all__ = [
     "FULL",
     "SLIDING",
+    "VOCAB_CHUNK",
     "SUPPORTED_MODEL_TYPES",
     "Decoder",
+    "Picked",
     "ProgramCache",
     "SlotPool",
     "UnsupportedModelError",
@@ -32,6 +34,11 @@ __all__ = [
 ]
 
 FULL, SLIDING = "full_attention", "sliding_attention"
+
+# Vocabulary entries whose logits :meth:`Decoder.pick` computes at a time. On 2 CPU cores, the greedy token and its
+# log-probability for 288 rows of Gemma-3 (262k entries) took 0.89 s in chunks of 2,048 against 1.38 s from the
+# whole (288, V) logits, 0.12 s against 0.22 s for 16 rows; SmolLM2 (49k) 0.13 s against 0.20 s for 288 rows.
+VOCAB_CHUNK = 2048
 
 # model_type -> family name, for the architectures the equivalence tests cover.
 SUPPORTED_MODEL_TYPES = {
@@ -193,6 +200,15 @@ class SlotPool:
             self._free.pop(0)
 
 
+@dataclass(frozen=True)
+class Picked:
+    """What :meth:`Decoder.pick` chose for each row."""
+
+    token: torch.Tensor  # (b,) the highest logit's entry
+    logprob: torch.Tensor  # (b,) its log-probability
+    logits: torch.Tensor | None  # (k, V) float32 logits of the kept rows
+
+
 @dataclass
 class Decoder:
     """The parts of a causal LM that a program of layers is built from."""
@@ -309,7 +325,42 @@ class Decoder:
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Final norm, LM head and soft-capping: (b, q, C) -> (b, q, V) in float32."""
-        logits = self.head(self.norm(hidden)).float()
-        if self.softcap is not None:
-            logits = torch.tanh(logits / self.softcap) * self.softcap
-        return logits
+        return self._capped(self.head(self.norm(hidden)).float())
+
+    def _capped(self, logits: torch.Tensor) -> torch.Tensor:
+        return logits if self.softcap is None else torch.tanh(logits / self.softcap) * self.softcap
+
+    def pick(self, hidden: torch.Tensor, keep: torch.Tensor | None = None) -> Picked:
+        """The greedy next token of each row from its last hidden state (b, C), with its log-probability.
+
+        The head runs over the vocabulary :data:`VOCAB_CHUNK` entries at a time, keeping each row's running
+        maximum and sum of exponentials, so the (b, V) logits never exist at once: the same tokens as
+        ``logits(hidden).argmax(-1)`` (each chunk's logits are those numbers; ties go to the first entry), the
+        log-probability as ``log_softmax`` gives it up to rounding, and far less memory traffic. ``keep`` (k,)
+        names rows whose whole logits (k, V) are also returned (to sample from, or to read their distribution).
+        """
+        x = self.norm(hidden)
+        if not isinstance(self.head, nn.Linear):  # a head of another kind: the whole logits at once
+            logits = self._capped(self.head(x).float())
+            return Picked(
+                logits.argmax(-1), torch.log_softmax(logits, -1).amax(-1), None if keep is None else logits[keep]
+            )
+        weight, bias = self.head.weight, self.head.bias
+        b, vocab = x.shape[0], weight.shape[0]
+        best = torch.full((b,), -math.inf, device=x.device)
+        total = torch.zeros(b, device=x.device)
+        token = torch.zeros(b, dtype=torch.long, device=x.device)
+        kept = None if keep is None else torch.empty((len(keep), vocab), device=x.device)
+        for c in range(0, vocab, VOCAB_CHUNK):
+            part = nn.functional.linear(
+                x, weight[c : c + VOCAB_CHUNK], None if bias is None else bias[c : c + VOCAB_CHUNK]
+            )
+            part = self._capped(part.float())
+            if kept is not None:
+                kept[:, c : c + VOCAB_CHUNK] = part[keep]
+            top, at = part.max(-1)
+            high = torch.maximum(best, top)
+            total = total * torch.exp(best - high) + torch.exp(part - high[:, None]).sum(-1)
+            token = torch.where(top > best, at + c, token)  # an equal maximum later keeps the first
+            best = high
+        return Picked(token, -torch.log(total), kept)

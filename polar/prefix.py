@@ -101,7 +101,7 @@ def prefill_shared(
 ) -> tuple[torch.Tensor, ProgramCache]:
     """Prefill one prompt ``ids`` (1, T) under every program of ``plan``.
 
-    Returns the last-position logits (B, 1, V) and the per-visit cache laid out as ``plan`` expects
+    Returns the last position's hidden states (B, C) and the per-visit cache laid out as ``plan`` expects
     (static slots of ``capacity`` positions if given, see :class:`~polar.hf.ProgramCache`).
     """
     finals, states = prefill_nodes(dec, ids, mask, plan, store)
@@ -111,7 +111,7 @@ def prefill_shared(
     for c in plan.calls:
         parts = [states[programs[r][: v + 1]] for r, v in zip(c.members, c.visits, strict=True)]
         slots.append((torch.cat([k for k, _ in parts]), torch.cat([v for _, v in parts])))
-    return dec.logits(last), ProgramCache.from_states(slots, capacity)
+    return last[:, -1], ProgramCache.from_states(slots, capacity)
 
 
 def prefill_suffixes(
@@ -205,4 +205,4 @@ def prefill_suffixes(
             buffer[:, :, p + s :] = 0
             kv.append(buffer)
         slots.append((kv[0], kv[1]))
-    return dec.logits(last)[:, -1], ProgramCache.from_buffers(slots, p + s)
+    return last[:, -1], ProgramCache.from_buffers(slots, p + s)

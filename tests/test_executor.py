@@ -4,7 +4,7 @@ import pytest
 import torch
 from tiny import ARCHS, DEPTH, prompt, tiny_model
 
-from polar import decoding
+from polar import decoding, hf
 from polar.executor import Executor, Sampling
 from polar.hf import ProgramCache
 from polar.programs import Program, ProgramError
@@ -262,12 +262,12 @@ def test_a_decoding_step_never_waits_for_the_device(executor, monkeypatch):
     ids, mask = executor.pad_left([prompt(28, 10), prompt(29, 7)])
     stops = torch.tensor(STOPS)
     with torch.inference_mode():
-        logits, state = decoding.prefill(executor.decoder, ids, mask, executor.plan([LOOP, SKIP]), 6)
-        decoding.record(state, logits.argmax(-1), stops)
+        dec = executor.decoder
+        hidden, state = decoding.prefill(dec, ids, mask, executor.plan([LOOP, SKIP]), 6)
+        decoding.record(state, dec.pick(hidden).token, stops)
         syncs.clear()  # the prefill may ask (once per call); the steps may not
         for _ in range(5):
-            logits = decoding.decode_step(executor.decoder, state)
-            decoding.record(state, decoding.next_token(logits, Sampling(), None), stops)
+            decoding.record(state, dec.pick(decoding.decode_step(dec, state)).token, stops)
     assert syncs == []
     assert state.length == 10 + 5 and state.steps == 6
 
@@ -288,3 +288,17 @@ def test_one_and_no_new_tokens(executor):
     one = executor.generate([p], [LOOP, SKIP], 1)
     assert [g.tokens for g in one] == [g.tokens[:1] for g in executor.generate([p], [LOOP, SKIP], 3)]
     assert [g.tokens for g in executor.generate([p], [LOOP], 0)] == [[]]
+
+
+@pytest.mark.parametrize("chunk", [7, 32, 4096])
+def test_pick_runs_the_head_in_chunks_without_changing_the_choice(executor, monkeypatch, chunk):
+    monkeypatch.setattr(hf, "VOCAB_CHUNK", chunk)  # 96 entries: several chunks, one ragged, or one
+    dec = executor.decoder
+    hidden = torch.randn(6, dec.config.hidden_size, generator=torch.Generator().manual_seed(chunk)) * 3
+    with torch.inference_mode():
+        logits = dec.logits(hidden)
+        picked = dec.pick(hidden, keep=torch.tensor([4, 1]))
+    assert torch.equal(picked.token, logits.argmax(-1))
+    torch.testing.assert_close(picked.logprob, torch.log_softmax(logits, -1).amax(-1))
+    torch.testing.assert_close(picked.logits, logits[[4, 1]])
+    assert dec.pick(hidden).logits is None

@@ -3,6 +3,7 @@
 from dataclasses import replace
 
 import pytest
+import torch
 from tiny import ARCHS, DEPTH, prompt, tiny_model
 
 from polar.decoding import Sampling
@@ -33,7 +34,14 @@ def test_every_row_is_its_prompt_alone(executor):
             assert cell.tokens == alone.tokens, (program.text, ids)
             score = executor.score([ids], [alone.tokens], [program])[0]
             assert cell.logprob == pytest.approx(score.logprob, abs=1e-3)
-            assert 0 <= cell.margin <= 1 and cell.entropy >= 0
+        first = torch.softmax(
+            executor.forward(torch.tensor([ids]), torch.ones(1, len(ids)), executor.plan(PROGRAMS[:1]), keep=1)[0, -1],
+            -1,
+        )
+        top2 = first.topk(2).values
+        assert row[0].margin == pytest.approx(float(top2[0] - top2[1]), abs=1e-5)
+        assert row[0].entropy == pytest.approx(float(-(first * first.log()).sum()), abs=1e-4)
+        assert all(cell.margin is None and cell.entropy is None for cell in row[1:])
 
 
 def test_prompts_without_a_common_prefix(executor):
