@@ -39,6 +39,9 @@ FULL, SLIDING = "full_attention", "sliding_attention"
 # log-probability for 288 rows of Gemma-3 (262k entries) took 0.89 s in chunks of 2,048 against 1.38 s from the
 # whole (288, V) logits, 0.12 s against 0.22 s for 16 rows; SmolLM2 (49k) 0.13 s against 0.20 s for 288 rows.
 VOCAB_CHUNK = 2048
+# On an accelerator each chunk costs kernel launches, so chunks there hold up to this many logits (rows x
+# entries) instead: the whole vocabulary for up to 256 rows of Gemma-3 (not measured: no GPU was lent yet).
+ACCELERATOR_CHUNK_LOGITS = 2**26
 
 # model_type -> family name, for the architectures the equivalence tests cover.
 SUPPORTED_MODEL_TYPES = {
@@ -333,8 +336,8 @@ class Decoder:
     def pick(self, hidden: torch.Tensor, keep: torch.Tensor | None = None) -> Picked:
         """The greedy next token of each row from its last hidden state (b, C), with its log-probability.
 
-        The head runs over the vocabulary :data:`VOCAB_CHUNK` entries at a time, keeping each row's running
-        maximum and sum of exponentials, so the (b, V) logits never exist at once: the same tokens as
+        The head runs over the vocabulary in chunks (:data:`VOCAB_CHUNK` entries on CPU), keeping each row's
+        running maximum and sum of exponentials, so the (b, V) logits never exist at once: the same tokens as
         ``logits(hidden).argmax(-1)`` (each chunk's logits are those numbers; ties go to the first entry), the
         log-probability as ``log_softmax`` gives it up to rounding, and far less memory traffic. ``keep`` (k,)
         names rows whose whole logits (k, V) are also returned (to sample from, or to read their distribution).
@@ -351,13 +354,12 @@ class Decoder:
         total = torch.zeros(b, device=x.device)
         token = torch.zeros(b, dtype=torch.long, device=x.device)
         kept = None if keep is None else torch.empty((len(keep), vocab), device=x.device)
-        for c in range(0, vocab, VOCAB_CHUNK):
-            part = nn.functional.linear(
-                x, weight[c : c + VOCAB_CHUNK], None if bias is None else bias[c : c + VOCAB_CHUNK]
-            )
+        size = VOCAB_CHUNK if x.device.type == "cpu" else max(VOCAB_CHUNK, ACCELERATOR_CHUNK_LOGITS // max(b, 1))
+        for c in range(0, vocab, size):
+            part = nn.functional.linear(x, weight[c : c + size], None if bias is None else bias[c : c + size])
             part = self._capped(part.float())
             if kept is not None:
-                kept[:, c : c + VOCAB_CHUNK] = part[keep]
+                kept[:, c : c + size] = part[keep]
             top, at = part.max(-1)
             high = torch.maximum(best, top)
             total = total * torch.exp(best - high) + torch.exp(part - high[:, None]).sum(-1)
