@@ -153,14 +153,13 @@ def _suffixes(
         drawn = draws.live(state) if draws is not None else None
         if draws is not None and drawn is None:
             draws = None  # every sample has ended: no more host syncs for them
-        keep = [firsts] if t == 0 else []
-        keep += [] if drawn is None else [drawn]
+        keep = ([firsts] if t == 0 else []) + ([drawn.positions] if drawn else [])
         picked = dec.pick(hidden, torch.cat(keep) if keep else None)
         token, picked_logprob = picked.token, picked.logprob
         if t == 0:
             margins, entropies = _confidence(picked.logits[:n])
-        if drawn is not None:
-            draws.draw(picked.logits[len(picked.logits) - len(drawn) :], token, picked_logprob)
+        if drawn:
+            draws.draw(drawn, picked.logits[len(picked.logits) - len(drawn.positions) :], token, picked_logprob)
         logprob.index_add_(0, state.rows, torch.where(state.done, 0.0, picked_logprob))  # rows done before add 0
         record(state, token, stops)
         if state.steps % CHECK_EVERY == 0 and t + 1 < max_new_tokens:
@@ -190,6 +189,14 @@ def _confidence(logits: torch.Tensor) -> tuple[list[float], list[float]]:
     return (top2[:, 0] - top2[:, 1]).tolist(), entropy.tolist()
 
 
+@dataclass(frozen=True)
+class _Live:
+    """One step's sampled rows not yet done: their batch positions (k,) and, per suffix, their offsets in it."""
+
+    positions: torch.Tensor
+    groups: dict[int, list[int]]
+
+
 class _Draws:
     """The sampled rows' tokens, step by step: each suffix's rows not yet done, in row order, draw from the
     suffix's own generator (as a batch of only those rows would: their draws do not depend on other rows)."""
@@ -198,23 +205,22 @@ class _Draws:
         self.sampling, self.k, self.first = samples.sampling, samples.count, first  # sampled rows: first, first + 1...
         self.generators = [torch.Generator(device=device).manual_seed(seed) for seed in samples.seeds]
 
-    def live(self, state: DecodeState) -> torch.Tensor | None:
-        """The batch positions (k,) of the sampled rows not yet done, in row order; None once there are none."""
+    def live(self, state: DecodeState) -> _Live | None:
+        """The sampled rows not yet done, in row order; None once there are none."""
         rows, done = state.rows.tolist(), state.done.tolist()  # a host sync per step while samples run
-        self.groups: dict[int, list[int]] = {}
+        groups: dict[int, list[int]] = {}
         positions = []
         for b, (row, finished) in enumerate(zip(rows, done, strict=True)):
             if row >= self.first and not finished:
-                self.groups.setdefault((row - self.first) // self.k, []).append(len(positions))
+                groups.setdefault((row - self.first) // self.k, []).append(len(positions))
                 positions.append(b)
-        self.positions = torch.tensor(positions, dtype=torch.long, device=state.rows.device)
-        return self.positions if positions else None
+        return _Live(torch.tensor(positions, device=state.rows.device), groups) if positions else None
 
-    def draw(self, logits: torch.Tensor, token: torch.Tensor, logprob: torch.Tensor) -> None:
-        """Draw the live sampled rows' tokens from their logits (k, V) (in :meth:`live`'s order) into ``token``,
+    def draw(self, live: _Live, logits: torch.Tensor, token: torch.Tensor, logprob: torch.Tensor) -> None:
+        """Draw the ``live`` rows' tokens from their logits (k, V) (in ``live.positions``' order) into ``token``,
         and their log-probabilities into ``logprob``: both (b,), greedy's choice for every other row."""
-        at = self.positions
-        for i, offsets in self.groups.items():
+        at = live.positions
+        for i, offsets in live.groups.items():
             part = logits[offsets]
             drawn = next_token(part, self.sampling, self.generators[i])
             token[at[offsets]] = drawn
