@@ -45,6 +45,7 @@ from prefect.deployments import run_deployment
 from tqdm import tqdm
 
 from flows.api import require_prefect
+from polar.backbone import check_spec
 from polar.label import finish, label, prepare
 from polar.labels import LabelRecord, MenuRecord, read_records
 from polar.menu import MENU_FILE, finish_menu, label_menu, model_depth, prepare_menu
@@ -247,10 +248,12 @@ def label_on_pool(
     they must see the same files (the task file, the model and ``out_dir``).
 
     Raises:
+        ModelSpecError: ``model`` names nothing loadable (checked before any server is asked or shard sent).
         ConnectionError: no Prefect server (a temporary one cannot reach workers), it is unreachable, or
             no worker polls ``pool``.
         RuntimeError: some shard runs failed (their labels so far are kept).
     """
+    check_spec(model)
     require_prefect(f"--pool {pool}")
     with get_client(sync_client=True) as client:  # before anything is written: a pool nobody polls is an error
         _require_workers(client, pool)

@@ -196,6 +196,17 @@ def load(
     return Backbone(model=model, tokenizer=tokenizer, spec=spec, chat=chat)
 
 
+def check_spec(spec: str) -> None:
+    """Raise :class:`ModelSpecError` when ``spec`` names nothing loadable, without loading anything.
+
+    A bundled name, an existing model folder or ``.gguf`` file pass; so does a hub id, which is not looked up (the
+    machine that loads it may reach the hub when this one cannot). For callers that hand the spec to other
+    processes, such as the labeling dispatcher, so that a typo fails here once instead of in every shard.
+    """
+    if spec not in BUNDLED:
+        _locate(spec)
+
+
 def _locate(spec: str) -> tuple[str, dict]:
     path = Path(spec).expanduser()
     if spec.endswith(".gguf"):

@@ -108,3 +108,20 @@ def test_processes_that_start_together_convert_a_bundled_model_once(tmp_path, mo
     for t in threads:
         t.join()
     assert calls == ["m"] and results == [tmp_path / "m"] * 3
+
+
+def test_check_spec_refuses_what_cannot_load_without_loading(tmp_path):
+    from polar.backbone import ModelSpecError, check_spec
+
+    check_spec("smollm2-135m")  # bundled: nothing converted or loaded to say so
+    check_spec("Qwen/Qwen3-0.6B")  # a hub id is not looked up
+    (tmp_path / "empty").mkdir()
+    bad = {
+        "smollm2-135": "unknown model 'smollm2-135': bundled models are smollm2-135m",
+        str(tmp_path / "missing.gguf"): "GGUF file not found",
+        str(tmp_path / "empty"): "no config.json in it",
+        str(tmp_path / "nowhere"): "model path not found",
+    }
+    for spec, message in bad.items():
+        with pytest.raises(ModelSpecError, match=message):
+            check_spec(spec)

@@ -158,6 +158,11 @@ def test_missing_servers_and_workers_are_clear_errors(server, tasks, tmp_path):
     assert pipeline.returncode == 2 and "is unreachable" in pipeline.stderr
     temporary = _polar([*args, "--pool", "gpu"], {**env, "PREFECT_API_URL": ""})
     assert temporary.returncode == 2 and "needs a Prefect server that workers also reach" in temporary.stderr
+    # A misspelled model fails here, once, before the pool is asked or any shard is sent to a worker.
+    typo = ["label", "--model", "smollm2-135", "--tasks", str(tasks), "--out", str(tmp_path / "typo"), *FLAGS]
+    misspelled = _polar([*typo, "--pool", "nobody"], env)
+    assert misspelled.returncode == 2 and "unknown model 'smollm2-135': bundled models are" in misspelled.stderr
+    assert "no worker polls" not in misspelled.stderr and not (tmp_path / "typo").exists()
 
 
 PRELUDE = """
