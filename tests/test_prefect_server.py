@@ -118,7 +118,10 @@ def test_menus_fan_out_to_the_pool_workers_too(server, tiny_dir, tasks, tmp_path
 def test_failed_shards_name_their_flow_runs(server, tasks, tmp_path):
     _, env = server
     out = tmp_path / "broken"
-    args = ["label", "--model", str(tmp_path / "no-such-model"), "--tasks", str(tasks), "--out", str(out), *FLAGS]
+    model = tmp_path / "broken-model"  # a model folder by its look (the dispatcher checks that), unloadable
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    args = ["label", "--model", str(model), "--tasks", str(tasks), "--out", str(out), *FLAGS]
     proc = _polar([*args, "--pool", "gpu", "--shards", "2"], env)
     assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "shard 0/2: flow run" in proc.stderr and "FAILED" in proc.stderr and "resumes" in proc.stderr
