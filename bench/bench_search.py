@@ -22,8 +22,8 @@ import torch
 
 from polar.backbone import load
 from polar.ingest import synthetic_shots
-from polar.label import label_one
-from polar.menu import level_batches, run_menu
+from polar.labeling.menu import level_batches, run_menu
+from polar.labeling.search import label_one
 from polar.programs import Program
 from polar.settings import LabelConfig, MenuConfig, SearchConfig
 from polar.tasks import synthetic

@@ -20,8 +20,9 @@ so their checkouts may live anywhere. Where they find inputs and leave records:
 * **Otherwise**, every path is absolute and the workers need this checkout's files and the label folder on a
   file system they share.
 
-Dense menu labeling (``polar label --menu ... --pool gpu``) goes the same way: the dispatcher resolves the menu
-once and leaves it in the label folder as ``menu.txt``, which every shard run labels with.
+Dense menu labeling (``polar label --menu ... --pool gpu``) goes the same way, through the same code (one
+:class:`polar.labeling.run.Labeler` chosen once): the dispatcher resolves the menu once and leaves it in the label
+folder as ``menu.txt``, which every shard run labels with.
 
 A shard run is an ordinary resumable ``polar label --shard K/N``, so a failed or killed shard loses at
 most the input it was on: running the same command again re-submits only the shards with inputs left,
@@ -36,9 +37,11 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from prefect import flow, get_client, get_run_logger
 from prefect.deployments import run_deployment
@@ -46,12 +49,14 @@ from tqdm import tqdm
 
 from flows.api import require_prefect
 from polar.backbone import check_spec
-from polar.label import finish, label, prepare
-from polar.labels import LabelRecord, MenuRecord, read_records
-from polar.menu import MENU_FILE, finish_menu, label_menu, model_depth, prepare_menu
+from polar.labeling.folder import MENU_FILE, read_records
+from polar.labeling.run import Labeler, label, labeler_for
 from polar.settings import LabelConfig, MenuConfig
 from polar.stack.client import check_store, store_url
 from polar.tasks.files import SHOTS_FILE, read_examples
+
+if TYPE_CHECKING:
+    from polar.stack.transfer import Store
 
 DEPLOYMENT_FLOW = "polar-label-shard"
 
@@ -106,33 +111,20 @@ def label_shard(
 
         out, merge = str(local), False
     get_run_logger().info("labeling shard %d/%d of %s on %s", shard, shards, tasks, where)
-    if menu:
-        merged = label_menu(
-            model,
-            tasks,
-            out,
-            settings,
-            MenuConfig(**menu),
-            limit,
-            device=device,
-            backbone=backbone,
-            shard=part,
-            after_write=after_write,
-            merge=merge,
-        )
-    else:
-        merged = label(
-            model,
-            tasks,
-            out,
-            settings,
-            limit=limit,
-            device=device,
-            backbone=backbone,
-            shard=part,
-            after_write=after_write,
-            merge=merge,
-        )
+    dense = MenuConfig(**menu) if menu else None
+    merged = label(
+        model,
+        tasks,
+        out,
+        settings,
+        dense,
+        limit=limit,
+        device=device,
+        backbone=backbone,
+        shard=part,
+        after_write=after_write,
+        merge=merge,
+    )
     return {"shard": shard, "shards": shards, "device": where, "merged": str(merged) if merged else None}
 
 
@@ -242,7 +234,7 @@ def label_on_pool(
 ) -> Path:
     """Label ``tasks_path`` into ``out_dir`` as ``shards`` flow runs on the work pool ``pool``; merge them.
 
-    MCTS labels, or with ``dense`` (a menu) a reward matrix. ``shards=0`` makes one shard per online worker.
+    Search labels, or with ``dense`` (a menu) a reward matrix. ``shards=0`` makes one shard per online worker.
     With ``$POLAR_STORE_URL`` (the team stack), inputs and records travel through the object store and the
     workers share no folder with this machine; otherwise paths are passed to the workers as absolute paths and
     they must see the same files (the task file, the model and ``out_dir``).
@@ -262,61 +254,95 @@ def label_on_pool(
         config = replace(config, shots_from=str(Path(config.shots_from).resolve()))
     model = str(Path(model).resolve()) if Path(model).exists() else model
     tasks_path, out_dir = Path(tasks_path).resolve(), Path(out_dir).resolve()
-    examples = read_examples(tasks_path)[:limit]
-    ids = [e.id for e in examples]
-    # Once, before any worker writes. A menu is resolved here, and the workers label with the file it leaves.
-    menu = None
-    if dense is not None and dense.menu:
-        prepare_menu(model, tasks_path, out_dir, config, dense, model_depth(model), restart_on_change)
-        menu = asdict(replace(dense, menu=str(out_dir / MENU_FILE), discovery=""))
-    else:
-        prepare(model, tasks_path, out_dir, config, restart_on_change)
+    ids = [e.id for e in read_examples(tasks_path)[:limit]]
+    labeler = labeler_for(config, dense or MenuConfig(), model, tasks_path, device)
+    labeler.prepare(out_dir, restart_on_change)  # once, before any worker writes (a menu is resolved here)
+    common, remote = _dispatch_inputs(labeler, out_dir, config, dense, limit, device)
+    with get_client(sync_client=True) as client:
+        shards = shards or len(_require_workers(client, pool))
+        submit, runs = _submit_missing(client, pool, common, shards, ids, labeler, out_dir)
+        failed, stalled = _follow(client, runs, pool, poll, f"label {Path(model).name} on pool {pool!r}", submit)
+    return _collect(labeler, out_dir, ids, remote, common["out"], pool, shards, failed, stalled)
 
-    remote = None
+
+def _dispatch_inputs(
+    labeler: Labeler, out_dir: Path, config: LabelConfig, dense: MenuConfig | None, limit: int | None, device: str
+) -> tuple[dict, Store | None]:
+    """The parameters every shard run gets, but for its shard; with a store, the job's inputs are sent there.
+
+    Returns:
+        The parameters, and the store (None when the workers share this machine's files).
+    """
+    # The workers label with the menu file that prepare left, as it is (no discovery run needed).
+    menu = asdict(replace(dense, menu=str(out_dir / MENU_FILE), discovery="")) if dense and dense.menu else None
     common = {
-        "model": model,
-        "tasks": str(tasks_path),
+        "model": labeler.model,
+        "tasks": str(labeler.tasks),
         "out": str(out_dir),
         "config": json.loads(json.dumps(config.to_dict())),  # as the server gives it back
         "limit": limit,
         "device": device,
         "menu": menu,
     }
-    if (url := store_url()) is not None:  # workers elsewhere: inputs and records go through the store
-        check_store(url)
-        store = f"{url}/labels"
-        remote, job, refs = _send_inputs(store, model, tasks_path, out_dir, config, menu)
-        remote.pull_files(job, out_dir)  # what workers of an earlier run of this command labeled
-        common |= {"out": job, "store": store, "refs": refs, "tasks": tasks_path.name}
-        if menu:
-            common["menu"] = {**menu, "menu": MENU_FILE}
+    if (url := store_url()) is None:
+        return common, None
+    check_store(url)  # workers elsewhere: inputs and records go through the store
+    store = f"{url}/labels"
+    remote, job, refs = _send_inputs(store, labeler.model, Path(labeler.tasks), out_dir, config, menu)
+    remote.pull_files(job, out_dir)  # what workers of an earlier run of this command labeled
+    common |= {"out": job, "store": store, "refs": refs, "tasks": Path(labeler.tasks).name}
+    if menu:
+        common["menu"] = {**menu, "menu": MENU_FILE}
+    return common, remote
 
-    with get_client(sync_client=True) as client:
-        shards = shards or len(_require_workers(client, pool))
-        deployment_id = shard_deployment(pool).apply(work_pool_name=pool)
-        running = _active_runs(client, deployment_id, common)
 
-        def submit(k: int):
-            return run_deployment(
-                f"{DEPLOYMENT_FLOW}/{pool}",
-                parameters={**common, "shard": k, "shards": shards},
-                timeout=0,
-                as_subflow=False,
-                tags=["polar", "label"],
-            )
+def _submit_missing(
+    client, pool: str, common: dict, shards: int, ids: list[str], labeler: Labeler, out_dir: Path
+) -> tuple[Callable[[int], object], dict]:
+    """Submit a run for every shard with inputs left, re-attaching to runs of it still queued or running.
 
-        done = {r.id for r in read_records(out_dir, MenuRecord if menu else LabelRecord)}
-        runs = {}
-        for k in range(shards):
-            if all(i in done for i in ids[k::shards]):
-                continue  # labeled by an earlier run
-            if (k, shards) in running:
-                runs[k] = running[k, shards]
-                continue
-            runs[k] = submit(k)
-        failed, stalled = _follow(client, runs, pool, poll, f"label {Path(model).name} on pool {pool!r}", submit)
+    Returns:
+        ``submit(shard)``, which submits one shard's run again, and the runs by shard.
+    """
+    deployment_id = shard_deployment(pool).apply(work_pool_name=pool)
+    running = _active_runs(client, deployment_id, common)
+
+    def submit(k: int):
+        return run_deployment(
+            f"{DEPLOYMENT_FLOW}/{pool}",
+            parameters={**common, "shard": k, "shards": shards},
+            timeout=0,
+            as_subflow=False,
+            tags=["polar", "label"],
+        )
+
+    done = {r.id for r in read_records(out_dir, labeler.record_kind)}
+    runs = {}
+    for k in range(shards):
+        if all(i in done for i in ids[k::shards]):
+            continue  # labeled by an earlier run
+        runs[k] = running[k, shards] if (k, shards) in running else submit(k)
+    return submit, runs
+
+
+def _collect(
+    labeler: Labeler,
+    out_dir: Path,
+    ids: list[str],
+    remote: Store | None,
+    job: str,
+    pool: str,
+    shards: int,
+    failed: list,
+    stalled: list,
+) -> Path:
+    """Bring every worker's records here, say which shards stalled or failed, else merge them.
+
+    Returns:
+        The merged file.
+    """
     if remote is not None:
-        remote.pull_files(common["out"], out_dir)  # every worker's records, kept here whatever happens next
+        remote.pull_files(job, out_dir)  # every worker's records, kept here whatever happens next
     if stalled:
         raise RuntimeError(
             f"no worker has polled the work pool {pool!r} for {STALL_SECONDS:.0f} s while shards "
@@ -332,9 +358,9 @@ def label_on_pool(
             + "\n  ".join(lines)
             + "\nsee `prefect flow-run logs ID` for each"
         )
-    merged = finish_menu(model, tasks_path, out_dir, ids) if menu else finish(model, tasks_path, out_dir, config, ids)
+    merged = labeler.finish(out_dir, ids)
     if remote is not None:
-        remote.drop_job(common["out"])  # merged here; the job's shards in the store are spent
+        remote.drop_job(job)  # merged here; the job's shards in the store are spent
     return merged
 
 

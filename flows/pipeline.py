@@ -22,7 +22,9 @@ import shutil
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 from filelock import FileLock, Timeout
 from prefect import flow, get_run_logger, task
@@ -30,14 +32,53 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 
 from flows.tracking import end_pipeline_run, log_stage, start_pipeline_run
+from polar.config import load, setting
 from polar.layout import Outputs
 from polar.registry import registry_status
 from polar.tracking import PARENT_ENV
 
-__all__ = ["PER_MODEL", "ROOT", "base_models", "check_models", "pipeline", "project_root", "summary"]
+__all__ = ["CHAINS", "ROOT", "Chain", "base_models", "chain_of", "check_models", "pipeline", "project_root", "summary"]
 
 ROOT = Path(__file__).resolve().parents[1]
-PER_MODEL = ("convert", "label", "validate", "train", "evaluate", "register")
+# Each chain's per-model stages of dvc.yaml, in order.
+CHAINS = {
+    # The study: one menu, dense matrices for every split, a selector frozen on validation, a champion always.
+    "menu": (
+        "convert",
+        "menu",
+        "label-train",
+        "label-validation",
+        "label-test",
+        "validate-menu",
+        "select",
+        "evaluate-menu",
+        "register-menu",
+    ),
+    # MCTS labels of the training split, the PoLar network trained on them (the method as published).
+    "network": ("convert", "label", "validate", "train", "evaluate", "register"),
+}
+
+
+@dataclass(frozen=True)
+class Chain:
+    """Which chain of stages the pipeline runs per base model (params.yaml ``pipeline``)."""
+
+    SECTION: ClassVar[str] = "pipeline"
+
+    chain: str = setting(
+        "menu",
+        "menu: the selection study (dense menu matrices, every selector frozen on validation, the served winner or "
+        "the full depth as champion); network: MCTS labels and the PoLar network.",
+    )
+
+    def __post_init__(self) -> None:
+        if self.chain not in CHAINS:
+            raise ValueError(f"pipeline.chain must be one of {', '.join(CHAINS)}, got {self.chain!r}")
+
+
+def chain_of(root: str | Path) -> tuple[str, ...]:
+    """The per-model stages params.yaml's ``pipeline.chain`` names."""
+    return CHAINS[load(Chain, Path(root) / "params.yaml").chain]
 
 
 def project_root(cwd: str | Path = ".") -> Path:
@@ -67,13 +108,16 @@ def check_models(root: str | Path, models: list[str] | None) -> None:
 
 
 def summary(root: Path, model: str) -> dict:
-    """What the stages wrote for ``model``: evaluation metrics, validation, registry (those that exist)."""
+    """What the stages of params.yaml's chain wrote for ``model``: evaluation metrics, validation, registry (those
+    that exist), and ``chain``."""
     out = Outputs(Path(root), model)
-    info = {"model": model, "report": out.evaluation / "report.md"}
+    menu = chain_of(root) == CHAINS["menu"]
+    evaluation = out.study_evaluation if menu else out.evaluation
+    info = {"model": model, "chain": "menu" if menu else "network", "report": evaluation / "report.md"}
     for key, path in (
-        ("metrics", out.evaluation / "metrics.json"),
-        ("validation", out.validation),
-        ("registry", out.registry),
+        ("metrics", evaluation / "metrics.json"),
+        ("validation", out.menu_validation if menu else out.validation),
+        ("registry", out.study_registry if menu else out.registry),
     ):
         if path.exists():
             info[key] = json.loads(path.read_text())
@@ -151,13 +195,13 @@ def push(cwd: str = str(ROOT)) -> bool:
 @task
 def evaluation_artifact(model: str, cwd: str = str(ROOT)) -> str | None:
     """Publish the model's evaluation table as a Markdown artifact; returns the table."""
-    out = Outputs(Path(cwd), model)
-    report = out.evaluation / "report.md"
+    info = summary(Path(cwd), model)
+    report = info["report"]
     if not report.exists():
         return None
     text = report.read_text()
-    if out.registry.exists():
-        text += f"\n\nRegistered: {registry_status(json.loads(out.registry.read_text()))}.\n"
+    if "registry" in info:
+        text += f"\n\nRegistered: {registry_status(info['registry'])}.\n"
     key = "evaluation-" + "".join(c if c.isalnum() else "-" for c in model.lower())
     create_markdown_artifact(key=key, markdown=text, description=f"polar evaluation of {model}")
     return text
@@ -203,7 +247,7 @@ def pipeline(models: list[str] | None = None, cwd: str = str(ROOT), push_outputs
 
 def run_model(model: str, cwd: str) -> str:
     """One base model's chain, each stage's outputs logged to the pipeline's MLflow run; returns its outcome."""
-    for stage in PER_MODEL:
+    for stage in chain_of(cwd):
         try:
             repro(f"{stage}@{model}", cwd)
         except StageFailed as err:

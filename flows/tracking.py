@@ -12,7 +12,7 @@ import json
 import re
 from pathlib import Path
 
-from polar.labels import MERGED, read_labels, read_timings
+from polar.labeling.folder import MANIFEST, MERGED, read_labels, read_timings
 from polar.layout import Outputs
 from polar.tracking import configure, git_commit
 
@@ -83,9 +83,12 @@ def log_stage(root: str | Path, model: str, stage: str) -> None:
     elif stage == "train":
         history_path = out.predictor / "history.json"
         history = json.loads(history_path.read_text()) if history_path.exists() else []
-        if history:
+        if history and "val_loss" in history[0]:  # the network; M2's history holds its validation decisions
             metrics["best_val_loss"] = min(h["val_loss"] for h in history)
             metrics["epochs"] = len(history)
+        elif history:
+            metrics["best_val_right"] = max(h["val_right"] for h in history)
+            metrics["steps"] = history[-1]["step"]
         files = [out.predictor / "config.json", history_path]
     elif stage == "evaluate":
         path = out.evaluation / "metrics.json"
@@ -104,8 +107,52 @@ def log_stage(root: str | Path, model: str, stage: str) -> None:
             info = json.loads(out.registry.read_text())
             mlflow.set_tag(f"{model}.registered", f"{info['name']} v{info['version']}")
         files = [out.registry]
+    metrics_, files_ = _menu_stage(out, stage)
+    metrics |= metrics_
+    files += files_
     if metrics:
         mlflow.log_metrics({_metric(f"{model}/{stage}/{k}"): float(v) for k, v in metrics.items()})
     for path in files:
         if path.exists():
             mlflow.log_artifact(str(path), artifact_path=f"{model}/{stage}")
+
+
+def _menu_stage(out: Outputs, stage: str) -> tuple[dict[str, float], list[Path]]:
+    """What a menu-chain stage wrote: the menu, each split's matrix size, the gate, every candidate's scores."""
+    import mlflow
+
+    metrics: dict[str, float] = {}
+    files: list[Path] = []
+    if stage == "menu":
+        files = [out.menu_file]
+    elif stage.startswith("label-"):
+        manifest = out.menus / stage.removeprefix("label-") / MANIFEST
+        if manifest.exists():
+            data = json.loads(manifest.read_text())
+            metrics = {"inputs": data["inputs"], "base_correct": data.get("base_correct") or 0}
+        files = [manifest]
+    elif stage == "validate-menu":
+        if out.menu_validation.exists():
+            metrics["success"] = float(json.loads(out.menu_validation.read_text())["success"])
+        files = [out.menu_validation, out.menu_validation.with_name("validation.html")]
+    elif stage == "select":
+        frozen = out.selection / "frozen.json"
+        if frozen.exists():  # every candidate's validation score: how many were tried
+            for name, row in json.loads(frozen.read_text())["validation_scores"].items():
+                metrics[f"val.{name}.pass@1"] = row["pass1"]
+        files = [frozen, out.selection / "test.json"]
+    elif stage == "evaluate-menu":
+        path = out.study_evaluation / "metrics.json"
+        if path.exists():
+            data = json.loads(path.read_text())
+            for name, row in data["scores"].items():
+                metrics[f"test.{name}.pass@1"] = row["pass1"]
+                metrics[f"test.{name}.layers_ratio"] = row["layers_ratio"]
+            mlflow.set_tag(f"{out.model}.summary", data["summary"][:5000])
+        files = [path, out.study_evaluation / "report.md", out.study_evaluation / "accuracy_vs_layers.png"]
+    elif stage == "register-menu":
+        if out.study_registry.exists():
+            info = json.loads(out.study_registry.read_text())
+            mlflow.set_tag(f"{out.model}.champion", f"{info['name']} v{info['champion']} ({info['champion_method']})")
+        files = [out.study_registry]
+    return metrics, files

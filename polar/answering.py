@@ -41,3 +41,21 @@ class Answerer:
         return self.backbone.executor.generate(
             prompts, programs, self.max_new_tokens, sampling, stop_token_ids=self.stops
         )
+
+    def run_each(
+        self, examples: Sequence, programs: Sequence[Program], batch: int = 16, desc: str = "answer"
+    ) -> list[Generation]:
+        """Each example answered under its own program, greedy; inputs of one level and program are batched
+        (a program's greedy text does not depend on the batch), results in input order."""
+        from tqdm import tqdm
+
+        if len(examples) != len(programs):
+            raise ValueError(f"{len(examples)} examples and {len(programs)} programs")
+        out: list[Generation | None] = [None] * len(examples)
+        order = sorted(range(len(examples)), key=lambda i: (examples[i].level, programs[i].text))
+        for start in tqdm(range(0, len(order), batch), desc=desc, unit="batch", leave=False):
+            rows = order[start : start + batch]
+            prompts = [self.encode(examples[i].question, examples[i].level) for i in rows]
+            for i, g in zip(rows, self.generate(prompts, [programs[i] for i in rows]), strict=True):
+                out[i] = g
+        return out

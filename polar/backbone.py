@@ -25,7 +25,18 @@ from polar.executor import Executor
 from polar.hashing import sha256_file
 from polar.hf import check_model_type
 
-__all__ = ["BUNDLED", "Backbone", "BundledModel", "ModelSpecError", "convert", "load", "models_dir", "resolve_device"]
+__all__ = [
+    "BUNDLED",
+    "Backbone",
+    "BundledModel",
+    "ModelSpecError",
+    "convert",
+    "load",
+    "model_depth",
+    "model_slug",
+    "models_dir",
+    "resolve_device",
+]
 
 
 class ModelSpecError(ValueError):
@@ -205,6 +216,36 @@ def check_spec(spec: str) -> None:
     """
     if spec not in BUNDLED:
         _locate(spec)
+
+
+def model_depth(spec: str) -> int:
+    """The decoder layers of ``spec`` (any spec :func:`load` takes), read from its config alone: no weights load.
+
+    Args:
+        spec: a bundled name, a model folder, a ``.gguf`` file or a hub id.
+
+    Returns:
+        The number of decoder layers (of the text model, for a multimodal config).
+
+    Raises:
+        ModelSpecError: the spec names nothing loadable, or its config cannot be read.
+    """
+    if spec in BUNDLED:
+        return BUNDLED[spec].depth
+    source, kwargs = _locate(spec)
+    return _load_config(spec, source, kwargs).get_text_config().num_hidden_layers
+
+
+def model_slug(spec: str) -> str:
+    """The short name a model's outputs are filed under: the last part of its path or hub id, without ``.gguf``.
+
+    Args:
+        spec: a bundled name, a model folder, a ``.gguf`` file or a hub id.
+
+    Returns:
+        E.g. ``smollm2-135m`` for ``smollm2-135m``, ``models/smollm2-135m/`` and ``x/smollm2-135m.gguf``.
+    """
+    return Path(spec.rstrip("/")).name.removesuffix(".gguf")
 
 
 def _locate(spec: str) -> tuple[str, dict]:

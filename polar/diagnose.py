@@ -16,7 +16,7 @@ matplotlib.use("Agg")  # files only, no screen
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from polar.labels import LabelRecord, read_labels, read_settings, read_timings  # noqa: E402
+from polar.labeling.folder import LabelRecord, read_labels, read_settings, read_timings  # noqa: E402
 from polar.programs import CompactProgram, Op, Program  # noqa: E402
 from polar.settings import SPACES  # noqa: E402
 

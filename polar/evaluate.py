@@ -18,7 +18,6 @@ DVC output.
 from __future__ import annotations
 
 import json
-import math
 import random
 import time
 from collections.abc import Mapping, Sequence
@@ -32,46 +31,18 @@ from polar.answering import Answerer
 from polar.baselines import block_influence, random_program, shortgpt_program
 from polar.embedder import load_embedder
 from polar.executor import Sampling
-from polar.labels import read_labels
+from polar.labeling.folder import read_labels
 from polar.programs import Program
 from polar.report import write_report
 from polar.settings import EvalConfig
+from polar.stats import mcnemar_p, pass_at_k, wilson
 from polar.tasks.answers import grade
 from polar.tasks.files import SHOTS_FILE, read_examples
 from polar.tasks.prompts import PromptSpec
 
-__all__ = ["TIMINGS", "evaluate", "mcnemar_p", "pass_at_k", "wilson"]
+__all__ = ["TIMINGS", "evaluate"]
 
 TIMINGS = "timings.json"  # beside metrics.json; not a DVC output (seconds differ from run to run)
-
-
-# ------------------------------------------------------------------------------------------ statistics
-def wilson(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """95% Wilson score interval of a proportion."""
-    if n == 0:
-        return (0.0, 1.0)
-    p = successes / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return (max(0.0, centre - half), min(1.0, centre + half))
-
-
-def mcnemar_p(a: Sequence[bool], b: Sequence[bool]) -> float:
-    """Two-sided exact McNemar test of paired outcomes (binomial test on the discordant pairs)."""
-    n01 = sum(1 for x, y in zip(a, b, strict=True) if not x and y)
-    n10 = sum(1 for x, y in zip(a, b, strict=True) if x and not y)
-    n = n01 + n10
-    if n == 0:
-        return 1.0
-    tail = sum(math.comb(n, i) for i in range(min(n01, n10) + 1)) / 2**n
-    return min(1.0, 2 * tail)
-
-
-def pass_at_k(n: int, c: int, k: int) -> float:
-    """Unbiased pass@k from ``n`` samples of which ``c`` are correct (Chen et al., 2021)."""
-    if n - c < k:
-        return 1.0
-    return 1.0 - math.comb(n - c, k) / math.comb(n, k)
 
 
 # ------------------------------------------------------------------------------------------ evaluation

@@ -14,7 +14,7 @@ Decoding (``decoder``) turns them into a ranked list of distinct programs:
   where a boundary's probability passes ``threshold``, are split at ``k_max``, and a beam runs over their
   ops. When no boundary passes, every segment is ``k_max`` long and no one-layer edit can be emitted.
 
-A predictor with a ``menu`` (trained by :mod:`polar.menu_network`, ``polar train --method menu``) is not decoded:
+A predictor with a ``menu`` (M2, :mod:`polar.selection.menu_network`) is not decoded:
 it ranks the menu's programs by :func:`menu_softmax`, and runs the one of highest gain over the full depth
 (its probability minus the full depth's) only when that gain passes ``menu_threshold``.
 
@@ -196,11 +196,12 @@ def _menu_targets(menu: tuple[str, ...], depth: int, k_max: int):
 
 def _decode_menu(boundary_logits: torch.Tensor, op_logits: torch.Tensor, config: PredictorConfig, k: int):
     """The menu's program of highest gain first when its gain passes the threshold (else the full depth), then
-    the others the network can emit, by preference: the choice of :func:`polar.selector.choose_gain`."""
+    the others the network can emit, by preference: :func:`polar.selection.policies.gain_choice`."""
     p = menu_softmax(boundary_logits[None], op_logits[None], _menu_targets(config.menu, config.depth, config.k_max))
+    from polar.selection.policies import gain_choice
+
     p = p[0].detach().double().numpy()
-    gain = p[1:] - p[:1]
-    first = int(gain.argmax()) + 1 if gain.max() > config.menu_threshold else 0
+    first = int(gain_choice(p[None], config.menu_threshold)[0])
     rest = [int(j) for j in np.argsort(-p, kind="stable") if j != first and p[j] > 0]
     return [Program.parse(config.menu[j]) for j in [first, *rest][:k]]
 

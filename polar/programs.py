@@ -85,6 +85,21 @@ class Program:
         return cls(tuple(layers))
 
     @classmethod
+    def parse_any(cls, text: str) -> Program:
+        """Parse a program in text form (``0-7,6-7,8-29``) or compact form (``keep(0-3) repeat(4-5) ...``).
+
+        Args:
+            text: either form; a ``(`` marks the compact one.
+
+        Returns:
+            The program (not yet checked against a model: see :meth:`validate`).
+
+        Raises:
+            ProgramError: the text parses as neither form.
+        """
+        return CompactProgram.parse(text).to_program() if "(" in text else cls.parse(text)
+
+    @classmethod
     def coerce(cls, value: Program | str | list[int] | tuple[int, ...]) -> Program:
         """Accept a Program, its text form or a list of indices."""
         if isinstance(value, Program):

@@ -18,16 +18,27 @@ import hashlib
 import json
 import os
 import random
+import re
 import time
 from pathlib import Path
 
 from polar.hashing import sha256_file
+from polar.labeling.folder import SETTINGS, read_settings
 from polar.lineage import lineage_tags
-from polar.report import paired_interval
 from polar.settings import Gates
+from polar.stats import paired_interval
 from polar.tracking import PARENT_ENV, configure, git_commit
 
-__all__ = ["CHANGE_TAG", "change_key", "model_name", "promote", "publish", "register", "registry_status"]
+__all__ = [
+    "CHANGE_TAG",
+    "change_key",
+    "model_name",
+    "promote",
+    "publish",
+    "publish_study",
+    "register",
+    "registry_status",
+]
 
 CHANGE_TAG = "polar.change"
 
@@ -43,11 +54,12 @@ def register(
     lineage: dict[str, str] | None = None,
     artifacts: list[str | Path] = (),
     lock_path: str | Path = "dvc.lock",
+    extra_metrics: dict[str, float] | None = None,
 ) -> dict:
-    """Log a trained predictor and its evaluation as one MLflow run and register a new version.
+    """Log a trained predictor (or a study's selector) and its evaluation as one MLflow run and register a version.
 
     Args:
-        predictor_dir: folder written by ``polar train``.
+        predictor_dir: folder written by ``polar train``, or a selector folder written by ``polar select``.
         metrics_path: ``metrics.json`` written by ``polar evaluate`` for this predictor.
         lineage: extra version tags.
         artifacts: more files to attach to the run (reports, plots).
@@ -60,11 +72,12 @@ def register(
     """
     import mlflow
 
+    from polar.selection.selector import artifact_meta
+
     configure(tracking_uri)
     predictor_dir = Path(predictor_dir)
-    config = json.loads((predictor_dir / "config.json").read_text())
+    config, meta = artifact_meta(predictor_dir)
     metrics = json.loads(Path(metrics_path).read_text())
-    meta = config["meta"]
     name = model_name(meta["base_model"])
     methods = metrics["methods"]
     flat = {
@@ -74,6 +87,7 @@ def register(
         "identity_share": metrics["identity_share"],
         **{f"pass{k + 1}_at_k": v for k, v in enumerate(metrics["pass_at_k"]["predictor"])},
         **_paired(metrics),
+        **(extra_metrics or {}),
     }
     timings = Path(metrics_path).with_name("timings.json")  # written by evaluate; not a DVC output
     if timings.exists():
@@ -90,7 +104,7 @@ def register(
     if len(kinds) > 1:
         raise ValueError(f"{metrics_path} mixes answer kinds {kinds}: register a predictor evaluated on one kind")
     label_dir = Path(meta["label_files"][0]).parent
-    settings = label_dir / "settings.json"
+    settings = label_dir / SETTINGS
     roles = {
         "base_model": meta["base_model"],
         "labels": label_dir,
@@ -98,7 +112,7 @@ def register(
         "predictor": predictor_dir,
     }
     if settings.exists():
-        roles["train_tasks"] = json.loads(settings.read_text())["tasks"]
+        roles["train_tasks"] = read_settings(label_dir)["tasks"]
     tags = {
         **lineage_tags(roles, lock_path),
         "git_commit": git_commit(),
@@ -115,8 +129,8 @@ def register(
         return _settle(client, name, done[0], reused=True)
     # Inside `polar pipeline`, this run is nested under the pipeline's run (polar.tracking).
     with mlflow.start_run(run_name=f"register {name}", parent_run_id=os.environ.get(PARENT_ENV) or None) as run:
-        mlflow.log_params({f"train.{k}": v for k, v in meta["train"].items()})
-        mlflow.log_params({f"predictor.{k}": v for k, v in config.items() if k != "meta"})
+        mlflow.log_params({f"train.{k}": _param(v) for k, v in _flat(meta.get("train", {})).items()})
+        mlflow.log_params({f"predictor.{k}": _param(v) for k, v in config.items()})
         mlflow.log_metrics(flat)
         mlflow.set_tags({**tags, CHANGE_TAG: change})
         for path in [metrics_path, *artifacts]:
@@ -143,6 +157,22 @@ def register(
         client.delete_run(run.info.run_id)
         return _settle(client, name, winner, reused=True)
     return _settle(client, name, mine, reused=False)
+
+
+def _flat(data: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in data.items():
+        if isinstance(value, dict) and value:
+            out |= _flat(value, f"{prefix}{key}.")
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _param(value) -> str:
+    """A parameter value as MLflow keeps it (text of at most 6,000 characters)."""
+    text = value if isinstance(value, str) else json.dumps(value, default=str)
+    return text if len(text) <= 6000 else text[:5990] + " [...]"
 
 
 def change_key(predictor_dir: str | Path, metrics_path: str | Path, tags: dict[str, str]) -> str:
@@ -321,8 +351,116 @@ def publish(
     return info
 
 
+def publish_study(
+    selectors_dir: str | Path,
+    selection_dir: str | Path,
+    evaluation_dir: str | Path,
+    gates: Gates = Gates(),
+    out: str | Path | None = None,
+    tracking_uri: str | None = None,
+    artifacts: list[str | Path] = (),
+) -> dict:
+    """The menu chain's register stage: a champion that always answers, replaced only through the gates.
+
+    The baseline (the full-depth program, ``selectors_dir/baseline``) is registered and becomes champion when the
+    model has none, so ``models:/polar-<model>@champion`` always resolves and serves. Each servable winner of the
+    study is then registered as a candidate and promoted only if it passes :func:`promote`'s gates on its served
+    test evaluation. Every version's run logs each candidate's validation score (``val.<candidate>``), and every
+    version carries the study's one-sentence summary (tag ``polar.summary``).
+
+    Returns:
+        ``{"name", "champion", "versions": {role: {version, method, promotion}}, "summary"}``, also written to ``out``.
+    """
+    import mlflow
+
+    from polar.selection.files import FROZEN, ROLES, TEST, VERSIONS
+
+    selectors_dir, selection_dir, evaluation_dir = Path(selectors_dir), Path(selection_dir), Path(evaluation_dir)
+    evaluation = json.loads((evaluation_dir / "metrics.json").read_text())
+    frozen = json.loads((selection_dir / FROZEN).read_text())
+    scores = _candidate_metrics(frozen, evaluation)
+    report = [
+        evaluation_dir / "report.md",
+        evaluation_dir / "accuracy_vs_layers.png",
+        selection_dir / FROZEN,
+        selection_dir / TEST,
+        *artifacts,
+    ]
+    versions: dict[str, dict] = {}
+    for role in ROLES:
+        metrics_path = evaluation_dir / VERSIONS / f"{role}.json"
+        if not metrics_path.exists():
+            continue
+        method = json.loads(metrics_path.read_text())["method"]
+        tags = {"polar.role": role, "polar.method": method, "polar.summary": evaluation["summary"]}
+        info = register(selectors_dir / role, metrics_path, tracking_uri, tags, report, extra_metrics=scores)
+        versions[role] = {"version": info["version"], "method": method, "model_uri": info["model_uri"]}
+        if role == "baseline":
+            versions[role]["promotion"] = _champion_if_none(info["name"], info["version"], tracking_uri)
+        else:
+            versions[role]["promotion"] = promote(info["name"], info["version"], gates, tracking_uri)
+    if "baseline" not in versions:
+        raise FileNotFoundError(f"{evaluation_dir / VERSIONS} has no baseline.json: run the evaluate stage first")
+    name = model_name(json.loads((evaluation_dir / VERSIONS / "baseline.json").read_text())["model"])
+    configure(tracking_uri)
+    champion = mlflow.MlflowClient().get_model_version_by_alias(name, "champion")
+    method = champion.tags.get("polar.method", "a version registered before this study")
+    info = {
+        "name": name,
+        "champion": str(champion.version),
+        "champion_method": method,
+        "versions": versions,
+        "summary": f"{evaluation['summary']} Champion: v{champion.version}, {method}.",
+    }
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps(info, indent=2) + "\n")
+    return info
+
+
+def _candidate_metrics(frozen: dict, evaluation: dict) -> dict[str, float]:
+    """Every candidate's validation score (``val.<candidate>.pass1``, where the choice was made: an auditor sees
+    how many were tried) and test score (``test.<candidate>.pass1``), with layers / D, as run metrics."""
+    out = {"candidates": float(frozen["candidates"])}
+    for split, rows in (("val", frozen["validation_scores"]), ("test", evaluation["scores"])):
+        for name, row in rows.items():
+            key = re.sub(r"[^\w\-./ ]", "_", name)[:200]
+            out[f"{split}.{key}.pass1"] = row["pass1"]
+            out[f"{split}.{key}.layers_ratio"] = row["layers_ratio"]
+    return out
+
+
+def _champion_if_none(name: str, version: str, tracking_uri: str | None) -> dict:
+    """Make ``version`` (the baseline) champion when ``name`` has no champion yet."""
+    import mlflow
+
+    configure(tracking_uri)
+    client = mlflow.MlflowClient()
+    try:
+        current = client.get_model_version_by_alias(name, "champion")
+    except mlflow.exceptions.MlflowException:
+        current = None
+    if current is None:
+        client.set_registered_model_alias(name, "champion", version)
+        client.set_model_version_tag(name, version, "promotion", "champion: the baseline, until a selector passes")
+        return {"promoted": True, "name": name, "version": str(version), "reasons": []}
+    if str(current.version) == str(version):  # registered again: it already is the champion
+        return {"promoted": True, "name": name, "version": str(version), "reasons": []}
+    reason = f"champion stays v{current.version} (the baseline is champion only while the model has none)"
+    return {"promoted": False, "name": name, "version": str(version), "reasons": [reason]}
+
+
 def registry_status(info: dict) -> str:
-    """One line for a registration (``registry.json``): the version and what the gates decided."""
+    """One line for a registration (``registry.json``): the version and what the gates decided; for a study's
+    registration, the champion and each version registered."""
+    if "champion" in info:
+        parts = [
+            f"{role} v{v['version']} ({v['method']}"
+            + ("" if v["promotion"]["promoted"] else ": " + "; ".join(v["promotion"]["reasons"]))
+            + ")"
+            for role, v in info["versions"].items()
+        ]
+        return f"{info['name']}@champion is v{info['champion']} ({info['champion_method']}); " + ", ".join(parts)
     decision = info.get("promotion", {})
     if decision.get("promoted"):
         return f"{info['name']} v{info['version']} @champion"

@@ -5,14 +5,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-__all__ = ["write_report"]
+from polar.stats import ALPHA, paired_interval
+
+__all__ = ["plot_scores", "write_report"]
 
 
 def _pct(x: float) -> str:
     return f"{100 * x:.1f}%"
-
-
-ALPHA = 0.05  # the level at which a report calls a difference significant
 
 
 def verdict(m: dict) -> str:
@@ -33,32 +32,6 @@ def verdict(m: dict) -> str:
         f"**No significant difference from base greedy at pass@1** at the {ALPHA:g} level: {gap * 100:+.1f} points "
         f"({test}; {interval})."
     )
-
-
-def paired_interval(correct_a: int, correct_b: int, discordant: dict | None, n: int) -> tuple[float, float]:
-    """95% interval of the paired difference of two pass rates, in the units of the difference.
-
-    The difference is ``r (2 s - 1)``: ``r`` the share of the ``n`` inputs on which the two disagree, ``s`` the
-    share of those that favour ``a``. Each factor gets its exact (Clopper-Pearson) 95% interval, and the interval
-    spans their products. The sign comes from ``s`` alone, so the interval excludes 0 exactly when the two-sided
-    exact McNemar test is significant at 0.05: the interval and the test never tell two stories. The uncertainty
-    of ``r`` keeps it honest when few inputs disagree: with none, it is not a point but plus or minus the most
-    that ``n`` inputs allow (``1 - 0.025 ** (1 / n)``). In simulation (tests/test_evaluate.py) it holds the true
-    difference at least 95% of the time, where scaling by the observed ``r`` held it as little as 36%.
-    """
-    from scipy.stats import beta
-
-    if not discordant or not n:
-        d = (correct_a - correct_b) / n if n else 0.0
-        return (d, d)
-    a_only, b_only = discordant["a_only"], discordant["b_only"]
-    m = a_only + b_only
-    s_low = beta.ppf(0.025, a_only, b_only + 1) if a_only else 0.0
-    s_high = beta.ppf(0.975, a_only + 1, b_only) if b_only else 1.0
-    r_low = beta.ppf(0.025, m, n - m + 1) if m else 0.0
-    r_high = beta.ppf(0.975, m + 1, n - m) if m < n else 1.0
-    low, high = 2 * s_low - 1, 2 * s_high - 1  # of the signed share; the widest product of each with r
-    return (float(low * (r_high if low < 0 else r_low)), float(high * (r_high if high > 0 else r_low)))
 
 
 def write_report(metrics_path: str | Path, command: str | None = None) -> Path:
@@ -133,3 +106,34 @@ def write_report(metrics_path: str | Path, command: str | None = None) -> Path:
     fig.savefig(out / "accuracy_vs_layers.png", dpi=120)
     plt.close(fig)
     return report
+
+
+def plot_scores(scores, path: str | Path, marked: set[str], what: str) -> Path:
+    """Accuracy against layers run for :class:`polar.stats.MethodScore` rows, with their 95% Wilson intervals;
+    ``marked`` methods (the winners, base greedy, the oracle) are starred and named."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for s in scores:
+        lo, hi = s.ci95
+        star = any(s.method.startswith(m) for m in marked) or s.method.startswith("ShortGPT")
+        ax.errorbar(
+            s.layers_ratio,
+            100 * s.pass1,
+            yerr=[[100 * (s.pass1 - lo)], [100 * (hi - s.pass1)]],
+            fmt="*" if star else "o",
+            capsize=3,
+            alpha=0.8 if star else 0.4,
+        )
+        if star:
+            ax.annotate(s.method.split(" (")[0][:40], (s.layers_ratio, 100 * s.pass1), fontsize=7)
+    ax.set_xlabel("layers run / D (every pass counted)")
+    ax.set_ylabel(f"pass@1 on {what} (%)")
+    ax.set_title("Program selection on unseen inputs (95% Wilson intervals)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return Path(path)

@@ -1,11 +1,12 @@
-"""The MLflow pyfunc model: the base model run along the predictor's program for each question.
+"""The MLflow pyfunc model: the base model run along the registered selector's program for each question.
 
 A "models from code" script (MLflow 3): :func:`polar.registry.register` logs this file as the model,
-with the predictor folder (safetensors + JSON config) as an artifact; nothing is pickled. Serve with
+with the selector folder as an artifact (a fixed program, a program per level, or a predictor's safetensors and
+JSON config, :mod:`polar.selection.selector`); nothing is pickled. Serve with
 
     MLFLOW_TRACKING_URI=sqlite:///mlflow/mlflow.db mlflow models serve -m models:/NAME@champion --env-manager local
 
-It is the system the evaluation measured: the same program choice (:func:`polar.predictor.predict`), and the
+It is the system the evaluation measured: the same program choice (:meth:`polar.selection.selector.Selector.choose`), and the
 same :class:`polar.answering.Answerer` — the predictor's recorded prompt spec (style, shots and the shots
 themselves), the labels' generation budget and stop tokens, and the same answer extraction as ``polar evaluate``.
 
@@ -25,20 +26,17 @@ class PolarModel(PythonModel):
     def load_context(self, context) -> None:
         from polar.answering import Answerer
         from polar.backbone import load
-        from polar.embedder import load_embedder
-        from polar.predictor import load as load_predictor
-        from polar.predictor import prompt_spec
+        from polar.selection.selector import Selector, artifact_meta
 
         config = context.model_config or {}
-        self.predictor = load_predictor(context.artifacts["predictor"])
-        meta = self.predictor.config.meta
+        folder = context.artifacts["predictor"]
+        _, meta = artifact_meta(folder)
         backbone = load(config.get("base_model") or meta["base_model"], device=config.get("device", "auto"))
-        self.embedder = load_embedder(meta["embedder"], backbone=backbone)
-        self.answerer = Answerer(backbone, prompt_spec(self.predictor), int(config["max_new_tokens"]))
+        self.selector = Selector.load(folder, backbone=backbone)
+        self.answerer = Answerer(backbone, self.selector.prompt, int(config["max_new_tokens"]))
         self.answer_kind = config.get("answer_kind", "number")
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:  # noqa: ARG002
-        from polar.predictor import predict
         from polar.tasks.answers import answer_of
 
         frame = pd.DataFrame(model_input)
@@ -46,7 +44,7 @@ class PolarModel(PythonModel):
             raise ValueError("input needs a 'question' column (and optionally 'level')")
         questions = [str(q) for q in frame["question"]]
         levels = [str(v) if isinstance(v, str) and v else None for v in frame.get("level", [None] * len(frame))]
-        programs = [ranked[0] for ranked in predict(self.predictor, self.embedder, questions, 1)]
+        programs = self.selector.choose(questions, levels)
         rows = []
         for question, level, program in zip(questions, levels, programs, strict=True):
             g = self.answerer.generate([self.answerer.encode(question, level)], [program])[0]

@@ -33,8 +33,10 @@ __all__ = [
     "IngestConfig",
     "LabelConfig",
     "MenuConfig",
+    "MenuNetworkConfig",
     "PoolConfig",
     "SearchConfig",
+    "SelectConfig",
     "TrainConfig",
     "ValidateConfig",
 ]
@@ -309,6 +311,11 @@ class MenuConfig:
         "or auto:K (the full-depth program and the K programs valid on the most inputs of --discovery). Empty: MCTS.",
     )
     discovery: str = setting("", "For auto:K menus: a label folder of MCTS labels with the same model and prompt.")
+    discovery_inputs: int = setting(
+        16,
+        "polar menu: search programs (MCTS, the label settings) for the first N inputs of the task file; an auto:K "
+        "menu takes the K programs valid on the most of them.",
+    )
     samples: int = setting(4, "Samples of the base model per input whose answers are compared with its greedy one.")
     temperature: float = setting(0.7, "Sampling temperature of those samples.")
     grid_inputs: int = setting(
@@ -319,8 +326,63 @@ class MenuConfig:
     )
 
 
+@dataclass(frozen=True)
+class MenuNetworkConfig:
+    """M2, the PoLar network scored over a menu (:mod:`polar.selection.menu_network`): its shape and training."""
+
+    m2_steps: int = setting(
+        2000, "M2: optimisation steps; a checkpoint is chosen every m2_eval_every steps by its validation decision."
+    )
+    m2_batch: int = setting(32, "M2: training inputs per step.")
+    m2_lr: float = setting(5e-4, "M2: peak learning rate (AdamW, linear warm-up over 100 steps, cosine decay).")
+    m2_weight_decay: float = setting(0.01, "M2: AdamW weight decay.")
+    m2_d_model: int = setting(128, "M2: width of the network's transformer.")
+    m2_ff: int = setting(512, "M2: feed-forward width of the network's transformer.")
+    m2_encoder_layers: int = setting(2, "M2: layers of the network's transformer.")
+    m2_dropout: float = setting(0.1, "M2: dropout in the network.")
+    m2_eval_every: int = setting(100, "M2: steps between validation decisions (the checkpoint candidates).")
+    m2_embedder: str = setting(DEFAULT_EMBEDDER, "M2: question embedder (minilm, or an encoder folder / hub id).")
+    m2_seed: int = setting(0, "M2: seed of the initialisation and the batches.")
+
+    def __post_init__(self) -> None:
+        if self.m2_steps < 1 or self.m2_batch < 1 or self.m2_eval_every < 1:
+            raise ValueError("m2_steps, m2_batch and m2_eval_every must be at least 1")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class SelectConfig:
+    """The selection study over menu matrices (params.yaml ``select``): every candidate fitted on train, frozen
+    on validation, scored once on test (``polar select``)."""
+
+    SECTION: ClassVar[str] = "select"
+
+    margin: float = setting(
+        0.01,
+        "Efficiency mode: the most validation pass@1 a choice may lose against base greedy (B1' and M1/M2's "
+        "price are tuned to it, and the efficiency winner must stay within it).",
+    )
+    m1: bool = setting(True, "Fit M1, the gain models over input features (logistic and boosted, several sets).")
+    m2: MenuNetworkConfig = setting(factory=MenuNetworkConfig)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
 # params.yaml section -> the settings it holds (``base_models`` and ``schedule`` are read by flows/).
 STAGE_SETTINGS: dict[str, type] = {
     cls.SECTION: cls
-    for cls in (IngestConfig, LabelConfig, PoolConfig, MenuConfig, ValidateConfig, TrainConfig, EvalConfig, Gates)
+    for cls in (
+        IngestConfig,
+        LabelConfig,
+        PoolConfig,
+        MenuConfig,
+        ValidateConfig,
+        TrainConfig,
+        SelectConfig,
+        EvalConfig,
+        Gates,
+    )
 }

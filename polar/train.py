@@ -25,7 +25,7 @@ from torch.nn import functional as F
 from tqdm import tqdm
 
 from polar.embedder import load_embedder
-from polar.labels import label_prompt, read_labels, read_settings
+from polar.labeling.folder import label_prompt, read_labels, read_settings
 from polar.predictor import PredictorConfig, ProgramPredictor, compact_arrays, save
 from polar.programs import DEFAULT_K_MAX, CompactProgram, Program, ProgramError
 from polar.settings import TrainConfig
@@ -187,7 +187,7 @@ def train(
     from polar.backbone import load, resolve_device
 
     if config.method == "menu":
-        from polar.menu_network import train_menu
+        from polar.selection.menu_network import train_menu
 
         return train_menu(label_files, out_dir, config, base_model)
     torch.manual_seed(config.seed)

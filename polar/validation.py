@@ -1,6 +1,6 @@
-"""The validate stage: a great-expectations suite over label files, the gate before training.
+"""The validate stage: great-expectations suites over label files, the gate before training.
 
-Three tables are validated, each with its own suite:
+Four tables of a search label folder are validated (:func:`validate`), each with its own suite:
 
 * ``records`` (one row per input): schema and types, a compact form that expands back to the
   shortest program, and the share of inputs with at least one valid program above a floor;
@@ -12,7 +12,12 @@ Three tables are validated, each with its own suite:
 * ``heldout`` (one row per validation or test question, given ``heldout`` task files): none of them may
   be a question of the training labels (compared by normalised text, :mod:`polar.tasks.splits`).
 
-Results go to ``validation.json`` and to great-expectations Data Docs (HTML) under ``out_dir/gx``.
+The reward matrices of a menu chain (the train, validation and test splits, each labeled with one menu by
+``polar label --menu``) are validated by :func:`validate_menus`, with the tables and suites of
+:mod:`polar.validation_menus` and the same drift bound against the last accepted run.
+
+Results go to ``validation.json``, to ``validation.html`` (a page that reads offline) and to great-expectations
+Data Docs (HTML) under ``out_dir/gx``.
 """
 
 from __future__ import annotations
@@ -21,18 +26,21 @@ import json
 import logging
 import math
 import os
+import re
 from collections.abc import Sequence
+from html import escape
 from pathlib import Path
 
 import pandas as pd
 
-from polar.labels import LabelRecord, read_labels, read_settings
+from polar import validation_menus as menus
+from polar.labeling.folder import LabelRecord, read_labels, read_settings
 from polar.programs import CompactProgram, Program, ProgramError
 from polar.settings import ValidateConfig
 from polar.tasks.files import read_examples
 from polar.tasks.splits import normalise
 
-__all__ = ["ValidationFailed", "label_tables", "validate"]
+__all__ = ["ValidationFailed", "label_tables", "validate", "validate_menus"]
 
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 LENGTH_BINS = (0.0, 0.7, 0.8, 0.9, 0.95, 1.0, 1.05, 1.1, 10.0)  # shortest length / D
@@ -149,15 +157,20 @@ def _suites(tables: dict[str, pd.DataFrame], settings: dict, config: ValidateCon
         suites["heldout"] = [E.ExpectColumnValuesToBeInSet(column="in_training", value_set=[False])]
     if reference is not None:
         for table, column in (("segments", "op"), ("records", "length_bin")):
-            suites[table].append(
-                E.ExpectColumnKLDivergenceToBeLessThan(
-                    column=column,
-                    partition_object=_partition(reference[column]),
-                    threshold=config.max_kl,
-                    tail_weight_holdout=config.holdout,
-                )
-            )
+            suites[table].append(_kl(column, reference[column], config))
     return suites
+
+
+def _kl(column: str, reference: dict[str, float], config: ValidateConfig):
+    """The drift bound of ``column``: KL divergence from the ``reference`` shares below ``config.max_kl``."""
+    import great_expectations as gx
+
+    return gx.expectations.ExpectColumnKLDivergenceToBeLessThan(
+        column=column,
+        partition_object=_partition(reference),
+        threshold=config.max_kl,
+        tail_weight_holdout=config.holdout,  # values the reference never saw: a finite divergence
+    )
 
 
 def validate(
@@ -182,9 +195,6 @@ def validate(
     Raises:
         ValidationFailed: a suite failed (the message names the failed expectations and the report).
     """
-    import great_expectations as gx
-
-    logging.getLogger("great_expectations").setLevel(logging.ERROR)
     labels_dir, out_dir = Path(labels_dir), Path(out_dir)
     records, settings = read_labels(labels_dir), read_settings(labels_dir)
     if not records:
@@ -193,43 +203,12 @@ def validate(
     if heldout:
         tables["heldout"] = heldout_table(records, {Path(p).stem: read_examples(p) for p in heldout})
     ref = json.loads(Path(reference).read_text()) if reference and Path(reference).exists() else None
-    context = gx.get_context(mode="file", project_root_dir=out_dir)
-    source = context.data_sources.add_or_update_pandas("labels")
-    failures, results = [], {}
-    for name, expectations in _suites(tables, settings, config, ref).items():
+    suites = _suites(tables, settings, config, ref)
+    for name in suites:
         if tables[name].empty:
             tables[name] = pd.DataFrame({c: pd.Series(dtype=object) for c in _columns(name)})
-        asset = source.add_dataframe_asset(name) if name not in source.get_asset_names() else source.get_asset(name)
-        batch_def = asset.add_batch_definition_whole_dataframe(f"{name}-all")
-        suite = context.suites.add_or_update(gx.ExpectationSuite(name=f"labels-{name}", expectations=expectations))
-        definition = context.validation_definitions.add_or_update(
-            gx.ValidationDefinition(name=f"labels-{name}", data=batch_def, suite=suite)
-        )
-        checkpoint = context.checkpoints.add_or_update(
-            gx.Checkpoint(
-                name=f"labels-{name}",
-                validation_definitions=[definition],
-                actions=[gx.checkpoint.UpdateDataDocsAction(name="docs")],
-                result_format="SUMMARY",
-            )
-        )
-        run = checkpoint.run(batch_parameters={"dataframe": tables[name]})
-        for result in run.run_results.values():
-            for r in result.results:
-                cfg = r.expectation_config
-                entry = {
-                    "table": name,
-                    "expectation": cfg.type,
-                    "column": cfg.kwargs.get("column"),
-                    "success": r.success,
-                }
-                observed = r.result.get("observed_value")
-                entry["observed"] = observed if isinstance(observed, (int, float, str, type(None))) else str(observed)
-                entry["unexpected"] = [str(x) for x in r.result.get("partial_unexpected_list", [])[:5]]
-                results.setdefault(name, []).append(entry)
-                if not r.success:
-                    failures.append(entry)
-    docs = out_dir / "gx" / "uncommitted" / "data_docs" / "local_site" / "index.html"
+    failures, results = _run_suites(out_dir, "labels", suites, tables)
+    docs = _docs(out_dir)
     summary = {
         "labels": str(labels_dir),
         "model": settings["model"],
@@ -266,24 +245,183 @@ def validate(
     return summary
 
 
+def validate_menus(
+    splits: dict[str, str | Path],
+    out_dir: str | Path,
+    config: ValidateConfig = ValidateConfig(),
+    reference: str | Path | None = None,
+    accept: bool = True,
+) -> dict:
+    """Run the menu-chain suites (:mod:`polar.validation_menus`) on the menu folders of ``splits``.
+
+    Args:
+        splits: split name (train, validation, test) -> its ``polar label --menu`` folder. The distributions
+            come from the split named ``train`` (else the first).
+        reference: JSON of the distributions of the last accepted run; absent on the first run, and replaced,
+            not compared, when it is of another menu. Rewritten when the suites pass and ``accept`` is set.
+
+    Returns:
+        The summary written to ``validation.json``.
+
+    Raises:
+        ValidationFailed: a suite failed (the message names the failed expectations and the report).
+    """
+    if not splits:
+        raise ValueError(
+            "no menu folders to validate: give --menu SPLIT=FOLDER for each split (train, validation, test)"
+        )
+    if odd := [name for name in splits if not re.fullmatch(r"[A-Za-z0-9_.-]+", name)]:
+        raise ValueError(
+            f"split name {odd[0]!r}: use letters, digits, '_', '-' and '.' only (it names suites and files)"
+        )
+    out_dir = Path(out_dir)
+    read = [menus.read_split(name, folder) for name, folder in splits.items()]
+    train = menus.train_split(read)
+    tables, suites = menus.matrix_tables(read), menus.matrix_suites(read)
+    ref, against = _menu_reference(reference, train.menu)
+    if ref is not None:
+        tables |= menus.drift_tables(train, ref)
+        for table, column, shares in menus.drift_columns(ref, tables):
+            suites.setdefault(table, []).append(_kl(column, shares, config))
+    failures, results = _run_suites(out_dir, "menus", suites, tables, menus.row_keys(suites))
+    summary = {
+        "kind": "menu",
+        "menu": train.menu,
+        "programs": len(train.programs),
+        "model": train.settings.get("model"),
+        "prompt": train.prompt,
+        "splits": {s.name: str(s.folder) for s in read},
+        "inputs": {s.name: len(s.inputs) for s in read},
+        "success": not failures,
+        "drift_checked": ref is not None,
+        "reference": against,
+        "distributions": {"split": train.name, **menus.distributions(train)},
+        "failures": failures,
+        "results": results,
+        "data_docs": str(_docs(out_dir)),
+        "config": config.to_dict(),
+    }
+    inputs = ", ".join(f"{name} {n}" for name, n in summary["inputs"].items())
+    intro = [
+        f"<p>Menu <code>{escape(train.menu)}</code> ({summary['programs']} programs) of "
+        f"<code>{escape(str(summary['model']))}</code>, inputs per split: {escape(inputs)}; drift {escape(against)}.</p>"
+    ]
+    summary["report"] = str(_page(out_dir, "Menu validation", train.menu, summary, intro, _docs(out_dir).parent))
+    (out_dir / "validation.json").write_text(json.dumps(summary, indent=2) + "\n")
+    if failures:
+        what = "; ".join(_failure(f) for f in failures)
+        where = ", ".join(f"{s.name}={s.folder}" for s in read)
+        raise ValidationFailed(f"menu folders {where} failed validation ({what}); see {summary['report']}")
+    if accept and reference:
+        Path(reference).parent.mkdir(parents=True, exist_ok=True)
+        Path(reference).write_text(json.dumps({"menu": train.menu, **summary["distributions"]}, indent=2) + "\n")
+    return summary
+
+
+def _failure(entry: dict) -> str:
+    """``table.column: expectation (a failing row, or what was observed)`` for an error message."""
+    where = f"{entry['table']}.{entry['column']}" if entry["column"] else entry["table"]
+    if entry["unexpected"]:
+        return f"{where}: {entry['expectation']} ({entry['unexpected'][0]})"
+    return f"{where}: {entry['expectation']}" + (
+        f" (observed {entry['observed']})" if entry["observed"] is not None else ""
+    )
+
+
+def _menu_reference(reference: str | Path | None, menu: str) -> tuple[dict | None, str]:
+    """The reference to compare a run of ``menu`` with (None: none), and what the summary says about it."""
+    if not reference or not Path(reference).exists():
+        return None, "not checked (no reference yet)"
+    ref = json.loads(Path(reference).read_text())
+    if ref.get("menu") != menu:
+        was = f"of {ref['menu']}" if ref.get("menu") else "not of a menu run"
+        return (
+            None,
+            f"not checked: the reference {reference} is {was}, this run's is {menu} (a passing run replaces it)",
+        )
+    return ref, f"checked against the last accepted run ({reference})"
+
+
+def _docs(out_dir: Path) -> Path:
+    return out_dir / "gx" / "uncommitted" / "data_docs" / "local_site" / "index.html"
+
+
+def _run_suites(
+    out_dir: Path,
+    source: str,
+    suites: dict[str, list],
+    tables: dict[str, pd.DataFrame],
+    index: dict[str, str] | None = None,
+) -> tuple[list[dict], dict[str, list[dict]]]:
+    """Run each suite on its table through a checkpoint, then build the Data Docs under ``out_dir/gx``.
+
+    Args:
+        source: the pandas data source, also the prefix of the suites' names (``labels``, ``menus``).
+        index: table -> the column that names a failing row (its unexpected values are reported with it).
+
+    Returns:
+        The failed expectations, and every expectation's result per table.
+    """
+    import great_expectations as gx
+
+    logging.getLogger("great_expectations").setLevel(logging.ERROR)
+    context = gx.get_context(mode="file", project_root_dir=out_dir)
+    data = context.data_sources.add_or_update_pandas(source)
+    failures, results = [], {}
+    for name, expectations in suites.items():
+        asset = data.add_dataframe_asset(name) if name not in data.get_asset_names() else data.get_asset(name)
+        batch_def = asset.add_batch_definition_whole_dataframe(f"{name}-all")
+        suite = context.suites.add_or_update(gx.ExpectationSuite(name=f"{source}-{name}", expectations=expectations))
+        definition = context.validation_definitions.add_or_update(
+            gx.ValidationDefinition(name=f"{source}-{name}", data=batch_def, suite=suite)
+        )
+        key = (index or {}).get(name)
+        result_format = "SUMMARY"
+        if key in tables[name]:
+            result_format = {"result_format": "SUMMARY", "unexpected_index_column_names": [key]}
+        checkpoint = context.checkpoints.add_or_update(
+            gx.Checkpoint(name=f"{source}-{name}", validation_definitions=[definition], result_format=result_format)
+        )
+        run = checkpoint.run(batch_parameters={"dataframe": tables[name]})
+        for result in run.run_results.values():
+            for r in result.results:
+                entry = _entry(name, r, indexed=result_format != "SUMMARY")
+                results.setdefault(name, []).append(entry)
+                if not r.success:
+                    failures.append(entry)
+    context.build_data_docs()  # once, from every stored result (rendering the site per suite costs seconds)
+    return failures, results
+
+
+def _entry(table: str, r, indexed: bool) -> dict:
+    """One expectation's result as validation.json holds it."""
+    cfg = r.expectation_config
+    column = cfg.kwargs.get("column") or ",".join(
+        cfg.kwargs.get("column_list") or [c for c in (cfg.kwargs.get("column_A"), cfg.kwargs.get("column_B")) if c]
+    )
+    entry = {"table": table, "expectation": cfg.type, "column": column or None, "success": r.success}
+    observed = r.result.get("observed_value")
+    entry["observed"] = observed if isinstance(observed, (int, float, str, type(None))) else str(observed)
+    unexpected = r.result.get("partial_unexpected_list", [])
+    if indexed and r.result.get("partial_unexpected_index_list"):  # the values with the row they are in
+        unexpected = r.result["partial_unexpected_index_list"]
+    entry["unexpected"] = [_plain(x) for x in unexpected[:5]]
+    return entry
+
+
+def _plain(value: object) -> str:
+    if isinstance(value, dict):  # a row named by its index column: numpy scalars as plain numbers
+        return str({k: v.item() if hasattr(v, "item") else v for k, v in value.items()})
+    return str(value)
+
+
 def write_page(out_dir: Path, summary: dict, site: Path) -> Path:
     """``validation.html``: every expectation's result on one self-contained page (no script, no remote style).
 
     great-expectations' own Data Docs index fills its tables with scripts loaded from CDNs, so offline it
     shows an empty page; this page reads anywhere and links its rendered validation pages.
     """
-    from html import escape
-
-    verdict = "passed" if summary["success"] else "FAILED"
-    colour = "#1a7f37" if summary["success"] else "#cf222e"
-    parts = [
-        "<!doctype html>",
-        '<html lang="en"><head><meta charset="utf-8">',
-        f"<title>Label validation: {escape(str(summary['model']))} {verdict}</title>",
-        "<style>body{font-family:sans-serif;margin:2em;max-width:70em}table{border-collapse:collapse;width:100%}"
-        "td,th{border:1px solid #ccc;padding:.3em .5em;text-align:left;vertical-align:top}"
-        ".ok{color:#1a7f37}.bad{color:#cf222e;font-weight:bold}</style></head><body>",
-        f'<h1>Label validation: <span style="color:{colour}">{verdict}</span></h1>',
+    intro = [
         f"<p>Labels <code>{escape(summary['labels'])}</code> of <code>{escape(str(summary['model']))}</code>: "
         f"{summary['inputs']} inputs, {summary['valid_programs']} valid programs; drift "
         f"{'checked against the last accepted labels' if summary['drift_checked'] else 'not checked (no reference yet)'}"
@@ -292,11 +430,28 @@ def write_page(out_dir: Path, summary: dict, site: Path) -> Path:
     if summary.get("heldout_checked"):
         checked = ", ".join(f"{n} in {escape(p)}" for p, n in summary["heldout_checked"].items())
         leaked = summary["heldout_in_training"]
-        parts.append(
+        intro.append(
             f"<p>Held-out questions checked against the training labels: {checked}; "
             + (f'<span class="bad">{len(leaked)} found in training</span>' if leaked else "none found in training")
             + ".</p>"
         )
+    return _page(out_dir, "Label validation", str(summary["model"]), summary, intro, site)
+
+
+def _page(out_dir: Path, heading: str, subject: str, summary: dict, intro: list[str], site: Path) -> Path:
+    """The page of :func:`write_page`: ``heading`` and the verdict, the ``intro`` paragraphs (HTML), the results."""
+    verdict = "passed" if summary["success"] else "FAILED"
+    colour = "#1a7f37" if summary["success"] else "#cf222e"
+    parts = [
+        "<!doctype html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>{heading}: {escape(subject)} {verdict}</title>",
+        "<style>body{font-family:sans-serif;margin:2em;max-width:70em}table{border-collapse:collapse;width:100%}"
+        "td,th{border:1px solid #ccc;padding:.3em .5em;text-align:left;vertical-align:top}"
+        ".ok{color:#1a7f37}.bad{color:#cf222e;font-weight:bold}</style></head><body>",
+        f'<h1>{heading}: <span style="color:{colour}">{verdict}</span></h1>',
+        *intro,
+    ]
     for table, results in summary["results"].items():
         parts += [
             f"<h2>{escape(table)}</h2>",
@@ -304,11 +459,10 @@ def write_page(out_dir: Path, summary: dict, site: Path) -> Path:
         ]
         for r in results:
             cls, word = ("ok", "passed") if r["success"] else ("bad", "failed")
-            cells = [r["expectation"], r["column"] or "", None, r["observed"], ", ".join(r["unexpected"])]
-            row = "".join(
-                f'<td class="{cls}">{word}</td>' if c is None else f"<td>{escape(str(c))}</td>" for c in cells
-            )
-            parts.append(f"<tr>{row}</tr>")
+            observed = "" if r["observed"] is None else r["observed"]  # an empty cell, not a second verdict
+            cells = [f"<td>{escape(str(c))}</td>" for c in (r["expectation"], r["column"] or "", observed)]
+            cells.insert(2, f'<td class="{cls}">{word}</td>')
+            parts.append(f"<tr>{''.join(cells)}<td>{escape(', '.join(r['unexpected']))}</td></tr>")
         parts.append("</table>")
     latest: dict[str, Path] = {}  # suite -> its newest page (the run directories sort by time)
     for page in sorted(site.glob("validations/**/*.html")):

@@ -23,7 +23,7 @@ LONGEST = [
     "test_prefect_server.py",
     "test_stack.py",
     "test_registry.py",
-    "test_label.py",
+    "test_labeling_search.py",
     "test_evaluate.py",
 ]
 
@@ -70,8 +70,8 @@ TEST_PROMPT = {"style": "plain", "shots": 1, "source": "tests", "version": "v1",
 
 
 def label_record(i: int = 0, **fields) -> dict:
-    """A whole label record (polar.labels.LabelRecord as JSON) with ``fields`` over neutral defaults."""
-    from polar.labels import SCHEMA
+    """A whole label record (polar.labeling.folder.LabelRecord as JSON) with ``fields`` over neutral defaults."""
+    from polar.labeling.folder import SCHEMA
 
     record = {
         "id": f"t/{i}",

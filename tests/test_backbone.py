@@ -125,3 +125,19 @@ def test_check_spec_refuses_what_cannot_load_without_loading(tmp_path):
     for spec, message in bad.items():
         with pytest.raises(ModelSpecError, match=message):
             check_spec(spec)
+
+
+def test_depth_and_slug_come_from_the_spec_without_loading_weights(tmp_path):
+    from polar.backbone import model_depth, model_slug
+
+    tiny_model("llama").config.save_pretrained(tmp_path / "m")  # a config alone: no weights to load
+    assert model_depth(str(tmp_path / "m")) == tiny_model("llama").config.num_hidden_layers
+    assert model_depth("gemma3-270m") == BUNDLED["gemma3-270m"].depth  # not converted for it
+    with pytest.raises(ModelSpecError, match="model path not found"):
+        model_depth(str(tmp_path / "nowhere"))
+    assert [model_slug(s) for s in ("smollm2-135m", "models/smollm2-135m/", "x/q.gguf", "Qwen/Qwen3-0.6B")] == [
+        "smollm2-135m",
+        "smollm2-135m",
+        "q",
+        "Qwen3-0.6B",
+    ]

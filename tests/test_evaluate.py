@@ -11,10 +11,11 @@ from tiny import tiny_model
 
 from polar.backbone import Backbone
 from polar.baselines import block_influence, random_program, shortgpt_program
-from polar.evaluate import evaluate, mcnemar_p, pass_at_k, wilson
+from polar.evaluate import evaluate
 from polar.programs import Program
-from polar.report import paired_interval, verdict
+from polar.report import verdict
 from polar.settings import EvalConfig
+from polar.stats import mcnemar_p, paired_interval, pass_at_k, wilson
 from polar.tasks.prompts import PromptMismatch
 
 
@@ -67,7 +68,7 @@ def test_block_influence_on_a_tiny_model():
 def test_label_train_evaluate_report(tmp_path, smollm2):
     """The whole chain on a tiny model: every number in the report comes from running programs."""
     from polar.ingest import ingest
-    from polar.label import label
+    from polar.labeling.run import label
     from polar.report import write_report
     from polar.settings import IngestConfig, LabelConfig, SearchConfig, TrainConfig
     from polar.train import train

@@ -9,10 +9,12 @@ import pytest
 import torch
 from conftest import TEST_PROMPT
 
-from polar.menu_network import MenuNetwork, MenuNetworkConfig, menu_loss
 from polar.predictor import decode, load, predict, save
 from polar.programs import Program
-from polar.selection import Matrix, score
+from polar.selection.matrix import Matrix
+from polar.selection.menu_network import MenuNetwork, menu_loss
+from polar.selection.policies import score
+from polar.settings import MenuNetworkConfig
 
 PROGRAMS = ("0-5", "0-2,4-5", "0-3,3-5", "0-3,0-1")  # full depth, a skip, a repeat, one with no compact form
 
@@ -48,16 +50,18 @@ def test_menu_loss_is_minus_the_log_probability_of_the_right_programs():
 
 def test_m2_learns_which_program_suits_which_question():
     (train, x, m), (val, xv, mv), (test, xt, mt) = _split(0), _split(1), _split(2)
-    config = MenuNetworkConfig(steps=300, batch=16, lr=2e-3, d_model=32, ff=64, dropout=0.0, eval_every=50)
-    net = MenuNetwork(config, PROGRAMS, 6, 8).fit(train, x, m, val, xv, mv)
+    config = MenuNetworkConfig(
+        m2_steps=300, m2_batch=16, m2_lr=2e-3, m2_d_model=32, m2_ff=64, m2_dropout=0.0, m2_eval_every=50
+    )
+    net = MenuNetwork(config, PROGRAMS, 6, 8).fit(train, x, m, val, xv, mv, 0.01)
     assert not net.usable[3] and net.proba(xt, mt)[:, 3].max() == 0.0  # never chooses what it cannot emit
     assert {h["step"] for h in net.history} == {50, 100, 150, 200, 250, 300}
     chosen = net.select(test, xt, mt, "accuracy", "m2")
     result = score(test, chosen)
-    assert result["correct"] >= 0.95 * len(test.ids) > 2.5 * test.correct[:, 0].sum()  # the program of its kind
-    assert result["p_vs_base"] < 1e-6 and chosen.cost.mean() < 7  # no pass of the base model is charged
+    assert result.correct >= 0.95 * len(test.ids) > 2.5 * test.correct[:, 0].sum()  # the program of its kind
+    assert result.p_vs_base < 1e-6 and chosen.cost.mean() < 7  # no pass of the base model is charged
     with pytest.raises(ValueError, match="another menu"):
-        MenuNetwork(config, PROGRAMS[:3], 6, 8).fit(train, x, m, val, xv, mv)
+        MenuNetwork(config, PROGRAMS[:3], 6, 8).fit(train, x, m, val, xv, mv, 0.01)
     with pytest.raises(ValueError, match="must be the full depth"):
         MenuNetwork(config, PROGRAMS[::-1], 6, 8)
 
@@ -65,16 +69,18 @@ def test_m2_learns_which_program_suits_which_question():
 def test_m2_refuses_a_matrix_with_nothing_to_learn():
     train, x, m = _split(0)
     flat = Matrix(train.ids, train.levels, PROGRAMS, train.layers, np.ones_like(train.correct), train.inputs)
-    config = MenuNetworkConfig(steps=10, d_model=16, ff=32)
+    config = MenuNetworkConfig(m2_steps=10, m2_d_model=16, m2_ff=32)
     with pytest.raises(ValueError, match="nothing to learn"):
-        MenuNetwork(config, PROGRAMS, 6, 8).fit(flat, x, m, train, x, m)
+        MenuNetwork(config, PROGRAMS, 6, 8).fit(flat, x, m, train, x, m, 0.01)
 
 
 def test_the_saved_predictor_makes_the_selection_it_was_measured_with(tmp_path):
     """What is served (predict: each question alone, decode by the menu) is the selection scored in the bench."""
     (train, x, m), (val, xv, mv), (test, xt, mt) = _split(0), _split(1), _split(2)
-    config = MenuNetworkConfig(steps=100, batch=16, lr=2e-3, d_model=32, ff=64, dropout=0.0, eval_every=50)
-    net = MenuNetwork(config, PROGRAMS, 6, 8).fit(train, x, m, val, xv, mv)
+    config = MenuNetworkConfig(
+        m2_steps=100, m2_batch=16, m2_lr=2e-3, m2_d_model=32, m2_ff=64, m2_dropout=0.0, m2_eval_every=50
+    )
+    net = MenuNetwork(config, PROGRAMS, 6, 8).fit(train, x, m, val, xv, mv, 0.01)
     save(net.predictor("accuracy", {"x": 1}), tmp_path / "p")
     model = load(tmp_path / "p")
     assert model.config.menu == PROGRAMS and model.config.menu_threshold == net.tuned["accuracy"]
@@ -92,8 +98,7 @@ def test_the_saved_predictor_makes_the_selection_it_was_measured_with(tmp_path):
 
 def _menu_folder(folder, n: int = 40):
     """A menu run as `polar label --menu` leaves it: the skip answers the sums, the repeat the colours."""
-    from polar.labels import MenuRecord, MenuResult
-    from polar.menu import export
+    from polar.labeling.folder import MenuRecord, MenuResult, export
 
     folder.mkdir()
     records = []
@@ -145,8 +150,10 @@ def test_efficiency_mode_keeps_the_full_depth_when_no_checkpoint_stays_within_th
         train.ids, train.levels, PROGRAMS, train.layers, np.tile([False, True, False, False], (n, 1)), train.inputs
     )
     val = Matrix(val.ids, val.levels, PROGRAMS, val.layers, np.tile([True, False, False, False], (n, 1)), val.inputs)
-    config = MenuNetworkConfig(steps=100, batch=16, lr=2e-3, d_model=32, ff=64, dropout=0.0, eval_every=50)
-    net = MenuNetwork(config, PROGRAMS, 6, 8).fit(train, x, m, val, xv, mv)
+    config = MenuNetworkConfig(
+        m2_steps=100, m2_batch=16, m2_lr=2e-3, m2_d_model=32, m2_ff=64, m2_dropout=0.0, m2_eval_every=50
+    )
+    net = MenuNetwork(config, PROGRAMS, 6, 8).fit(train, x, m, val, xv, mv, 0.01)
     assert net.tuned["efficiency"] is None and "efficiency" not in net.states
     chosen = net.select(val, xv, mv, "efficiency", "m2")
     assert chosen.choice.tolist() == [0] * n and chosen.cost.mean() == 6

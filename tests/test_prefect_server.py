@@ -16,9 +16,8 @@ import yaml
 from servers import BIN, env_with_bin, free_port, running
 
 from polar.ingest import ingest
-from polar.label import label
-from polar.labels import MenuRecord, read_labels
-from polar.menu import label_menu
+from polar.labeling.folder import MenuRecord, read_labels
+from polar.labeling.run import label
 from polar.settings import IngestConfig, LabelConfig, MenuConfig, SearchConfig
 
 pytestmark = pytest.mark.slow  # a server, workers, the bundled tokenizer
@@ -102,7 +101,7 @@ def test_menus_fan_out_to_the_pool_workers_too(server, tiny_dir, tasks, tmp_path
     args = ["label", "--model", str(tiny_dir), "--tasks", str(tasks), "--out", str(out), *FLAGS]
     proc = _polar([*args, "--menu", str(menu), "--samples", "1", "--pool", "gpu", "--shards", "2"], env)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
-    alone = label_menu(str(tiny_dir), tasks, tmp_path / "alone", CONFIG, MenuConfig(menu=str(menu), samples=1))
+    alone = label(str(tiny_dir), tasks, tmp_path / "alone", CONFIG, MenuConfig(menu=str(menu), samples=1))
     pooled, straight = read_labels(out / "menu.jsonl", MenuRecord), read_labels(alone, MenuRecord)
     assert [r.id for r in pooled] == [r.id for r in straight] and pooled[0].menu == straight[0].menu
     for a, b in zip(pooled, straight, strict=True):  # the same rewards, however the inputs were grouped

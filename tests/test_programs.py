@@ -112,3 +112,10 @@ def test_every_compact_program_is_its_own_canonical_expansion():
         canon = CompactProgram.from_program(c.to_program(), depth)
         assert canon.to_program() == c.to_program()
         assert len(canon.segments) <= len(c.segments)
+
+
+def test_parse_any_reads_either_form():
+    compact = CompactProgram.from_program(Program.parse("0-1,3-5"), 6)
+    assert Program.parse_any(str(compact)) == Program.parse("0-1,3-5") == Program.parse_any(" 0-1,3-5 ")
+    with pytest.raises(ProgramError):
+        Program.parse_any("keep(0-")

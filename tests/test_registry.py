@@ -8,10 +8,10 @@ from conftest import TEST_PROMPT
 from servers import BIN, env_with_bin, free_port, running
 from tiny import tiny_model
 
-from polar.evaluate import mcnemar_p
 from polar.predictor import PredictorConfig, ProgramPredictor, save
 from polar.registry import configure, promote, register
 from polar.settings import Gates
+from polar.stats import mcnemar_p
 from polar.tasks.prompts import PromptSpec
 
 
@@ -185,7 +185,7 @@ def test_the_served_model_answers_exactly_as_the_evaluation_did(store, smollm2):
 
     from polar.evaluate import evaluate
     from polar.ingest import ingest
-    from polar.label import label
+    from polar.labeling.run import label
     from polar.settings import EvalConfig, IngestConfig, LabelConfig, SearchConfig, TrainConfig
     from polar.train import train
 

@@ -4,11 +4,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from polar.selection import (
-    Matrix,
+from polar.selection.matrix import Matrix, check_disjoint
+from polar.selection.policies import (
     best_per_level,
     best_static,
-    check_disjoint,
     gated,
     per_level,
     score,
@@ -54,11 +53,11 @@ def test_baselines_choose_on_train_and_count_every_layer(tmp_path):
     assert best_per_level(train) == {"1": 1, "2": 2}
     chosen = per_level(train, best_per_level(train))
     result = score(train, chosen)
-    assert result["correct"] == 6 and result["fixes"] == 4 and result["breaks"] == 0
-    assert result["layers_ratio"] == pytest.approx((3 * 5 + 3 * 8) / 6 / 6)
+    assert result.correct == 6 and result.fixes == 4 and result.breaks == 0
+    assert result.layers_ratio == pytest.approx((3 * 5 + 3 * 8) / 6 / 6)
     base = score(train, static(train, 0))
-    assert base["correct"] == 2 and base["p_vs_base"] == 1.0 and base["layers_ratio"] == 1.0
-    assert result["p_vs_base"] == pytest.approx(0.125)  # 4 fixes, 0 breaks: 2 * 0.5**4
+    assert base.correct == 2 and base.p_vs_base == 1.0 and base.layers_ratio == 1.0
+    assert result.p_vs_base == pytest.approx(0.125)  # 4 fixes, 0 breaks: 2 * 0.5**4
 
 
 def test_the_confidence_gate_pays_for_its_passes(tmp_path):
@@ -69,7 +68,7 @@ def test_the_confidence_gate_pays_for_its_passes(tmp_path):
     assert threshold == 0.75  # program 1 on the two low-agreement inputs only
     gate = gated(val, 1, "sample_agreement", threshold, samples=4)
     result = score(val, gate)
-    assert result["correct"] == 4 and result["breaks"] == 0
+    assert result.correct == 4 and result.breaks == 0
     # Every input pays the greedy pass and 4 samples; the two gated ones run program 1 too.
     assert gate.cost.tolist() == [5 * 6 + 5, 5 * 6 + 5, 30.0, 30.0]
     never = gated(val, 1, "base_logprob", -np.inf)

@@ -4,17 +4,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from polar.selection import Matrix, score
-from polar.selector import (
-    GainModel,
-    choose_cheap,
-    choose_gain,
-    features,
-    hidden_features,
-    shared_prefix,
-    tune_price,
-    tune_threshold,
-)
+from polar.selection.gain_model import GainModel, features, hidden_features, shared_prefix
+from polar.selection.matrix import Matrix
+from polar.selection.policies import choose_cheap, choose_gain, score, tune_price, tune_threshold
 
 PROGRAMS = ["0-5", "0-2,4-5", "0-5,5"]  # the full depth, a skip (5 layers), a repeat (7)
 
@@ -55,12 +47,12 @@ def test_the_gain_model_finds_the_inputs_a_program_fixes(kind):
     model = GainModel(kind, c=10.0).fit(train, features(train, names))
     fv, ft = features(val, names), features(test, names)
     assert fv.passes == 1  # confidence costs the greedy pass
-    threshold = tune_threshold(val, model.proba(fv), fv.passes)
+    threshold = tune_threshold(val, model.proba(fv))
     chosen = choose_gain(test, model.proba(ft), threshold, ft.passes, "m1")
     result = score(test, chosen)
     unconfident_level2 = (test.levels == "2") & ~test.correct[:, 0]
-    assert result["fixes"] >= 0.9 * unconfident_level2.sum() and result["breaks"] <= 0.05 * len(test.ids)
-    assert result["p_vs_base"] < 1e-6
+    assert result.fixes >= 0.9 * unconfident_level2.sum() and result.breaks <= 0.05 * len(test.ids)
+    assert result.p_vs_base < 1e-6
     # Every input pays the greedy pass; those switched run their program on top (its answer is the one kept).
     switched = chosen.choice != 0
     assert np.all(chosen.cost[~switched] == 6) and np.all(chosen.cost[switched] == 6 + 5)
@@ -148,5 +140,5 @@ def test_the_tuned_threshold_can_switch_every_input():
         val.inputs,
     )
     proba = np.column_stack([np.full(20, 0.1), np.linspace(0.5, 0.9, 20), np.zeros(20)])
-    assert tune_threshold(val, proba, 0) == -np.inf
-    assert score(val, choose_gain(val, proba, -np.inf, 0, "m1"))["correct"] == 20
+    assert tune_threshold(val, proba) == -np.inf
+    assert score(val, choose_gain(val, proba, -np.inf, 0, "m1")).correct == 20

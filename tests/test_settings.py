@@ -6,6 +6,7 @@ import pytest
 import typer
 import yaml
 
+from flows.pipeline import Chain
 from flows.serve import Schedule
 from polar.cli import app
 from polar.config import fields_of, load
@@ -15,7 +16,7 @@ from polar.settings import STAGE_SETTINGS, LabelConfig, TrainConfig
 ROOT = Path(__file__).resolve().parents[1]
 PARAMS = yaml.safe_load((ROOT / "params.yaml").read_text())
 DVC = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
-READ_BY_FLOWS = {"base_models", Schedule.SECTION}
+READ_BY_FLOWS = {"base_models", Schedule.SECTION, Chain.SECTION}
 COMMANDS = typer.main.get_command(app).commands  # name -> click command
 
 
@@ -24,7 +25,7 @@ def test_every_key_of_params_yaml_is_a_setting():
         if section == "base_models":
             assert all(set(v) == {"spec"} for v in values.values())
             continue
-        cls = Schedule if section == Schedule.SECTION else STAGE_SETTINGS.get(section)
+        cls = {Schedule.SECTION: Schedule, Chain.SECTION: Chain}.get(section) or STAGE_SETTINGS.get(section)
         assert cls is not None, f"params.yaml section {section!r} is read by no stage"
         assert set(values) <= {f.name for f in fields_of(cls)}, section
         load(cls, ROOT / "params.yaml")  # and every value fits its field

@@ -492,8 +492,8 @@ def test_workers_in_other_checkouts_label_through_the_store_and_a_killed_one_los
     store, and the merged labels are byte for byte those of labeling in one process. Last in this file: it
     leaves one worker."""
     from polar.ingest import ingest
-    from polar.label import label
-    from polar.labels import read_labels
+    from polar.labeling.folder import read_labels
+    from polar.labeling.run import label
     from polar.tasks.files import read_examples
 
     logs, pids = remote_workers
@@ -580,7 +580,7 @@ def _stored(stack, keys: list[str]) -> int:
 
 
 def _records(stack, key: str):
-    from polar.labels import LabelRecord
+    from polar.labeling.folder import LabelRecord
 
     body = _s3(stack).get_object(Bucket=stack.bucket, Key=key)["Body"].read().decode()
     return [LabelRecord.from_dict(json.loads(line)) for line in body.splitlines() if line.strip()]

@@ -34,12 +34,24 @@ import time
 from pathlib import Path
 
 import numpy as np
+from polar.menu_network import MenuNetwork, MenuNetworkConfig, embed_each
+from polar.selector import (
+    WIDE,
+    GainModel,
+    choose_cheap,
+    choose_gain,
+    features,
+    hidden_features,
+    question_features,
+    shared_prefix,
+    tune_price,
+    tune_threshold,
+)
 from tqdm import tqdm
 
 from polar.answering import Answerer
 from polar.baselines import block_influence, shortgpt_program
 from polar.embedder import load_embedder
-from polar.menu_network import MenuNetwork, MenuNetworkConfig, embed_each
 from polar.programs import Program
 from polar.report import paired_interval
 from polar.selection import (
@@ -54,18 +66,6 @@ from polar.selection import (
     score,
     static,
     tune_gate,
-)
-from polar.selector import (
-    WIDE,
-    GainModel,
-    choose_cheap,
-    choose_gain,
-    features,
-    hidden_features,
-    question_features,
-    shared_prefix,
-    tune_price,
-    tune_threshold,
 )
 from polar.tasks.answers import grade
 from polar.tasks.files import read_examples

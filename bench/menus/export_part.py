@@ -2,8 +2,8 @@
 
 A split labeled as shards ``K/N`` (``polar label --menu ... --shard K/N``) is merged only when every shard is
 done. This writes the finished shard ``K`` of ``N`` on its own, ``rewards.parquet``, ``inputs.parquet``,
-``settings.json`` and ``manifest.json`` in DEST, so that it can be committed and joined with the other parts
-later (:meth:`polar.selection.Matrix.concat`).
+``settings.json`` and ``manifest.json`` in DEST (:func:`polar.labeling.folder.export_part`), so that it can be
+committed and joined with the other parts later (:meth:`polar.selection.matrix.Matrix.concat`).
 
     python bench/menus/export_part.py data/scale/menu/smollm2-135m/train data/scale/tasks/train.parquet \
         --shard 0/2 --to bench/menus/smollm2-135m/train-0of2
@@ -13,12 +13,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
-from pathlib import Path
 
-from polar.labels import MenuRecord, read_records
-from polar.menu import export
-from polar.tasks.files import read_examples
+from polar.labeling.folder import export_part
 
 
 def main() -> None:
@@ -28,29 +24,15 @@ def main() -> None:
     ap.add_argument("--shard", required=True, help="K/N")
     ap.add_argument("--to", required=True, help="destination folder")
     args = ap.parse_args()
-    k, n = (int(x) for x in args.shard.split("/"))
-    ids = [e.id for e in read_examples(args.tasks)][k::n]
-    records = {r.id: r for r in read_records(args.labels, MenuRecord)}
-    missing = [i for i in ids if i not in records]
-    if missing:
-        raise SystemExit(
-            f"shard {k}/{n} of {args.labels} lacks {len(missing)} of {len(ids)} inputs: label it to the end"
-        )
-    dest = Path(args.to)
-    dest.mkdir(parents=True, exist_ok=True)
-    part = [records[i] for i in ids]
-    export(dest / "menu.jsonl", part)
-    shutil.copy(Path(args.labels) / "settings.json", dest / "settings.json")
-    manifest = {
-        "tasks": str(args.tasks),
-        "shard": f"{k}/{n}",
-        "inputs": len(part),
-        "menu": part[0].menu,
-        "prompt": part[0].prompt,
-        "base_correct": sum(r.results[0].correct for r in part),
-    }
-    (dest / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-    print(f"{dest}: {len(part)} inputs, base greedy right on {manifest['base_correct']}")
+    k, sep, n = args.shard.partition("/")
+    if not sep or not k.isdigit() or not n.isdigit():
+        raise SystemExit(f"--shard {args.shard!r}: write K/N, e.g. 0/2")
+    try:
+        manifest = export_part(args.labels, args.tasks, (int(k), int(n)), args.to)
+    except (ValueError, FileNotFoundError) as err:
+        raise SystemExit(str(err)) from None
+    inputs, right = (json.loads(manifest.read_text())[key] for key in ("inputs", "base_correct"))
+    print(f"{args.to}: {inputs} inputs, base greedy right on {right}")
 
 
 if __name__ == "__main__":

@@ -14,8 +14,8 @@ import argparse
 import json
 from pathlib import Path
 
-from polar.evaluate import pass_at_k, wilson
 from polar.selection import Matrix
+from polar.stats import pass_at_k, wilson
 
 
 def summarise(folder: Path, samples: int) -> dict:

@@ -11,7 +11,7 @@ import sys
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 # Each group adds its commands, in the order that `polar --help` lists them.
-from polar.cli import engine, stages, registry, pipeline, stack  # noqa: E402, F401, I001
+from polar.cli import engine, stages, study, harness, registry, pipeline, stack  # noqa: E402, F401, I001
 from polar.cli.options import app  # noqa: E402
 
 __all__ = ["app", "main"]

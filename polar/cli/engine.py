@@ -20,8 +20,7 @@ def _resolve_program(text: str, depth: int, max_visits: int) -> Program:
     text = text.strip()
     if text.lower() in ("full", "identity"):
         return Program.identity(depth)
-    program = CompactProgram.parse(text).to_program() if "(" in text else Program.parse(text)
-    return program.validate(depth, max_visits=max_visits or None)
+    return Program.parse_any(text).validate(depth, max_visits=max_visits or None)
 
 
 @app.command()
@@ -126,16 +125,12 @@ def program_cmd(
 
 
 def _model_depth(spec: str) -> int:
-    from transformers import AutoConfig
+    from polar.backbone import ModelSpecError, model_depth
 
-    from polar.backbone import BUNDLED, ModelSpecError
-
-    if spec in BUNDLED:
-        return BUNDLED[spec].depth
     try:
-        return AutoConfig.from_pretrained(spec).num_hidden_layers
-    except (OSError, ValueError) as err:
-        fail(str(ModelSpecError(f"cannot read the config of {spec!r}: {err}")))
+        return model_depth(spec)
+    except ModelSpecError as err:
+        fail(str(err))
 
 
 @app.command()
@@ -144,13 +139,12 @@ def convert(
     out: Annotated[str | None, typer.Option(help="Output folder (default: models/<name>).")] = None,
 ) -> None:
     """Convert a model once to a safetensors folder that loads in about a second."""
-    from polar.backbone import BUNDLED, ModelSpecError, models_dir
+    from polar.backbone import BUNDLED, ModelSpecError, model_slug, models_dir
     from polar.backbone import convert as do_convert
     from polar.hf import UnsupportedModelError
 
     if out is None:
-        name = spec if spec in BUNDLED or Path(spec).exists() else spec.replace("/", "--")
-        name = Path(name.rstrip("/")).name.removesuffix(".gguf")
+        name = model_slug(spec if spec in BUNDLED or Path(spec).exists() else spec.replace("/", "--"))
     target = Path(out) if out else models_dir() / name
     try:
         path = do_convert(spec, target)

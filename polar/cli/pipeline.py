@@ -84,6 +84,8 @@ def _print_summary(info: dict, result: str, root: Path) -> None:
     from polar.registry import registry_status
 
     console.print(f"\n[bold]{info['model']}[/]: {result}")
+    if info["chain"] == "menu":
+        return _print_study(info, root)
     if "metrics" in info:
         m = info["metrics"]
         table = Table(title=f"{m['inputs']} test inputs, D = {m['depth']}")
@@ -107,3 +109,26 @@ def _print_summary(info: dict, result: str, root: Path) -> None:
         reg = info["registry"]
         console.print(f"  registry         {registry_status(reg)}", soft_wrap=True)
         console.print(f"  lineage          polar lineage models:/{reg['name']}/{reg['version']}", soft_wrap=True)
+
+
+def _print_study(info: dict, root: Path) -> None:
+    """The menu chain's summary: every candidate on test, the one-sentence verdict, the champion."""
+    from polar.cli.study import scores_table
+    from polar.registry import registry_status
+    from polar.stats import MethodScore
+
+    if "metrics" in info:
+        m = info["metrics"]
+        rows = [MethodScore.from_dict(r) for r in m["scores"].values()]
+        title = f"{m['inputs']} test inputs; {m['candidates']} candidates, every choice frozen on validation"
+        console.print(scores_table(rows, title))
+        console.print(m["summary"], soft_wrap=True)
+        console.print(f"  report           {info['report'].relative_to(root)}", soft_wrap=True)
+    if "validation" in info:
+        report = info["validation"].get("report") or info["validation"].get("data_docs")
+        console.print(f"  validation       {report}", soft_wrap=True)
+    if "registry" in info:
+        reg = info["registry"]
+        console.print(f"  registry         {registry_status(reg)}", soft_wrap=True)
+        console.print(f"  serve            mlflow models serve -m models:/{reg['name']}@champion --env-manager local")
+        console.print(f"  lineage          polar lineage models:/{reg['name']}/{reg['champion']}", soft_wrap=True)

@@ -15,8 +15,22 @@ from polar.settings import Gates
 @app.command(name="register")
 @configured(gates=Gates)
 def register_cmd(
-    predictor: Annotated[str, typer.Option(help="Predictor folder written by `polar train`.")],
-    metrics: Annotated[str, typer.Option(help="metrics.json written by `polar evaluate` for this predictor.")],
+    predictor: Annotated[str | None, typer.Option(help="Predictor folder written by `polar train`.")] = None,
+    metrics: Annotated[
+        str | None, typer.Option(help="metrics.json written by `polar evaluate` for this predictor.")
+    ] = None,
+    selection: Annotated[
+        str | None,
+        typer.Option(
+            help="Instead of --predictor: a `polar select` folder; registers its baseline and servable winners."
+        ),
+    ] = None,
+    selectors: Annotated[
+        str | None, typer.Option(help="With --selection: its selectors (default: SELECTION/selectors).")
+    ] = None,
+    evaluation: Annotated[
+        str | None, typer.Option(help="With --selection: the `polar evaluate --selection` folder.")
+    ] = None,
     artifact: Annotated[
         list[str] | None, typer.Option(help="More files to attach (report, plots); repeatable.")
     ] = None,
@@ -36,8 +50,29 @@ def register_cmd(
     """
     from mlflow.exceptions import MlflowException
 
-    from polar.registry import publish, registry_status
+    from polar.registry import publish, publish_study, registry_status
 
+    if selection is not None:
+        if predictor or metrics or not evaluation:
+            fail("with --selection give --evaluation (the served evaluation), and neither --predictor nor --metrics")
+        try:
+            study = publish_study(
+                selectors or f"{selection}/selectors", selection, evaluation, gates, out, tracking_uri, artifact or []
+            )
+        except (ValueError, FileNotFoundError, ConnectionError) as err:
+            fail(str(err))
+        except MlflowException as err:
+            fail(
+                f"the tracking server failed while registering: {err.message[:300]}; run the same command again "
+                "when it answers: registering is idempotent (a change gets one version)"
+            )
+        for role, v in study["versions"].items():
+            reasons = "; ".join(v["promotion"]["reasons"])
+            console.print(f"{role}: {study['name']} v{v['version']} ({v['method']}){': ' + reasons if reasons else ''}")
+        console.print(study["summary"], soft_wrap=True)
+        return
+    if not (predictor and metrics):
+        fail("give --predictor and --metrics (a `polar train` folder and its evaluation), or --selection")
     try:
         tags = dict(name_value(t) for t in tag or [])
         info = publish(predictor, metrics, gates if promote else None, out, tracking_uri, tags, artifact or [])

@@ -91,13 +91,13 @@ def label_cmd(
             require_prefect(f"--pool {where.pool}")
         except (ValueError, ConnectionError) as err:
             fail(str(err))
-    from polar.backbone import ModelSpecError
+    from polar.backbone import ModelSpecError, model_slug
     from polar.hf import UnsupportedModelError
-    from polar.label import label
+    from polar.labeling.run import labeler_for, run_labeling
+    from polar.tasks.files import read_examples
 
-    if out is None:
-        kind = "menu" if dense.menu else config.search.space
-        out = f"data/labels/{Path(model.rstrip('/')).name.removesuffix('.gguf')}/{kind}"
+    labeler = labeler_for(config, dense, model, tasks, device)  # search, or a menu: chosen here once
+    out = out or f"data/labels/{model_slug(model)}/{labeler.name}"
     try:
         if where.pool:
             from flows.labeling import label_on_pool
@@ -105,16 +105,9 @@ def label_cmd(
             merged = label_on_pool(
                 model, tasks, out, config, where.pool, where.shards, limit, device, restart_on_change, dense=dense
             )
-        elif dense.menu:
-            from polar.menu import label_menu
-
-            kn = _shard(shard) if shard else None
-            merged = label_menu(model, tasks, out, config, dense, limit, worker, device, None, restart_on_change, kn)
         else:
-            kn = _shard(shard) if shard else None
-            merged = label(
-                model, tasks, out, config, limit, worker, device, restart_on_change=restart_on_change, shard=kn
-            )
+            examples = read_examples(tasks)[:limit]
+            merged = run_labeling(labeler, examples, out, _shard(shard), worker, restart_on_change=restart_on_change)
     except (ValueError, FileNotFoundError, ModelSpecError, UnsupportedModelError, ConnectionError) as err:
         fail(str(err))
     except RuntimeError as err:  # shard runs on the pool failed; what they labeled is kept
@@ -125,7 +118,10 @@ def label_cmd(
         console.print(f"labels: {merged}")
 
 
-def _shard(text: str) -> tuple[int, int]:
+def _shard(text: str | None) -> tuple[int, int] | None:
+    """``--shard K/N`` as ``(K, N)``; None without one."""
+    if not text:
+        return None
     k, sep, n = text.partition("/")
     if not sep or not k.isdigit() or not n.isdigit():
         raise ValueError(f"--shard {text!r}: write K/N, e.g. 0/4")
@@ -135,8 +131,17 @@ def _shard(text: str) -> tuple[int, int]:
 @app.command(name="validate")
 @configured(config=ValidateConfig)
 def validate_cmd(
-    labels: Annotated[str, typer.Option(help="Label folder written by `polar label` (labels.jsonl, settings.json).")],
     out: Annotated[str, typer.Option(help="Output folder: validation.json, validation.html and Data Docs (gx/).")],
+    labels: Annotated[
+        str | None, typer.Option(help="Label folder written by `polar label` (labels.jsonl, settings.json).")
+    ] = None,
+    menu: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="SPLIT=FOLDER: the menu folder (`polar label --menu`) of one split of a menu chain, e.g. "
+            "train=data/menus/m/train; repeatable, one per split (instead of --labels)."
+        ),
+    ] = None,
     reference: Annotated[
         str | None,
         typer.Option(help="JSON of the last accepted labels' distributions for this base model (drift check)."),
@@ -151,17 +156,46 @@ def validate_cmd(
 ) -> None:
     """Check label files with a great-expectations suite; exit 1 (and keep the reference) when they fail.
 
-    With --heldout, no question of those files may be among the training labels (compared by normalised text). Writes validation.json and validation.html, a report that reads offline.
+    With --heldout, no question of those files may be among the training labels (compared by normalised text). With --menu SPLIT=FOLDER for each split, the reward matrices of a menu chain are checked instead: whole matrices, one menu, prompt and model, no question in two splits, and drift of the train split. Writes validation.json and validation.html, a report that reads offline.
     """
-    from polar.validation import ValidationFailed, validate
+    from polar.validation import ValidationFailed, validate, validate_menus
 
+    if (labels is None) == (not menu):
+        given = "both --labels and --menu" if labels is not None else "neither --labels nor --menu"
+        fail(
+            f"{given} given: check search labels with --labels FOLDER, or the splits of a menu chain with "
+            "--menu SPLIT=FOLDER once per split (e.g. --menu train=F1 --menu validation=F2 --menu test=F3)"
+        )
+    if menu and heldout:
+        fail("--heldout is for --labels: with --menu, the splits are checked against each other (pass each as --menu)")
     try:
-        summary = validate(labels, out, config, reference, accept, heldout or [])
+        if menu:
+            splits: dict[str, str] = {}
+            for given in menu:
+                try:
+                    split, folder = name_value(given)
+                except ValueError:
+                    raise ValueError(
+                        f"--menu {given!r}: write SPLIT=FOLDER, e.g. --menu train=data/menus/m/train"
+                    ) from None
+                if split in splits:
+                    raise ValueError(f"--menu names the split {split!r} twice: give each split once")
+                splits[split] = folder
+            summary = validate_menus(splits, out, config, reference, accept)
+        else:
+            summary = validate(labels, out, config, reference, accept, heldout or [])
     except ValidationFailed as err:
         fail(str(err), code=1)
     except (ValueError, FileNotFoundError) as err:
         fail(str(err))
     checks = sum(len(v) for v in summary["results"].values())
+    if menu:
+        inputs = ", ".join(f"{name} {n}" for name, n in summary["inputs"].items())
+        console.print(
+            f"menu folders valid: {checks} expectations passed on menu {summary['menu']} (inputs: {inputs}); drift "
+            f"{summary['reference']}; report: {summary['report']}"
+        )
+        return
     drift = "with" if summary["drift_checked"] else "without (no reference yet)"
     console.print(f"labels valid: {checks} expectations passed, {drift} drift check; report: {summary['report']}")
 
@@ -216,9 +250,18 @@ def train_cmd(
 @app.command(name="evaluate")
 @configured(config=EvalConfig)
 def evaluate_cmd(
-    predictor: Annotated[str, typer.Option(help="Predictor folder written by `polar train`.")],
     tasks: Annotated[str, typer.Option(help="Task file of the inputs to evaluate on (held out from training).")],
     out: Annotated[str, typer.Option(help="Output folder: metrics.json, results.jsonl, report.md, plot.")],
+    predictor: Annotated[str | None, typer.Option(help="Predictor folder written by `polar train`.")] = None,
+    selection: Annotated[
+        str | None,
+        typer.Option(
+            help="Instead of --predictor: a `polar select` folder, whose winners are served on the test split."
+        ),
+    ] = None,
+    selectors: Annotated[
+        str | None, typer.Option(help="With --selection: its servable selectors (default: SELECTION/selectors).")
+    ] = None,
     model: Annotated[
         str | None, typer.Option("--model", "-m", help="Base model (default: the predictor's base model).")
     ] = None,
@@ -233,10 +276,19 @@ def evaluate_cmd(
     *,
     config: EvalConfig,
 ) -> None:
-    """Run the predictor's programs on the model against baselines; write the report and metrics."""
+    """Run the predictor's programs on the model against baselines; write the report and metrics.
+
+    With --selection (the menu chain), serve the study's frozen winners instead: each servable selector chooses a
+    program per test input as the registered model will, the choice must be the study's and each answer is checked
+    against the reward matrix; ShortGPT runs at the efficiency winner's budget.
+    """
     from polar.backbone import ModelSpecError
     from polar.evaluate import evaluate
 
+    if (predictor is None) == (selection is None):
+        fail("give either --predictor (a `polar train` folder) or --selection (a `polar select` folder)")
+    if selection is not None:
+        return _evaluate_selection(selection, selectors, tasks, out, model, device)
     try:
         others = dict(name_value(o) for o in other or [])
         metrics = evaluate(
@@ -253,6 +305,26 @@ def evaluate_cmd(
         table.add_row(name, f"{100 * r['pass@1']:.1f}%", f"{100 * lo:.0f}-{100 * hi:.0f}%", f"{r['layers_ratio']:.2f}")
     console.print(table)
     console.print(f"report: {metrics.with_name('report.md')}")
+
+
+def _evaluate_selection(selection: str, selectors: str | None, tasks: str, out: str, model, device: str) -> None:
+    from polar.backbone import ModelSpecError
+    from polar.selection.served import evaluate_selection
+    from polar.stats import MethodScore
+
+    try:
+        path = evaluate_selection(
+            selection, selectors or f"{selection}/selectors", tasks, out, model, device, command=_command()
+        )
+    except (ValueError, FileNotFoundError, ModelSpecError) as err:
+        fail(str(err))
+    from polar.cli.study import scores_table
+
+    m = json.loads(path.read_text())
+    rows = [MethodScore.from_dict(r) for r in m["scores"].values()]
+    console.print(scores_table(rows, f"{m['model']}: {m['inputs']} test inputs (served rows run on the model)"))
+    console.print(m["summary"], soft_wrap=True)
+    console.print(f"report: {path.with_name('report.md')}")
 
 
 @app.command()

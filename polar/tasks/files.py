@@ -21,12 +21,28 @@ def split_path(out_dir: str | Path, split: str) -> Path:
     return Path(out_dir) / f"{split}.parquet"
 
 
+def read_parquet(path: str | Path, what: str) -> pd.DataFrame:
+    """A Parquet file; a missing or unreadable one is named with ``what`` was expected there."""
+    import pyarrow
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found (expected {what})")
+    try:
+        return pd.read_parquet(path)
+    except (pyarrow.ArrowInvalid, OSError) as err:
+        raise ValueError(f"{path} is not a readable Parquet file (expected {what}): {err}") from None
+
+
 def read_examples(path: str | Path) -> list[Example]:
     """Examples of an ingested task file (Parquet or JSON lines)."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"task file not found: {path} (run `polar ingest` first)")
-    frame = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_json(path, lines=True, dtype=False)
+    if path.suffix == ".parquet":
+        frame = read_parquet(path, "a task file written by `polar ingest`")
+    else:
+        frame = pd.read_json(path, lines=True, dtype=False)
     return [Example.from_dict(row) for row in frame.to_dict(orient="records")]
 
 

@@ -1,4 +1,4 @@
-"""Dense menu labeling: every program on every input, equal to running each program alone; resumable; auto menus."""
+"""The menu labeler: every program on every input, equal to running each program alone; resumable; auto menus."""
 
 from dataclasses import replace
 
@@ -6,9 +6,11 @@ import pandas as pd
 import pytest
 from conftest import write_labels
 
+from polar.backbone import ModelSpecError, model_depth
 from polar.ingest import ingest
-from polar.labels import MenuRecord, read_labels
-from polar.menu import MENU_FILE, label_menu, menu_id, model_depth, resolve_menu
+from polar.labeling.folder import MENU_FILE, MenuRecord, read_labels
+from polar.labeling.menu import menu_id, resolve_menu
+from polar.labeling.run import label
 from polar.programs import Program
 from polar.settings import IngestConfig, LabelConfig, MenuConfig
 from polar.tasks.answers import grade
@@ -37,7 +39,7 @@ def test_every_reward_equals_running_the_program_alone(tiny_dir, tasks, tmp_path
     from polar.backbone import load
 
     backbone = load(str(tiny_dir), device="cpu")
-    merged = label_menu(str(tiny_dir), tasks, tmp_path / "m", CONFIG, _menu(tmp_path), backbone=backbone)
+    merged = label(str(tiny_dir), tasks, tmp_path / "m", CONFIG, _menu(tmp_path), backbone=backbone)
     records = read_labels(merged, MenuRecord)
     examples = read_examples(tasks)
     assert [r.id for r in records] == [e.id for e in examples]
@@ -62,21 +64,24 @@ def test_every_reward_equals_running_the_program_alone(tiny_dir, tasks, tmp_path
 
 
 def test_resume_and_changed_menus(tiny_dir, tasks, tmp_path):
-    first = label_menu(str(tiny_dir), tasks, tmp_path / "m", CONFIG, _menu(tmp_path), limit=2, device="cpu")
+    first = label(str(tiny_dir), tasks, tmp_path / "m", CONFIG, _menu(tmp_path), limit=2, device="cpu")
     assert len(read_labels(first, MenuRecord)) == 2
-    again = label_menu(str(tiny_dir), tasks, tmp_path / "m", CONFIG, _menu(tmp_path), device="cpu")
+    again = label(str(tiny_dir), tasks, tmp_path / "m", CONFIG, _menu(tmp_path), device="cpu")
     records = read_labels(again, MenuRecord)
     assert len(records) == len(read_examples(tasks)) and records[:2] == read_labels(first, MenuRecord)[:2]
     with pytest.raises(ValueError, match="other settings .*menu"):
-        label_menu(str(tiny_dir), tasks, tmp_path / "m", CONFIG, _menu(tmp_path, MENU[:2]), device="cpu")
+        label(str(tiny_dir), tasks, tmp_path / "m", CONFIG, _menu(tmp_path, MENU[:2]), device="cpu")
     # A menu is its programs, however it was given: the run goes on from the menu file it left.
     left = MenuConfig(menu=str(tmp_path / "m" / MENU_FILE), samples=2)
-    assert (
-        read_labels(label_menu(str(tiny_dir), tasks, tmp_path / "m", CONFIG, left, device="cpu"), MenuRecord) == records
-    )
+    assert read_labels(label(str(tiny_dir), tasks, tmp_path / "m", CONFIG, left, device="cpu"), MenuRecord) == records
     assert model_depth(str(tiny_dir)) == 6  # from the config alone (the pool's dispatcher loads no weights)
-    with pytest.raises(ValueError, match="could not read the config of"):
+    with pytest.raises(ModelSpecError, match="model path not found"):
         model_depth(str(tmp_path / "no-model"))
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "config.json").write_text("{}")
+    with pytest.raises(ValueError, match="could not read the model config of"):
+        model_depth(str(tmp_path / "broken"))
+    assert model_depth("smollm2-135m") == 30  # a bundled model's depth, without converting it
 
 
 def test_menu_files_and_auto_menus(tmp_path):

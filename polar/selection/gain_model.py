@@ -1,13 +1,12 @@
 """M1: a learned per-input choice over a menu, from features the model gives before it answers.
 
 A :class:`GainModel` estimates, for every input and every program of the menu, the chance that the program
-answers it right, from the input's features; a program's *gain* is that chance minus the full depth's. In
-accuracy mode (:func:`choose_gain`) the program of highest gain runs when the gain clears a threshold tuned on
-validation, and the full depth's answer stands otherwise. In efficiency mode (:func:`choose_cheap`) every layer
-saved is worth ``price`` of a right answer and the best trade is taken.
+answers it right, from the input's features; a program's *gain* is that chance minus the full depth's. The
+choice rules are :mod:`polar.selection.policies`' (accuracy mode: :func:`~polar.selection.policies.choose_gain`;
+efficiency mode: :func:`~polar.selection.policies.choose_cheap`).
 
 Features (:data:`FEATURES`) and what they cost, which the selection is charged for (see
-:mod:`polar.selection`):
+:mod:`polar.selection.policies`):
 
 - ``level``: the task level, which the prompt already needs; free.
 - ``confidence``: the greedy answer's mean log-probability, first-token margin and entropy: the full-depth
@@ -36,22 +35,18 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from polar.programs import Program
-from polar.selection import Matrix, Selection
+from polar.selection.matrix import Matrix
 from polar.tasks.prompts import PromptSpec
 
 __all__ = [
     "FEATURES",
+    "WIDE",
     "Features",
     "GainModel",
-    "choose_cheap",
-    "choose_gain",
     "features",
     "hidden_features",
     "question_features",
-    "right_answers",
     "shared_prefix",
-    "tune_price",
-    "tune_threshold",
 ]
 
 CONFIDENCE = ("base_logprob", "base_margin", "base_entropy")
@@ -226,52 +221,3 @@ class GainModel:
             for model in self._models
         ]
         return np.stack(cols, 1)
-
-
-def _charged(matrix: Matrix, choice: np.ndarray, passes: int) -> np.ndarray:
-    """Layers run per input: the feature passes, then the chosen program (the greedy pass's answer is free)."""
-    if passes == 0:
-        return matrix.layers[choice].astype(float)
-    return passes * matrix.depth + np.where(choice == 0, 0.0, matrix.layers[choice])
-
-
-def choose_gain(matrix: Matrix, proba: np.ndarray, threshold: float, passes: int, name: str) -> Selection:
-    """Accuracy mode: the program of highest estimated gain over the full depth where it exceeds ``threshold``."""
-    gain = proba[:, 1:] - proba[:, :1]
-    best = gain.argmax(1) + 1
-    choice = np.where(gain.max(1) > threshold, best, 0)
-    return Selection(name, choice, _charged(matrix, choice, passes))
-
-
-def choose_cheap(matrix: Matrix, proba: np.ndarray, price: float, passes: int, name: str) -> Selection:
-    """Efficiency mode: the program maximising estimated right answers plus ``price`` per fraction of the depth
-    saved (``price = 0``: the most likely right; larger prices trade accuracy for layers)."""
-    value = proba + price * (matrix.depth - matrix.layers[None, :]) / matrix.depth
-    choice = value.argmax(1)
-    return Selection(name, choice, _charged(matrix, choice, passes))
-
-
-def right_answers(matrix: Matrix, choice: np.ndarray) -> int:
-    return int(matrix.correct[np.arange(len(choice)), choice].sum())
-
-
-def tune_threshold(validation: Matrix, proba: np.ndarray, passes: int) -> float:
-    """The threshold of :func:`choose_gain` with the most right answers on ``validation`` (ties: the highest,
-    which leaves the full depth's answer most often; ``inf`` never switches, ``-inf`` always does)."""
-    gain = (proba[:, 1:] - proba[:, :1]).max(1)
-    candidates = sorted({np.inf, -np.inf, *(float(g) for g in gain)}, reverse=True)
-    right = [right_answers(validation, choose_gain(validation, proba, t, passes, "").choice) for t in candidates]
-    return candidates[int(np.argmax(right))]  # the first maximum: the highest threshold among ties
-
-
-def tune_price(validation: Matrix, proba: np.ndarray, passes: int, margin: float = 0.01) -> float:
-    """The price of :func:`choose_cheap` that runs the fewest layers on ``validation`` while its pass@1 stays
-    within ``margin`` of the full depth's (0 when none saves a layer that way)."""
-    base = validation.correct[:, 0].mean()
-    best, fewest = 0.0, np.inf
-    for price in np.linspace(0, 1, 101):
-        chosen = choose_cheap(validation, proba, float(price), passes, "")
-        right = right_answers(validation, chosen.choice) / len(chosen.choice)
-        if right >= base - margin and chosen.cost.mean() < fewest - 1e-9:
-            best, fewest = float(price), chosen.cost.mean()
-    return best

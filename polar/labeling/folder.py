@@ -1,57 +1,81 @@
-"""Label files: the record of one searched input, and the folder that holds them.
+"""Label folders: the record of one labeled input, the files around them, and the shards they are written in.
 
-A label folder, as ``polar label`` leaves it, holds ``labels.jsonl`` (one :class:`LabelRecord` per line,
-in input order), ``settings.json`` (the settings and prompt spec the records were made with) and
-``manifest.json``; while labeling, records are appended to ``shard-*.jsonl`` files, flushed one by one, so
-that a run killed at any point loses at most the input in progress. Search times go to
-``timings.jsonl``, which DVC ignores (.dvcignore): wall-clock seconds differ from run to run, labels must not.
+A search folder, as ``polar label`` leaves it, holds ``labels.jsonl`` (one :class:`LabelRecord` per line, in input
+order), ``settings.json`` (the settings and prompt spec the records were made with) and ``manifest.json``; while
+labeling, records are appended to ``shard-*.jsonl`` files, flushed one by one, so that a run killed at any point
+loses at most the input in progress. Labeling times go to ``timings.jsonl``, which DVC ignores (.dvcignore):
+wall-clock seconds differ from run to run, labels must not.
 
-A menu folder (``polar label --menu``) holds the same files around ``menu.jsonl``: one :class:`MenuRecord`
-per input, every program of a fixed menu run on it, exported as a reward matrix (``rewards.parquet``).
+A menu folder (``polar label --menu``) holds the same files around ``menu.jsonl``: one :class:`MenuRecord` per
+input, every program of a fixed menu run on it (listed in ``menu.txt``), exported as a reward matrix
+(``rewards.parquet``, one row per input and program, and ``inputs.parquet``, one row per input).
 
-Every reader of labels goes through this module: a record that is not whole, or that was written under
-another schema version, is refused with its file and line.
+Every reader of labels goes through this module: a record that is not whole, or that was written under another
+schema version, is refused with its file and line.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import shutil
+import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from typing import TypeVar
 
+import pandas as pd
+from filelock import FileLock, Timeout
+
+from polar.tasks.files import read_examples
 from polar.tasks.prompts import PromptSpec
+from polar.tasks.schema import Example
 
 __all__ = [
+    "INPUTS",
     "MANIFEST",
+    "MENU",
+    "MENU_FILE",
     "MERGED",
+    "REWARDS",
     "SCHEMA",
     "SETTINGS",
     "TIMINGS",
-    "MENU",
     "Evaluated",
     "LabelRecord",
     "MenuRecord",
     "MenuResult",
+    "Record",
     "ShardWriter",
     "check_settings",
+    "export",
+    "export_part",
     "label_prompt",
     "merge_shards",
     "read_labels",
     "read_records",
     "read_settings",
     "read_timings",
+    "record_header",
+    "worker_lock",
+    "write_manifest",
+    "write_matrix",
 ]
 
 SCHEMA = 2  # 1: records without a schema field (before the prompt spec and this module)
-MERGED = "labels.jsonl"
+MERGED = "labels.jsonl"  # a search folder's merged records
 MENU = "menu.jsonl"  # a menu folder's merged records
 MANIFEST = "manifest.json"
 SETTINGS = "settings.json"
 TIMINGS = "timings.jsonl"  # ignored by DVC (.dvcignore): not part of the labels' hash
+REWARDS = "rewards.parquet"  # a menu folder's reward matrix: one row per input and program
+INPUTS = "inputs.parquet"  # one row per input: its question, answer and the base model's confidence
+MENU_FILE = "menu.txt"  # the menu's programs, one per line (``--menu`` reads it back as the same menu)
 
 
+# --------------------------------------------------------------------------------------------- records
 @dataclass(frozen=True)
 class Evaluated:
     """One program the search ran on the input, and what it scored."""
@@ -99,16 +123,7 @@ class LabelRecord:
     @classmethod
     def from_dict(cls, data: dict, where: str = "label record") -> LabelRecord:
         """Parse a record; ``where`` (file:line) starts every error message."""
-        _check_schema(data, where)
-        names = [f.name for f in fields(cls)]
-        missing = [n for n in names if n not in data]
-        if missing:
-            raise ValueError(f"{where}: not a whole label record (missing {', '.join(missing)})")
-        try:
-            evaluated = tuple(Evaluated(**e) for e in data["evaluated"])
-        except TypeError as err:
-            raise ValueError(f"{where}: broken 'evaluated' entry ({err})") from err
-        return cls(**{**{n: data[n] for n in names}, "evaluated": evaluated, "valid": tuple(data["valid"])})
+        return _from_dict(cls, data, where, "label", {"evaluated": Evaluated}, tuples=("valid",))
 
 
 @dataclass(frozen=True)
@@ -145,6 +160,11 @@ class MenuRecord:
     sample_correct: float  # share of sampled answers that are correct
     schema: int = SCHEMA
 
+    @property
+    def base_correct(self) -> bool:
+        """Whether the full-depth program (the menu's first) answered correctly."""
+        return self.results[0].correct
+
     def to_dict(self) -> dict:
         return asdict(self)
 
@@ -153,16 +173,47 @@ class MenuRecord:
 
     @classmethod
     def from_dict(cls, data: dict, where: str = "menu record") -> MenuRecord:
-        _check_schema(data, where)
-        names = [f.name for f in fields(cls)]
-        missing = [n for n in names if n not in data]
-        if missing:
-            raise ValueError(f"{where}: not a whole menu record (missing {', '.join(missing)})")
+        """Parse a record; ``where`` (file:line) starts every error message."""
+        return _from_dict(cls, data, where, "menu", {"results": MenuResult})
+
+
+Record = LabelRecord | MenuRecord
+R = TypeVar("R", LabelRecord, MenuRecord)
+
+
+def record_header(example: Example, model: str, depth: int, prompt: str) -> dict:
+    """The fields every record starts with (keyword arguments of :class:`LabelRecord` and :class:`MenuRecord`):
+    the input, the base model's spec and depth, and the prompt spec's id."""
+    return {
+        "id": example.id,
+        "task": example.task,
+        "level": example.level,
+        "question": example.question,
+        "answer": example.answer,
+        "answer_kind": example.answer_kind,
+        "model": model,
+        "depth": depth,
+        "prompt": prompt,
+    }
+
+
+def _from_dict(
+    cls: type[R], data: dict, where: str, noun: str, nested: dict[str, type], tuples: tuple[str, ...] = ()
+) -> R:
+    """A ``cls`` record from its JSON form, its ``nested`` fields lists of those dataclasses, its ``tuples`` fields
+    lists of plain values; ``where`` (file:line) starts every error message, which calls it a ``noun`` record."""
+    _check_schema(data, where)
+    names = [f.name for f in fields(cls)]
+    missing = [n for n in names if n not in data]
+    if missing:
+        raise ValueError(f"{where}: not a whole {noun} record (missing {', '.join(missing)})")
+    values = {n: data[n] for n in names} | {n: tuple(data[n]) for n in tuples}
+    for name, entry in nested.items():
         try:
-            results = tuple(MenuResult(**r) for r in data["results"])
+            values[name] = tuple(entry(**e) for e in data[name])
         except TypeError as err:
-            raise ValueError(f"{where}: broken 'results' entry ({err})") from err
-        return cls(**{**{n: data[n] for n in names}, "results": results})
+            raise ValueError(f"{where}: broken {name!r} entry ({err})") from err
+    return cls(**values)
 
 
 def _check_schema(data: object, where: str) -> None:
@@ -174,9 +225,7 @@ def _check_schema(data: object, where: str) -> None:
         )
 
 
-Record = LabelRecord | MenuRecord
-
-
+# --------------------------------------------------------------------------------------------- reading
 def _parse(line: str, where: str, kind: type = LabelRecord) -> Record:
     try:
         data = json.loads(line)
@@ -232,7 +281,7 @@ def label_prompt(labels_dir: str | Path) -> PromptSpec:
 
 
 def read_timings(labels_dir: str | Path) -> dict[str, float]:
-    """Search seconds per input id (the last run's, where an input was searched twice)."""
+    """Labeling seconds per input id (the last run's, where an input was labeled twice)."""
     path = Path(labels_dir) / TIMINGS
     if not path.exists():
         return {}
@@ -277,6 +326,26 @@ class ShardWriter:
     def close(self) -> None:
         if self._f is not None:
             self._f.close()
+
+
+def worker_lock(out_dir: Path, worker: str) -> FileLock:
+    """Hold the right to write ``worker``'s shards of ``out_dir`` (two writers would interleave records).
+
+    The lock file lives in the temporary folder, not in ``out_dir``, which DVC hashes.
+    """
+    key = hashlib.sha1(str(out_dir.resolve()).encode()).hexdigest()[:16]
+    user = os.getuid() if hasattr(os, "getuid") else os.getlogin()  # one folder per user: no permission clashes
+    path = Path(tempfile.gettempdir()) / f"polar-locks-{user}" / f"{key}-{worker}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(path)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise ValueError(
+            f"another `polar label` is writing worker {worker!r}'s shards in {out_dir}: wait for it to finish, "
+            "or give this run another --worker (or --shard)"
+        ) from None
+    return lock
 
 
 def merge_shards(out_dir: str | Path, ids: Sequence[str], kind: type = LabelRecord) -> Path:
@@ -324,3 +393,127 @@ def check_settings(out_dir: Path, settings: dict, restart_on_change: bool = Fals
         for old in [*out_dir.glob("shard-*.jsonl"), *(out_dir / f for f in (MERGED, MENU, MANIFEST, TIMINGS))]:
             old.unlink(missing_ok=True)
     path.write_text(json.dumps(settings, indent=2) + "\n")
+
+
+# ----------------------------------------------------------------------------------- manifests, matrices
+def write_manifest(out_dir: str | Path, head: dict, records: Sequence[Record], about: dict) -> Path:
+    """Write ``manifest.json``: ``head``, the number of inputs, ``about``, and on how many the base model was right.
+
+    Args:
+        out_dir: the label folder (or an exported part of one).
+        head: the first keys (the model and the task file, or the part's task file and shard).
+        records: the folder's records, one per input.
+        about: what they were labeled with (the settings or the menu, and the prompt's id).
+
+    Returns:
+        The manifest's path.
+    """
+    manifest = {**head, "inputs": len(records), **about, "base_correct": sum(r.base_correct for r in records)}
+    path = Path(out_dir) / MANIFEST
+    path.write_text(json.dumps(manifest, indent=2) + "\n")
+    return path
+
+
+def export(merged: str | Path, records: Sequence[MenuRecord] | None = None) -> tuple[Path, Path]:
+    """Write ``rewards.parquet`` (one row per input and program) and ``inputs.parquet`` beside ``menu.jsonl``.
+
+    Args:
+        merged: the ``menu.jsonl`` (it need not exist when ``records`` are given).
+        records: its records; read from ``merged`` when None.
+
+    Returns:
+        The paths of the two matrices.
+    """
+    merged = Path(merged)
+    records = read_labels(merged, MenuRecord) if records is None else records
+    rewards = pd.DataFrame(
+        [
+            {
+                "id": r.id,
+                "level": r.level,
+                "program": x.program,
+                "correct": x.correct,
+                "prediction": x.prediction,
+                "layers": x.layers,
+                "logprob": x.logprob,
+                "tokens": x.tokens,
+            }
+            for r in records
+            for x in r.results
+        ]
+    )
+    inputs = pd.DataFrame(
+        [
+            {
+                "id": r.id,
+                "level": r.level,
+                "question": r.question,
+                "answer": r.answer,
+                "depth": r.depth,
+                "base_correct": r.base_correct,
+                "base_logprob": r.base_logprob,
+                "base_margin": r.base_margin,
+                "base_entropy": r.base_entropy,
+                "sample_agreement": r.sample_agreement,
+                "sample_correct": r.sample_correct,
+            }
+            for r in records
+        ]
+    )
+    paths = merged.with_name(REWARDS), merged.with_name(INPUTS)
+    rewards.to_parquet(paths[0], index=False)
+    inputs.to_parquet(paths[1], index=False)
+    return paths
+
+
+def write_matrix(dest: str | Path, head: dict, records: Sequence[MenuRecord]) -> Path:
+    """Export menu ``records`` into ``dest`` as a reward matrix (:func:`export`) with its manifest.
+
+    Args:
+        dest: the folder (a menu folder, or an exported part of one).
+        head: the manifest's first keys (see :func:`write_manifest`).
+        records: one per input, in input order.
+
+    Returns:
+        The manifest's path.
+    """
+    export(Path(dest) / MENU, records)
+    first = records[0] if records else None
+    about = {"menu": first.menu if first else None, "prompt": first.prompt if first else None}
+    return write_manifest(dest, head, records, about)
+
+
+def export_part(out_dir: str | Path, tasks: str | Path, shard: tuple[int, int], dest: str | Path) -> Path:
+    """Export the finished shard ``K`` of ``N`` of a menu folder on its own, before the other shards are done.
+
+    A split labeled as shards ``K/N`` over several days is merged only when every shard is done; this writes
+    ``rewards.parquet``, ``inputs.parquet``, ``settings.json`` and ``manifest.json`` of shard ``K`` in ``dest``,
+    to be committed and joined with the other parts later.
+
+    Args:
+        out_dir: the menu folder (``polar label --menu ... --out``).
+        tasks: the task file it was labeled from.
+        shard: ``(K, N)``.
+        dest: the folder to write the part in (made when missing).
+
+    Returns:
+        The part's manifest.
+
+    Raises:
+        ValueError: the shard is not labeled to the end, or ``(K, N)`` is not a shard.
+    """
+    k, n = shard
+    if not 0 <= k < n:
+        raise ValueError(f"shard {k}/{n}: write K/N with 0 <= K < N")
+    ids = [e.id for e in read_examples(tasks)][k::n]
+    records = {r.id: r for r in read_records(out_dir, MenuRecord)}
+    missing = [i for i in ids if i not in records]
+    if missing:
+        raise ValueError(
+            f"shard {k}/{n} of {out_dir} lacks {len(missing)} of {len(ids)} inputs: label it to the end "
+            f"(`polar label --menu ... --shard {k}/{n}`)"
+        )
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    shutil.copy(Path(out_dir) / SETTINGS, dest / SETTINGS)
+    return write_matrix(dest, {"tasks": str(tasks), "shard": f"{k}/{n}"}, [records[i] for i in ids])

@@ -1,4 +1,5 @@
-"""The label stage: records, resume after a real kill, and rewards that equal running each program alone."""
+"""The search labeler through the label stage: records, resume after a real kill, rewards that equal running each
+program alone, shards and their lock."""
 
 import json
 import signal
@@ -10,8 +11,9 @@ from pathlib import Path
 import pytest
 
 from polar.ingest import ingest
-from polar.label import label, label_one
-from polar.labels import TIMINGS, LabelRecord, label_prompt, read_records
+from polar.labeling.folder import TIMINGS, LabelRecord, label_prompt, read_records, worker_lock
+from polar.labeling.run import label
+from polar.labeling.search import label_one
 from polar.settings import IngestConfig, LabelConfig, SearchConfig
 from polar.tasks.prompts import PromptSpec, stop_token_ids
 
@@ -194,8 +196,6 @@ def test_sharded_workers_merge_to_the_same_labels(tiny_dir, tasks, tmp_path):
 
 
 def test_two_writers_of_one_worker_are_refused(tiny_dir, tasks, tmp_path):
-    from polar.label import worker_lock
-
     out = tmp_path / "labels"
     held = worker_lock(out, "0")  # as if another `polar label` were writing worker 0's shards
     try:

@@ -10,8 +10,8 @@ negative). Rows where every program is right, or none is, say nothing about the 
 It trains for a fixed number of steps (thousands, not a few epochs) and keeps, for each operating point,
 the checkpoint whose *decision* is best on validation: the most right answers with its gain threshold tuned
 there (accuracy mode), and the fewest layers within ``margin`` of base greedy with its price tuned there
-(efficiency mode). Choices then go through :func:`polar.selector.choose_gain` / :func:`choose_cheap` with the
-softmax in place of the gain model's probabilities. The network reads only the question's text (a frozen
+(efficiency mode). Choices then go through :func:`polar.selection.policies.choose_gain` / ``choose_cheap`` with
+the softmax in place of the gain model's probabilities. Its settings are :class:`polar.settings.MenuNetworkConfig`. The network reads only the question's text (a frozen
 sentence encoder), so it runs no layer of the base model: every layer it costs is the chosen program's.
 """
 
@@ -21,9 +21,8 @@ import copy
 import dataclasses
 import json
 import math
-import random
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -32,31 +31,11 @@ from tqdm import tqdm
 
 from polar.predictor import PredictorConfig, ProgramPredictor, menu_softmax, program_logprob, program_targets
 from polar.programs import Program
-from polar.selection import Matrix, static
-from polar.selector import choose_cheap, choose_gain, right_answers, tune_price, tune_threshold
+from polar.selection.matrix import Matrix
+from polar.selection.policies import choose_cheap, choose_gain, right_answers, static, tune_price, tune_threshold
+from polar.settings import MenuNetworkConfig
 
-__all__ = ["MenuNetwork", "MenuNetworkConfig", "embed_each", "menu_loss", "split_matrix", "train_menu"]
-
-
-@dataclass(frozen=True)
-class MenuNetworkConfig:
-    """How M2 trains (the network's shape is the paper's unless set here)."""
-
-    steps: int = 2000
-    batch: int = 32  # training inputs per step
-    lr: float = 5e-4  # peak (AdamW, linear warm-up over 100 steps, cosine decay)
-    weight_decay: float = 0.01
-    d_model: int = 128
-    ff: int = 512
-    encoder_layers: int = 2
-    dropout: float = 0.1
-    eval_every: int = 100  # steps between validation decisions (the checkpoint candidates)
-    margin: float = 0.01  # efficiency mode: pass@1 at most this far below base greedy on validation
-    embedder: str = "minilm"
-    seed: int = 0
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+__all__ = ["MenuNetwork", "embed_each", "menu_loss", "train_menu"]
 
 
 def embed_each(questions: Sequence[str], embedder) -> tuple[torch.Tensor, torch.Tensor]:
@@ -100,11 +79,16 @@ class MenuNetwork:
             raise ValueError(
                 f"the menu's first program must be the full depth (0-{self.depth - 1}), as menu.txt has it"
             )
-        torch.manual_seed(self.config.seed)
+        torch.manual_seed(self.config.m2_seed)
         c = self.config
         self.net = ProgramPredictor(
             PredictorConfig(
-                self.depth, self.embed_dim, c.d_model, ff=c.ff, encoder_layers=c.encoder_layers, dropout=c.dropout
+                self.depth,
+                self.embed_dim,
+                c.m2_d_model,
+                ff=c.m2_ff,
+                encoder_layers=c.m2_encoder_layers,
+                dropout=c.m2_dropout,
             )
         )
 
@@ -122,8 +106,11 @@ class MenuNetwork:
             out.append(menu_softmax(b, o, (self.boundaries, self.ops, self.usable)))
         return torch.cat(out).double().numpy()
 
-    def fit(self, train: Matrix, x: torch.Tensor, mask: torch.Tensor, validation: Matrix, xv, mv) -> MenuNetwork:
-        """Train on ``train`` (its question vectors ``x``, ``mask``), choosing checkpoints on ``validation``."""
+    def fit(
+        self, train: Matrix, x: torch.Tensor, mask: torch.Tensor, validation: Matrix, xv, mv, margin: float
+    ) -> MenuNetwork:
+        """Train on ``train`` (its question vectors ``x``, ``mask``), choosing checkpoints on ``validation``;
+        efficiency mode keeps validation pass@1 within ``margin`` of base greedy."""
         if tuple(train.programs) != self.programs or tuple(validation.programs) != self.programs:
             raise ValueError("the matrices were labeled with another menu than the network's")
         c = self.config
@@ -133,19 +120,19 @@ class MenuNetwork:
         rows = informative.nonzero()[:, 0]
         if len(rows) == 0:
             raise ValueError("no training input has both a right and a wrong menu program: nothing to learn")
-        gen = torch.Generator().manual_seed(c.seed)
-        optim = torch.optim.AdamW(self.net.parameters(), lr=c.lr, weight_decay=c.weight_decay)
-        warm = min(100, c.steps // 10)
+        gen = torch.Generator().manual_seed(c.m2_seed)
+        optim = torch.optim.AdamW(self.net.parameters(), lr=c.m2_lr, weight_decay=c.m2_weight_decay)
+        warm = min(100, c.m2_steps // 10)
         sched = torch.optim.lr_scheduler.LambdaLR(
             optim,
-            lambda s: (s + 1) / warm if s < warm else 0.5 * (1 + math.cos(math.pi * (s - warm) / (c.steps - warm))),
+            lambda s: (s + 1) / warm if s < warm else 0.5 * (1 + math.cos(math.pi * (s - warm) / (c.m2_steps - warm))),
         )
         best = {"accuracy": (-1, 0), "efficiency": (math.inf, 0)}
         base = validation.correct[:, 0].mean()
-        bar = tqdm(range(1, c.steps + 1), desc="train M2", unit="step")
+        bar = tqdm(range(1, c.m2_steps + 1), desc="train M2", unit="step")
         for step in bar:
             self.net.train()
-            idx = rows[torch.randint(len(rows), (min(c.batch, len(rows)),), generator=gen)]
+            idx = rows[torch.randint(len(rows), (min(c.m2_batch, len(rows)),), generator=gen)]
             b, o = self.net(x[idx], mask[idx])
             loss = menu_loss(program_logprob(b, o, self.boundaries, self.ops), correct[idx], usable)
             optim.zero_grad()
@@ -153,15 +140,15 @@ class MenuNetwork:
             torch.nn.utils.clip_grad_norm_(self.net.parameters(), 1.0)
             optim.step()
             sched.step()
-            if step % c.eval_every and step != c.steps:
+            if step % c.m2_eval_every and step != c.m2_steps:
                 continue
             p = self.proba(xv, mv)
-            threshold = tune_threshold(validation, p, 0)
+            threshold = tune_threshold(validation, p)
             right = right_answers(validation, choose_gain(validation, p, threshold, 0, "").choice)
-            price = tune_price(validation, p, 0, c.margin)
+            price = tune_price(validation, p, 0, margin)
             cheap = choose_cheap(validation, p, price, 0, "")
             layers = float(cheap.cost.mean())
-            within = right_answers(validation, cheap.choice) / len(cheap.choice) >= base - c.margin
+            within = right_answers(validation, cheap.choice) / len(cheap.choice) >= base - margin
             self.history.append(
                 {"step": step, "loss": loss.item(), "val_right": right, "threshold": threshold, "val_layers": layers}
             )
@@ -191,26 +178,12 @@ class MenuNetwork:
         return model.eval()
 
     def select(self, matrix: Matrix, x: torch.Tensor, mask: torch.Tensor, mode: str, name: str):
-        """The :class:`polar.selection.Selection` of ``mode`` with its checkpoint and tuned setting."""
+        """The :class:`polar.selection.policies.Selection` of ``mode`` with its checkpoint and tuned setting."""
         if self.tuned[mode] is None:
             return static(matrix, 0, name)
         p = self.proba(x, mask, mode)
         pick = choose_gain if mode == "accuracy" else choose_cheap
         return pick(matrix, p, self.tuned[mode], 0, name)
-
-
-def split_matrix(matrix: Matrix, val_fraction: float, seed: int) -> tuple[Matrix, Matrix]:
-    """Train and validation parts of a matrix, whole questions on one side (a seeded shuffle of the questions)."""
-    questions = sorted(set(matrix.inputs["question"]))
-    random.Random(seed).shuffle(questions)
-    held = set(questions[: round(len(questions) * val_fraction)])
-    if not held or len(held) == len(questions):
-        raise ValueError(
-            f"{len(questions)} questions cannot be split {1 - val_fraction:.0%}/{val_fraction:.0%}: "
-            "label more inputs, or change val_fraction"
-        )
-    on_val = matrix.inputs["question"].isin(held).to_numpy()
-    return matrix.take(~on_val), matrix.take(on_val)
 
 
 def train_menu(label_paths: Sequence[str | Path], out_dir: str | Path, config, base_model: str | None = None) -> Path:
@@ -223,9 +196,10 @@ def train_menu(label_paths: Sequence[str | Path], out_dir: str | Path, config, b
         base_model: the model spec the predictor records (default: the one the menu runs name).
     """
     from polar.embedder import load_embedder
-    from polar.labels import read_settings
-    from polar.menu import INPUTS, REWARDS
+    from polar.labeling.folder import INPUTS, REWARDS, read_settings
     from polar.predictor import save
+    from polar.selection.matrix import split_questions
+    from polar.settings import SelectConfig
     from polar.train import file_sha256, labels_prompt
 
     folders = [Path(p) if Path(p).is_dir() else Path(p).parent for p in label_paths]
@@ -235,16 +209,16 @@ def train_menu(label_paths: Sequence[str | Path], out_dir: str | Path, config, b
     budgets = {s["config"]["max_new_tokens"] for s in settings}
     if len(budgets) > 1 or len({s["model"] for s in settings}) > 1:
         raise ValueError("the menu runs were made with different base models or generation budgets")
-    train, validation = split_matrix(matrix, config.val_fraction, config.seed)
+    train, validation = split_questions(matrix, config.val_fraction, config.seed)
     embedder = load_embedder(config.embedder)
     mconfig = MenuNetworkConfig(
-        steps=config.steps,
-        lr=config.lr,
-        weight_decay=config.weight_decay,
-        dropout=config.dropout,
-        eval_every=max(1, min(100, config.steps // 10)),
-        embedder=config.embedder,
-        seed=config.seed,
+        m2_steps=config.steps,
+        m2_lr=config.lr,
+        m2_weight_decay=config.weight_decay,
+        m2_dropout=config.dropout,
+        m2_eval_every=max(1, min(100, config.steps // 10)),
+        m2_embedder=config.embedder,
+        m2_seed=config.seed,
     )
     net = MenuNetwork(mconfig, matrix.programs, matrix.depth, embedder.dim)
     net.fit(
@@ -252,6 +226,7 @@ def train_menu(label_paths: Sequence[str | Path], out_dir: str | Path, config, b
         *embed_each(list(train.inputs["question"]), embedder),
         validation,
         *embed_each(list(validation.inputs["question"]), embedder),
+        SelectConfig().margin,
     )
     files = [f / name for f in folders for name in (REWARDS, INPUTS)]
     meta = {

@@ -1,0 +1,272 @@
+"""The menu labeler: every program of a fixed menu run on every input, into a reward matrix.
+
+Where the search labeler (:mod:`polar.labeling.search`) searches each input for programs that answer it, a menu
+labels every input with the same programs: a dense (input x program) matrix of correctness, predictions, layers
+and answer log-probabilities, from which a selector learns which program to run for which input. Menus are a
+file of programs (text or compact form, one per line, ``#`` comments) or ``auto:K``: the full-depth program and
+the K programs valid on the most inputs of a search discovery run (``--discovery``, a label folder of the same
+model and prompt; the search's root edits are among its candidates).
+
+Each input's :class:`~polar.labeling.folder.MenuRecord` also holds the base model's confidence in its own answer:
+the answer's mean token log-probability, the top-2 margin and the entropy at its first token, and the shares of
+a few samples that agree with it and that are correct. :func:`polar.labeling.run.run_labeling` writes them to
+resumable shards as search labels are; the merged ``menu.jsonl`` is exported as ``rewards.parquet`` and
+``inputs.parquet`` (:func:`polar.labeling.folder.export`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import ClassVar
+
+from polar.backbone import Backbone, load, model_depth
+from polar.decoding import Sampling
+from polar.grid import Samples, generate_grid
+from polar.labeling.folder import (
+    MENU_FILE,
+    SCHEMA,
+    MenuRecord,
+    MenuResult,
+    check_settings,
+    label_prompt,
+    merge_shards,
+    read_labels,
+    record_header,
+    write_matrix,
+)
+from polar.programs import Program, ProgramError
+from polar.settings import LabelConfig, MenuConfig
+from polar.tasks.answers import grade
+from polar.tasks.prompts import PromptSpec, stop_token_ids
+from polar.tasks.schema import Example
+
+__all__ = ["MenuLabeler", "level_batches", "menu_id", "resolve_menu", "run_menu", "write_menu"]
+
+
+# ------------------------------------------------------------------------------------------------ menus
+def resolve_menu(
+    spec: str, depth: int, max_visits: int, prompt: PromptSpec | None = None, discovery: str = ""
+) -> list[Program]:
+    """The programs of a menu, the full-depth program first, each once.
+
+    Args:
+        spec: a menu file, or ``auto:K``.
+        depth: the model's layers.
+        max_visits: most times one layer may run in a program.
+        prompt: the prompt the menu is for (an ``auto`` menu's discovery labels must have been made with it).
+        discovery: for ``auto:K``, a label folder of search labels.
+
+    Returns:
+        The menu's programs.
+    """
+    identity = Program.identity(depth)
+    if spec.startswith("auto:"):
+        try:
+            k = int(spec.removeprefix("auto:"))
+        except ValueError:
+            raise ValueError(f"menu {spec!r}: write auto:K with K a number of programs, e.g. auto:31") from None
+        programs = _discovered(k, depth, prompt, discovery)
+    else:
+        path = Path(spec)
+        if not path.exists():
+            raise FileNotFoundError(f"menu file not found: {path} (or write auto:K with --discovery LABELS)")
+        programs = []
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            text = line.split("#", 1)[0].strip()
+            if not text:
+                continue
+            try:
+                programs.append(Program.parse_any(text).validate(depth, max_visits=max_visits))
+            except ProgramError as err:
+                raise ValueError(f"{path}:{n}: {err}") from err
+    return list(dict.fromkeys([identity, *programs]))
+
+
+def _discovered(k: int, depth: int, prompt: PromptSpec | None, discovery: str) -> list[Program]:
+    """The ``k`` programs valid on the most inputs of the search labels in ``discovery`` (then shorter first)."""
+    if not discovery:
+        raise ValueError(
+            "an auto menu needs --discovery LABELS: MCTS labels of a few inputs with the same model and prompt, "
+            "e.g. `polar label --limit 16 --out data/labels/discovery`"
+        )
+    records = read_labels(discovery)
+    if prompt is not None and label_prompt(discovery).id != prompt.id:
+        raise ValueError(f"{discovery} was labeled with the prompt {label_prompt(discovery).id}, not {prompt.id}")
+    if records and records[0].depth != depth:
+        raise ValueError(f"{discovery} labels a {records[0].depth}-layer model; this one has {depth} layers")
+    valid = Counter(p for r in records for p in set(r.valid))
+    identity = Program.identity(depth).text
+    ranked = sorted((p for p in valid if p != identity), key=lambda p: (-valid[p], len(Program.parse(p)), p))
+    return [Program.parse(p) for p in ranked[:k]]
+
+
+def write_menu(path: str | Path, programs: Sequence[Program], title: str) -> Path:
+    """A menu file (one program per line) that ``--menu`` reads back as the same menu (the same :func:`menu_id`)."""
+    path = Path(path)
+    if path.exists() and [p.text for p in programs] == _programs_in(path):
+        return path  # already there (another worker of the same run, or a resumed run): left as it is
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(f"# {title}\n" + "".join(f"{p.text}\n" for p in programs))
+    tmp.replace(path)  # atomic: a worker reading it never sees half a menu
+    return path
+
+
+def _programs_in(path: Path) -> list[str]:
+    return [t for line in path.read_text().splitlines() if (t := line.split("#", 1)[0].strip())]
+
+
+def menu_id(programs: Sequence[Program]) -> str:
+    """``menu-<n>-<12 hex>``: the number of programs and a digest of their texts in order."""
+    digest = hashlib.sha256("\n".join(p.text for p in programs).encode()).hexdigest()[:12]
+    return f"menu-{len(programs)}-{digest}"
+
+
+# ------------------------------------------------------------------------------------------------ running
+def run_menu(
+    backbone: Backbone,
+    examples: Sequence[Example],
+    prompt: PromptSpec,
+    menu: Sequence[Program],
+    config: LabelConfig,
+    dense: MenuConfig,
+    menu_name: str,
+) -> list[MenuRecord]:
+    """Every program of ``menu`` on each of ``examples`` (one grid: their shared few-shot prefix runs once per
+    program), and the base model's confidence (the menu's first program, the full depth).
+
+    Args:
+        backbone: the base model.
+        examples: the inputs (of one level, to share their prefix).
+        prompt: the prompt spec they are asked with.
+        menu: the programs, the full-depth one first.
+        config: the label settings (the generation budget).
+        dense: the menu settings (the samples and their temperature).
+        menu_name: the menu's id (:func:`menu_id`), recorded in every record.
+
+    Returns:
+        One record per input, in the order of ``examples``.
+    """
+    tok, executor = backbone.tokenizer, backbone.executor
+    stops = stop_token_ids(tok)
+    prompts = [prompt.encode(e.question, e.level, tok) for e in examples]
+    samples = None
+    if dense.samples:  # seeded by the input: independent of the batch
+        seeds = [int(hashlib.sha256(e.id.encode()).hexdigest()[:8], 16) for e in examples]
+        samples = Samples(dense.samples, Sampling(temperature=dense.temperature), seeds)
+    grid = generate_grid(executor, prompts, menu, config.max_new_tokens, stops, samples)
+    records = []
+    for example, row in zip(examples, grid, strict=True):
+        results = []
+        for program, cell in zip(menu, row, strict=False):  # the menu's rows; the samples follow
+            prediction, ok = grade(cell.text, example.answer, example.answer_kind)
+            results.append(
+                MenuResult(program.text, ok, prediction, len(program), round(cell.logprob, 4), len(cell.tokens))
+            )
+        base, first = results[0], row[0]
+        drawn = [grade(cell.text, example.answer, example.answer_kind) for cell in row[len(menu) :]]
+        agree = sum(a == base.prediction for a, _ in drawn) / len(drawn) if drawn else 1.0
+        right = sum(ok for _, ok in drawn) / len(drawn) if drawn else float(base.correct)
+        records.append(
+            MenuRecord(
+                **record_header(example, backbone.spec, executor.depth, prompt.id),
+                menu=menu_name,
+                results=tuple(results),
+                base_logprob=round(base.logprob / max(base.tokens, 1), 4),
+                base_margin=round(first.margin, 4),
+                base_entropy=round(first.entropy, 4),
+                sample_agreement=round(agree, 4),
+                sample_correct=round(right, 4),
+            )
+        )
+    return records
+
+
+def level_batches(examples: Sequence[Example], size: int) -> list[list[Example]]:
+    """Inputs of one level together (they share their few-shot prefix), ``size`` at a time, in input order."""
+    by_level: dict[str, list[Example]] = {}
+    for e in examples:
+        by_level.setdefault(e.level, []).append(e)
+    return [group[i : i + size] for group in by_level.values() for i in range(0, len(group), size)]
+
+
+# ------------------------------------------------------------------------------------------------ the labeler
+@dataclass
+class MenuLabeler:
+    """Labels each input with every program of the menu of ``dense`` (``menu.jsonl`` and the reward matrix); see
+    :class:`~polar.labeling.run.Labeler`.
+
+    ``backbone``, when given, is used as it is (its ``spec`` is what the records name); otherwise ``model`` is
+    loaded on ``device`` when the first input is labeled, and its depth read from its config to resolve the menu.
+    """
+
+    model: str
+    tasks: str | Path
+    config: LabelConfig
+    dense: MenuConfig
+    device: str = "auto"
+    backbone: Backbone | None = None
+    menu: list[Program] | None = field(default=None, init=False)  # resolved by prepare
+    record_kind: ClassVar[type] = MenuRecord
+    name: ClassVar[str] = "menu"  # the default label folder's name
+
+    @cached_property
+    def prompt(self) -> PromptSpec:
+        """The prompt of these settings (recorded in ``settings.json``)."""
+        return self.config.prompt_spec(self.tasks)
+
+    def prepare(self, out_dir: Path, restart_on_change: bool = False) -> None:
+        """Resolve the menu, create ``out_dir`` for these settings (or check that what it holds was made with them)
+        and leave the menu there as ``menu.txt``.
+
+        The menu's programs, not how it was given, are part of the settings: a run given ``auto:K`` resumes with
+        ``--menu OUT/menu.txt``.
+        """
+        out_dir, dense = Path(out_dir), self.dense
+        depth = self.backbone.depth if self.backbone is not None else model_depth(self.model)
+        self.menu = resolve_menu(dense.menu, depth, self.config.search.max_visits, self.prompt, dense.discovery)
+        name = menu_id(self.menu)
+        settings = {
+            "schema": SCHEMA,
+            "kind": "menu",
+            "model": self.model,
+            "tasks": str(self.tasks),
+            "config": {
+                "max_new_tokens": self.config.max_new_tokens,
+                "samples": dense.samples,
+                "temperature": dense.temperature,
+            },
+            "prompt": self.prompt.to_dict(),
+            "menu": {"id": name, "programs": [p.text for p in self.menu]},
+        }
+        check_settings(out_dir, settings, restart_on_change)
+        source = f" from {dense.discovery}" if dense.discovery else ""
+        write_menu(out_dir / MENU_FILE, self.menu, f"{name}: {dense.menu}{source}")
+
+    def label_batch(self, examples: Sequence[Example]) -> Iterator[tuple[MenuRecord, float]]:
+        """Run the menu on ``examples``, one level's grid of ``grid_inputs`` at a time; yields each record with
+        its share of its grid's seconds."""
+        if self.menu is None:
+            raise RuntimeError("MenuLabeler.label_batch before prepare: the menu is resolved by prepare(out_dir)")
+        if self.backbone is None:
+            self.backbone = load(self.model, device=self.device)
+        name = menu_id(self.menu)
+        for batch in level_batches(examples, self.dense.grid_inputs):
+            start = time.perf_counter()
+            records = run_menu(self.backbone, batch, self.prompt, self.menu, self.config, self.dense, name)
+            seconds = (time.perf_counter() - start) / len(batch)
+            for record in records:
+                yield record, seconds
+
+    def finish(self, out_dir: Path, ids: Sequence[str]) -> Path:
+        """Merge the shards of ``out_dir`` into ``menu.jsonl`` (in the order of ``ids``), export the reward matrix
+        and write the manifest."""
+        merged = merge_shards(out_dir, ids, MenuRecord)
+        write_matrix(out_dir, {"model": self.model, "tasks": str(self.tasks)}, read_labels(merged, MenuRecord))
+        return merged
