@@ -8,6 +8,7 @@ under the pipeline's run (``POLAR_PIPELINE_RUN_ID``).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from pathlib import Path
@@ -15,6 +16,7 @@ from pathlib import Path
 from polar.labeling.folder import MANIFEST, MERGED, read_labels, read_timings
 from polar.layout import Outputs
 from polar.tracking import configure, git_commit
+from polar.training import TrainResult
 
 __all__ = ["end_pipeline_run", "log_stage", "start_pipeline_run"]
 
@@ -81,15 +83,10 @@ def log_stage(root: str | Path, model: str, stage: str) -> None:
             metrics["success"] = float(json.loads(out.validation.read_text())["success"])
         files = [out.validation, out.validation.with_name("validation.html")]
     elif stage == "train":
-        history_path = out.predictor / "history.json"
-        history = json.loads(history_path.read_text()) if history_path.exists() else []
-        if history and "val_loss" in history[0]:  # the network; M2's history holds its validation decisions
-            metrics["best_val_loss"] = min(h["val_loss"] for h in history)
-            metrics["epochs"] = len(history)
-        elif history:
-            metrics["best_val_right"] = max(h["val_right"] for h in history)
-            metrics["steps"] = history[-1]["step"]
-        files = [out.predictor / "config.json", history_path]
+        # Not trained, or a predictor older than recorded results (a failed run leaves one): its files only.
+        with contextlib.suppress(FileNotFoundError, ValueError):
+            metrics |= _train_metrics(TrainResult.read(out.predictor))
+        files = [out.predictor / "config.json", out.predictor / "history.json"]
     elif stage == "evaluate":
         path = out.evaluation / "metrics.json"
         if path.exists():
@@ -115,6 +112,15 @@ def log_stage(root: str | Path, model: str, stage: str) -> None:
     for path in files:
         if path.exists():
             mlflow.log_artifact(str(path), artifact_path=f"{model}/{stage}")
+
+
+def _train_metrics(result: TrainResult) -> dict[str, float]:
+    """A training run's kept checkpoint, whichever method made it: e.g. best_val_loss and best_epoch, epochs."""
+    return {
+        f"best_{result.metric}": result.value,
+        f"best_{result.unit}": result.best,
+        f"{result.unit}s": result.trained,
+    }
 
 
 def _menu_stage(out: Outputs, stage: str) -> tuple[dict[str, float], list[Path]]:

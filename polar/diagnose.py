@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter, defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
@@ -16,7 +17,7 @@ matplotlib.use("Agg")  # files only, no screen
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from polar.labeling.folder import LabelRecord, read_labels, read_settings, read_timings  # noqa: E402
+from polar.labeling.folder import SETTINGS, LabelRecord, read_labels, read_settings, read_timings  # noqa: E402
 from polar.programs import CompactProgram, Op, Program  # noqa: E402
 from polar.settings import SPACES  # noqa: E402
 
@@ -24,6 +25,17 @@ __all__ = ["diagnose", "load_labels"]
 
 
 def load_labels(folder: Path) -> list[LabelRecord]:
+    """The records of one search space's label folder.
+
+    Args:
+        folder: the label folder (its name is the search space, e.g. ``joint``).
+
+    Returns:
+        its ``labels.jsonl`` records, in input order.
+
+    Raises:
+        FileNotFoundError: the folder holds no ``labels.jsonl`` (the message says how to make it).
+    """
     path = folder / "labels.jsonl"
     if not path.exists():
         raise FileNotFoundError(f"{path} not found: run `polar label --space {folder.name} --out {folder}` first")
@@ -42,22 +54,92 @@ def _edited_segments(record: LabelRecord) -> list[tuple[str, int]]:
     return [(s.op.value, s.length) for s in compact.segments if s.op is not Op.KEEP]
 
 
+@dataclass(frozen=True)
+class Labels:
+    """The label folders of one diagnosis, as read from disk."""
+
+    root: Path  # the folder holding skip/, loop/ and joint/
+    runs: dict[str, list[LabelRecord]]  # search space -> its records, in SPACES order
+    settings: dict[str, dict]  # search space -> its settings.json, for the folders that have one
+    seconds: float  # labeling time over all spaces, summed per input from their timings.jsonl
+
+    @property
+    def joint(self) -> list[LabelRecord]:
+        return self.runs["joint"]
+
+
 def diagnose(labels_dir: str | Path, out_dir: str | Path, command: str | None = None) -> Path:
     """Write ``report.md`` and its plots for the labels under ``labels_dir``.
+
+    Args:
+        labels_dir: the folder with one label folder per search space (``joint/`` at least).
+        out_dir: the report's folder (made when missing).
+        command: the command line that made the report, added to its "Reproduce" steps.
 
     Returns:
         the report's path.
     """
-    labels_dir, out_dir = Path(labels_dir), Path(out_dir)
+    labels = _load(Path(labels_dir))
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    joint, depth = labels.joint, labels.joint[0].depth
+    levels = sorted({r.level for r in joint}, key=lambda x: (len(x), x))
+    sections = [
+        _header(labels, levels),
+        _oracle_section(labels.runs, levels, out_dir),
+        _corrections_section(joint, depth),
+        _segments_section(joint, out_dir),
+        _edits_section(joint, levels, depth, out_dir),
+        _reproduce_section(labels, command),
+    ]
+    return _write(out_dir, sections)
+
+
+# -------------------------------------------------------------------------------------- load, write
+def _load(labels_dir: Path) -> Labels:
+    """Read the records, settings and timings of every search space under ``labels_dir``.
+
+    Raises:
+        FileNotFoundError: there is no ``joint/`` folder, or one holds no ``labels.jsonl``.
+    """
     runs = {space: load_labels(labels_dir / space) for space in SPACES if (labels_dir / space).exists()}
     if "joint" not in runs:
         raise FileNotFoundError(f"{labels_dir / 'joint'} not found: the diagnosis needs at least the joint search")
-    joint = runs["joint"]
-    depth, model = joint[0].depth, joint[0].model
-    levels = sorted({r.level for r in joint}, key=lambda x: (len(x), x))
-    out_dir.mkdir(parents=True, exist_ok=True)
+    settings = {s: read_settings(labels_dir / s) for s in runs if (labels_dir / s / SETTINGS).exists()}
+    seconds = sum(sum(read_timings(labels_dir / space).values()) for space in runs)
+    return Labels(labels_dir, runs, settings, seconds)
 
-    # 1. Oracle accuracy per level: an input counts when search found at least one valid program.
+
+def _write(out_dir: Path, sections: list[list[str]]) -> Path:
+    """Write ``report.md``: the non-empty ``sections``, one blank line apart."""
+    lines: list[str] = []
+    for section in filter(None, sections):
+        if lines:
+            lines.append("")
+        lines += section
+    report = out_dir / "report.md"
+    report.write_text("\n".join(lines) + "\n")
+    return report
+
+
+# ----------------------------------------------------------------------------------------- sections
+def _header(labels: Labels, levels: list[str]) -> list[str]:
+    """The title and what was searched: spaces, inputs, prompt, simulations and search time."""
+    joint = labels.joint
+    sims = sorted({v["config"]["search"]["simulations"] for v in labels.settings.values()})
+    evaluations = sum(r.evaluations for recs in labels.runs.values() for r in recs)
+    return [
+        f"# Diagnosis: {joint[0].model} ({joint[0].depth} layers)",
+        "",
+        f"Search spaces: {', '.join(labels.runs)}; {len(joint)} inputs ({len(joint) // max(1, len(levels))} per "
+        f"level); prompt `{joint[0].prompt}`; {'/'.join(map(str, sims)) or '?'} simulations per input "
+        f"(the reference uses 100). Search time: {labels.seconds / 60:.1f} min for {evaluations} program "
+        "evaluations over all spaces (summed per input, from the label folders' timings.jsonl).",
+    ]
+
+
+def _oracle_section(runs: dict[str, list[LabelRecord]], levels: list[str], out_dir: Path) -> list[str]:
+    """1. Oracle accuracy per level: an input counts when search found at least one valid program."""
     table = [
         "| level | inputs | base | " + " | ".join(f"{s} oracle" for s in runs) + " |",
         "|---|---|---|" + "---|" * len(runs),
@@ -73,24 +155,61 @@ def diagnose(labels_dir: str | Path, out_dir: str | Path, command: str | None = 
             acc["base"].append(base / n)
             for s in runs:
                 acc[s].append(sum(bool(r.valid) for r in rows[s]) / max(1, len(rows[s])))
+    _plot_accuracy(acc, levels, out_dir / "oracle_accuracy.png")
+    return [
+        "## Oracle accuracy per level",
+        "",
+        "An input counts for a search space when search found at least one program whose greedy answer is "
+        "correct (run alone). Base is the full-depth model.",
+        "",
+        *table,
+        "",
+        "![oracle accuracy](oracle_accuracy.png)",
+    ]
 
-    # 2-3. Shorter programs for correct inputs; corrections of wrong ones (joint search).
+
+def _corrections_section(joint: list[LabelRecord], depth: int) -> list[str]:
+    """2-3. Shorter programs for correct inputs; corrections of wrong ones (joint search)."""
     correct = [r for r in joint if r.base_correct]
     wrong = [r for r in joint if not r.base_correct]
     shorter = sum(1 for r in correct if r.shortest_length is not None and r.shortest_length < depth)
     fixed = [r for r in wrong if r.valid]
     fixed_shorter = sum(1 for r in fixed if r.shortest_length < depth)
+    lengths = [r.shortest_length for r in joint if r.shortest_length]
+    return [
+        "## Shorter programs and corrections (joint search)",
+        "",
+        f"- Already-correct inputs with a strictly shorter valid program: {_pct(shorter, len(correct))}.",
+        f"- Wrong inputs corrected by some program: {_pct(len(fixed), len(wrong))}; "
+        f"by a program shorter than full depth: {_pct(fixed_shorter, len(wrong))}.",
+        f"- Shortest valid program length: mean {np.mean(lengths):.1f} of {depth} layers"
+        if lengths
+        else "- No valid program found.",
+    ]
 
-    # 4. Edited segment lengths.
-    segs = Counter()
-    for r in joint:
-        for op, length in _edited_segments(r):
-            segs[(op, length)] += 1
+
+def _segments_section(joint: list[LabelRecord], out_dir: Path) -> list[str]:
+    """4. Edited segment lengths, per op."""
+    segs = Counter(seg for r in joint for seg in _edited_segments(r))
     _plot_segments(segs, out_dir / "segment_lengths.png")
+    return [
+        "## Edited segments",
+        "",
+        "Lengths of the skip and repeat segments in the canonical compact form of each input's shortest valid "
+        "program (joint search).",
+        "",
+        "| op | " + " | ".join(str(k) for k in range(1, 5)) + " |",
+        "|---|---|---|---|---|",
+        *[f"| {op} | " + " | ".join(str(segs[(op, k)]) for k in range(1, 5)) + " |" for op in ("skip", "repeat")],
+        "",
+        "![segment lengths](segment_lengths.png)",
+    ]
 
-    # 5. Which layers are skipped / looped, per level (shortest valid program, joint search).
-    skip_map = np.zeros((len(levels), depth))
-    loop_map = np.zeros((len(levels), depth))
+
+def _edits_section(joint: list[LabelRecord], levels: list[str], depth: int, out_dir: Path) -> list[str]:
+    """5. Which layers are skipped / looped, per level (shortest valid program, joint search)."""
+    skip_map = np.zeros((len(levels), depth))  # (levels, D): share of the level's inputs that skip the layer
+    loop_map = np.zeros((len(levels), depth))  # (levels, D): ... that run it more than once
     for i, level in enumerate(levels):
         rows = [r for r in joint if r.level == level and r.shortest]
         for r in rows:
@@ -102,75 +221,33 @@ def diagnose(labels_dir: str | Path, out_dir: str | Path, command: str | None = 
             skip_map[i] /= len(rows)
             loop_map[i] /= len(rows)
     _plot_heatmaps(skip_map, loop_map, levels, out_dir / "layer_heatmap.png")
-    _plot_accuracy(acc, levels, out_dir / "oracle_accuracy.png")
-
-    settings = {s: read_settings(labels_dir / s) for s in runs if (labels_dir / s / "settings.json").exists()}
-    sims = sorted({v["config"]["search"]["simulations"] for v in settings.values()})
-    lengths = [r.shortest_length for r in joint if r.shortest_length]
-    seconds = sum(sum(read_timings(labels_dir / space).values()) for space in runs)
-    evaluations = sum(r.evaluations for recs in runs.values() for r in recs)
-    lines = [
-        f"# Diagnosis: {model} ({depth} layers)",
-        "",
-        f"Search spaces: {', '.join(runs)}; {len(joint)} inputs ({len(joint) // max(1, len(levels))} per level); "
-        f"prompt `{joint[0].prompt}`; {'/'.join(map(str, sims)) or '?'} simulations per input "
-        f"(the reference uses 100). Search time: {seconds / 60:.1f} min for {evaluations} program evaluations over "
-        "all spaces (summed per input, from the label folders' timings.jsonl).",
-        "",
-        "## Oracle accuracy per level",
-        "",
-        "An input counts for a search space when search found at least one program whose greedy answer is "
-        "correct (run alone). Base is the full-depth model.",
-        "",
-        *table,
-        "",
-        "![oracle accuracy](oracle_accuracy.png)",
-        "",
-        "## Shorter programs and corrections (joint search)",
-        "",
-        f"- Already-correct inputs with a strictly shorter valid program: {_pct(shorter, len(correct))}.",
-        f"- Wrong inputs corrected by some program: {_pct(len(fixed), len(wrong))}; "
-        f"by a program shorter than full depth: {_pct(fixed_shorter, len(wrong))}.",
-        f"- Shortest valid program length: mean {np.mean(lengths):.1f} of {depth} layers"
-        if lengths
-        else "- No valid program found.",
-        "",
-        "## Edited segments",
-        "",
-        "Lengths of the skip and repeat segments in the canonical compact form of each input's shortest valid "
-        "program (joint search).",
-        "",
-        "| op | " + " | ".join(str(k) for k in range(1, 5)) + " |",
-        "|---|---|---|---|---|",
-        *[f"| {op} | " + " | ".join(str(segs[(op, k)]) for k in range(1, 5)) + " |" for op in ("skip", "repeat")],
-        "",
-        "![segment lengths](segment_lengths.png)",
-        "",
+    return [
         "## Where the edits are",
         "",
         "Share of inputs (per level, shortest valid program, joint search) that skip or loop each layer.",
         "",
         "![layer heat map](layer_heatmap.png)",
     ]
+
+
+def _reproduce_section(labels: Labels, command: str | None) -> list[str]:
+    """The commands that made the labels (and the report), or nothing when none is known."""
     steps = []
-    for space, st in settings.items():
+    for space, st in labels.settings.items():
         manifest = Path(st["tasks"]).with_name(Path(st["tasks"]).stem + ".manifest.json")
         if not steps and manifest.exists():
             steps.append(f"# tasks: {st['tasks']} ({json.loads(manifest.read_text())['source']}, from polar ingest)")
         search = st["config"]["search"]
         steps.append(
             f"polar label --model {st['model']} --tasks {st['tasks']} --space {space} "
-            f"--simulations {search['simulations']} --out {labels_dir / space}"
+            f"--simulations {search['simulations']} --out {labels.root / space}"
         )
     if command:
         steps.append(command.strip())
-    if steps:
-        lines += ["", "## Reproduce", "", "```bash", *steps, "```"]
-    report = out_dir / "report.md"
-    report.write_text("\n".join(lines) + "\n")
-    return report
+    return ["## Reproduce", "", "```bash", *steps, "```"] if steps else []
 
 
+# -------------------------------------------------------------------------------------------- plots
 def _plot_accuracy(acc: dict[str, list[float]], levels: list[str], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6, 3.5))
     for name, values in acc.items():

@@ -114,13 +114,7 @@ def evaluate(
     if not model:
         raise ValueError(f"{predictor_dir} does not record its base model; pass --model")
     backbone = backbone or load(model, device=device)
-    executor, depth = backbone.executor, backbone.executor.depth
-    predictors = {"predictor": P.load(predictor_dir, device=executor.device)}
-    for name, path in (others or {}).items():
-        predictors[name] = P.load(path, device=executor.device)
-    for name, pred in predictors.items():
-        if pred.config.depth != depth:
-            raise ValueError(f"{name} was trained for a {pred.config.depth}-layer model; {model} has {depth} layers")
+    predictors = _load_predictors(predictor_dir, others, backbone, model)
     prompt = resolve_prompt(predictors["predictor"], config, tasks_path)
     config = replace(config, max_new_tokens=resolve_budget(predictors["predictor"], config))
     answerer = Answerer(backbone, prompt, config.max_new_tokens)  # as the registered model will serve
@@ -128,17 +122,62 @@ def evaluate(
         if name != "predictor":
             prompt.check(P.prompt_spec(pred), f"the predictor {name!r}")
     prompts = [answerer.encode(e.question, e.level) for e in examples]
-    questions = [e.question for e in examples]
-
-    ranked, overhead = {}, {}
-    embedders = {}
-    for name, pred in predictors.items():
-        spec = pred.config.meta["embedder"]
-        embedders.setdefault(spec, load_embedder(spec, backbone=backbone, device=executor.device))
-        ranked[name], overhead[name] = _predict(pred, embedders[spec], questions, config.k)
+    ranked, overhead = _rank(predictors, backbone, [e.question for e in examples], config.k)
+    depth = backbone.executor.depth
     top1_lengths = [len(r[0]) for r in ranked["predictor"]]
     n_remove = max(1, round(depth - sum(top1_lengths) / len(top1_lengths)))
     shortgpt = shortgpt_program(block_influence(backbone, prompts), n_remove)
+    rows, gen_seconds = _run_inputs(answerer, examples, prompts, ranked, predictors, shortgpt, config)
+    with (out_dir / "results.jsonl").open("w") as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
+    metrics = _metrics(rows, depth, predictors, shortgpt, config, oracle_labels, examples)
+    metrics |= {
+        "model": model,
+        "tasks": str(tasks_path),
+        "predictor": str(predictor_dir),
+        "prompt": prompt.id,
+        "answer_kinds": sorted({e.answer_kind for e in examples}),
+        "config": config.to_dict(),
+    }
+    path = out_dir / "metrics.json"
+    path.write_text(json.dumps(metrics, indent=2) + "\n")
+    mean_gen = sum(gen_seconds) / len(gen_seconds)
+    timings = {
+        "predictor_ms": 1000 * overhead["predictor"],
+        "top1_generation_ms": 1000 * mean_gen,
+        "predictor_share_of_generation": overhead["predictor"] / mean_gen if mean_gen else None,
+    }
+    (out_dir / TIMINGS).write_text(json.dumps(timings, indent=2) + "\n")
+    write_report(path, command)
+    return path
+
+
+def _load_predictors(predictor_dir, others, backbone, model: str) -> dict[str, P.ProgramPredictor]:
+    """The predictor and the others to compare, each checked against the model's depth."""
+    executor, depth = backbone.executor, backbone.executor.depth
+    predictors = {"predictor": P.load(predictor_dir, device=executor.device)}
+    for name, path in (others or {}).items():
+        predictors[name] = P.load(path, device=executor.device)
+    for name, pred in predictors.items():
+        if pred.config.depth != depth:
+            raise ValueError(f"{name} was trained for a {pred.config.depth}-layer model; {model} has {depth} layers")
+    return predictors
+
+
+def _rank(predictors, backbone, questions: list[str], k: int) -> tuple[dict, dict]:
+    """Each predictor's top-k programs per question, and its seconds per input."""
+    ranked, overhead, embedders = {}, {}, {}
+    for name, pred in predictors.items():
+        spec = pred.config.meta["embedder"]
+        embedders.setdefault(spec, load_embedder(spec, backbone=backbone, device=backbone.executor.device))
+        ranked[name], overhead[name] = _predict(pred, embedders[spec], questions, k)
+    return ranked, overhead
+
+
+def _run_inputs(answerer, examples, prompts, ranked, predictors, shortgpt, config: EvalConfig):
+    """One row per input: the predictor's top-k, the static baselines and the base model's samples, all run."""
+    depth = answerer.backbone.executor.depth
     rng = random.Random(config.seed)
     full = Program.identity(depth)
 
@@ -164,8 +203,6 @@ def evaluate(
         ok = {top[0]: correct(first.text, example)} | {
             p: correct(g.text, example) for p, g in zip(batch, outs, strict=True)
         }
-        topk_ok = [ok[p] for p in top]
-        static_ok = {name: ok[p] for name, p in static.items()}
         sampling = Sampling(temperature=config.temperature, top_p=config.top_p, seed=config.seed + i)
         samples = answerer.generate([ids] * config.k, [full], sampling)
         rows.append(
@@ -177,35 +214,13 @@ def evaluate(
                 "top1_length": len(top[0]),
                 "top1_text": first.text,
                 "top1_answer": grade(first.text, example.answer, example.answer_kind)[0],
-                "topk_correct": topk_ok,
-                **{f"{name}_correct": ok for name, ok in static_ok.items()},
+                "topk_correct": [ok[p] for p in top],
+                **{f"{name}_correct": ok[p] for name, p in static.items()},
                 **{f"{name}_program": static[name].text for name in static if name != "base"},
                 "samples_correct": [correct(g.text, example) for g in samples],
             }
         )
-    with (out_dir / "results.jsonl").open("w") as f:
-        for row in rows:
-            f.write(json.dumps(row) + "\n")
-    metrics = _metrics(rows, depth, predictors, shortgpt, config, oracle_labels, examples)
-    metrics |= {
-        "model": model,
-        "tasks": str(tasks_path),
-        "predictor": str(predictor_dir),
-        "prompt": prompt.id,
-        "answer_kinds": sorted({e.answer_kind for e in examples}),
-        "config": config.to_dict(),
-    }
-    path = out_dir / "metrics.json"
-    path.write_text(json.dumps(metrics, indent=2) + "\n")
-    mean_gen = sum(gen_seconds) / len(gen_seconds)
-    timings = {
-        "predictor_ms": 1000 * overhead["predictor"],
-        "top1_generation_ms": 1000 * mean_gen,
-        "predictor_share_of_generation": overhead["predictor"] / mean_gen if mean_gen else None,
-    }
-    (out_dir / TIMINGS).write_text(json.dumps(timings, indent=2) + "\n")
-    write_report(path, command)
-    return path
+    return rows, gen_seconds
 
 
 def _metrics(rows, depth, predictors, shortgpt, config, oracle_labels, examples) -> dict:

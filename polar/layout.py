@@ -249,6 +249,19 @@ def _commands(root: Path) -> dict[str, tuple[Path, ast.Module, ast.FunctionDef]]
     return found
 
 
+def _called_functions(tree: ast.Module, function: ast.FunctionDef) -> list[ast.FunctionDef]:
+    """``function`` and the module-level functions of ``tree`` it calls, directly or through each other."""
+    defined = {n.name: n for n in tree.body if isinstance(n, ast.FunctionDef)}
+    found, todo = {function.name: function}, [function]
+    while todo:
+        for node in ast.walk(todo.pop()):
+            name = node.func.id if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) else None
+            if name in defined and name not in found:
+                found[name] = defined[name]
+                todo.append(defined[name])
+    return list(found.values())
+
+
 def code_deps(command: str, root: Path | None = None) -> list[str]:
     """The source files of polar/ and flows/ that ``polar COMMAND`` runs, found by reading imports with ``ast``.
 
@@ -289,9 +302,10 @@ def code_deps(command: str, root: Path | None = None) -> list[str]:
             todo.setdefault(module, where)
             maybe.update({f"{module}.{x}": where for x in names})
 
-    # The command's module runs its top level and, of its functions, only the command's own.
+    # The command's module runs its top level and, of its functions, the command's own and those it calls.
     imports(_import_nodes(tree.body, into_functions=False), start, path)
-    imports(_import_nodes(function.body, into_functions=True), start, path)
+    for called in _called_functions(tree, function):
+        imports(_import_nodes(called.body, into_functions=True), start, path)
     while todo or maybe:
         if not todo:
             name, importer = maybe.popitem()

@@ -35,7 +35,10 @@ def dvc_hashes(lock_path: str | Path = "dvc.lock") -> dict[str, str]:
 
 
 def lineage_tags(paths: dict[str, str | Path], lock_path: str | Path = "dvc.lock") -> dict[str, str]:
-    """Tags ``dvc.<role>.path`` / ``dvc.<role>.md5`` for each role -> path found in ``dvc.lock``."""
+    """Tags ``dvc.<role>.path`` / ``dvc.<role>.md5`` for each role -> path found in ``dvc.lock``.
+
+    A path inside a DVC output (a selector folder of the select stage's ``models/selectors/<model>``) is tagged
+    with that output, the nearest folder above it that ``dvc.lock`` records."""
     hashes = dvc_hashes(lock_path)
     root = Path(lock_path).resolve().parent
     tags = {}
@@ -44,8 +47,9 @@ def lineage_tags(paths: dict[str, str | Path], lock_path: str | Path = "dvc.lock
         if path.is_absolute() and path.is_relative_to(root):
             path = path.relative_to(root)  # dvc.lock records paths relative to the repository
         key = str(path).rstrip("/")
-        tags[f"dvc.{role}.path"] = key
-        tags[f"dvc.{role}.md5"] = hashes.get(key, "untracked")
+        holder = next((str(p) for p in [path, *path.parents] if str(p) in hashes), None)
+        tags[f"dvc.{role}.path"] = holder or key
+        tags[f"dvc.{role}.md5"] = hashes[holder] if holder else "untracked"
     return tags
 
 

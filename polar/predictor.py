@@ -35,6 +35,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from polar.gain import gain_choice
 from polar.programs import DEFAULT_K_MAX, CompactProgram, Op, Program, ProgramError, Segment
 from polar.settings import DECODERS, IDENTITY_RULES
 
@@ -196,10 +197,8 @@ def _menu_targets(menu: tuple[str, ...], depth: int, k_max: int):
 
 def _decode_menu(boundary_logits: torch.Tensor, op_logits: torch.Tensor, config: PredictorConfig, k: int):
     """The menu's program of highest gain first when its gain passes the threshold (else the full depth), then
-    the others the network can emit, by preference: :func:`polar.selection.policies.gain_choice`."""
+    the others the network can emit, by preference: :func:`polar.gain.gain_choice`."""
     p = menu_softmax(boundary_logits[None], op_logits[None], _menu_targets(config.menu, config.depth, config.k_max))
-    from polar.selection.policies import gain_choice
-
     p = p[0].detach().double().numpy()
     first = int(gain_choice(p[None], config.menu_threshold)[0])
     rest = [int(j) for j in np.argsort(-p, kind="stable") if j != first and p[j] > 0]

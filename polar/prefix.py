@@ -134,10 +134,48 @@ def prefill_suffixes(
     ``positions`` (n, S) are the suffix tokens' positions. ``rows`` is the plan of the decoding rows, row
     ``r`` being suffix ``owners[r][0]`` under program ``owners[r][1]`` of the menu.
 
-    Returns the logits (rows, V) of each row's first new token and the rows' per-visit cache laid out as
-    ``rows`` expects: static slots of ``capacity`` positions, written in place (taken from ``pool`` if given).
+    Returns the last position's hidden states (rows, C), from which each row's first new token is picked, and
+    the rows' per-visit cache laid out as ``rows`` expects: static slots of ``capacity`` positions, written in
+    place (taken from ``pool`` if given).
     """
-    n, m = ids.shape[0], len(menu.programs)
+    n, m, s = ids.shape[0], len(menu.programs), ids.shape[1]
+    p = mask.shape[1] - s
+    programs = [q.layers for q in menu.programs]
+    finals, nodes, suffix_keys, suffix_values = _suffix_nodes(dec, prefix, ids, mask, positions, menu)
+    by_owner = torch.stack([finals[q] for q in programs], dim=1).reshape(n * m, -1)  # (suffix i, program j): i * m + j
+    last = by_owner[torch.tensor([i * m + j for i, j in owners], device=by_owner.device)]  # (rows, C)
+    parts = [(suffix_keys, None), (suffix_values, None)]  # per key / value: the suffixes', the prefix's per node
+    if prefix:
+        order = list(nodes)
+        parts = [
+            (suffix_keys, torch.cat([prefix[pre][0] for pre in order])),  # (nodes, heads, P, d)
+            (suffix_values, torch.cat([prefix[pre][1] for pre in order])),
+        ]
+    device = suffix_keys.device
+    slots: list[tuple[torch.Tensor, torch.Tensor]] = []
+    for c in rows.calls:
+        pairs = zip(c.members, c.visits, strict=True)
+        node = torch.tensor([nodes[programs[owners[r][1]][: v + 1]] for r, v in pairs], device=device)
+        own = node * n + torch.tensor([owners[r][0] for r in c.members], device=device)
+        keys, values = (_write_slot(suffix, prefixes, node, own, p, capacity, pool) for suffix, prefixes in parts)
+        slots.append((keys, values))
+    return last, ProgramCache.from_buffers(slots, p + s)
+
+
+def _suffix_nodes(
+    dec: Decoder,
+    prefix: dict[Prefix, tuple[torch.Tensor, torch.Tensor]] | None,
+    ids: torch.Tensor,
+    mask: torch.Tensor,
+    positions: torch.Tensor,
+    menu: Plan,
+) -> tuple[dict[Prefix, torch.Tensor], dict[Prefix, int], torch.Tensor, torch.Tensor]:
+    """Walk the trie of ``menu``'s programs over the suffixes ``ids`` (n, S), each node once for all of them.
+
+    Returns the last position's hidden states (n, C) after each program, the index of every node, and the
+    suffixes' own keys and values of all nodes (nodes * n, heads, S, d): node ``i``'s at rows ``i * n`` onwards.
+    """
+    n = ids.shape[0]
     embedded = dec.embed(ids)  # (n, S, C)
     past = ProgramCache.from_states([next(iter(prefix.values()))]) if prefix else None  # its length, for masks
     masks = dec.masks(embedded, mask, past, positions, menu.kinds)
@@ -149,10 +187,6 @@ def prefill_suffixes(
     keys: list[torch.Tensor] = []  # per node, the suffixes' keys (n, heads, S, d)
     values: list[torch.Tensor] = []
     finals: dict[Prefix, torch.Tensor] = {}
-
-    def tile(t, g: int):
-        return t if t is None or g == 1 else t.repeat(g, *[1] * (t.dim() - 1))
-
     for j in range(max(len(q) for q in programs)):
         todo: dict[int, list[Prefix]] = {}
         for pre in dict.fromkeys(q[: j + 1] for q in programs if len(q) > j):
@@ -168,7 +202,7 @@ def prefill_suffixes(
                     torch.cat([prefix[pre][1].expand(n, -1, -1, -1) for pre in prefixes]),
                 )
             cos, sin = rope[kind]
-            y = dec.run_layer(layer, x, tile(masks[kind], g), (tile(cos, g), tile(sin, g)), tile(positions, g), tmp)
+            y = dec.run_layer(layer, x, _tile(masks[kind], g), (_tile(cos, g), _tile(sin, g)), _tile(positions, g), tmp)
             k, v = tmp.layers[0].keys[:, :, p:], tmp.layers[0].values[:, :, p:]  # the suffixes' own
             for i, pre in enumerate(prefixes):
                 nxt[pre] = y[i * n : (i + 1) * n]
@@ -179,30 +213,46 @@ def prefill_suffixes(
             if len(q) == j + 1:
                 finals[q] = nxt[q][:, -1]  # (n, C)
         hidden = nxt
-    by_owner = torch.stack([finals[q] for q in programs], dim=1).reshape(n * m, -1)  # (suffix i, program j): i * m + j
-    last = by_owner[torch.tensor([i * m + j for i, j in owners], device=by_owner.device)][:, None]  # (rows, 1, C)
-    suffix_keys, suffix_values = torch.cat(keys), torch.cat(values)  # (nodes * n, heads, S, d)
-    order = list(nodes)
-    parts = [(suffix_keys, None), (suffix_values, None)]  # per key / value: the suffixes', the prefix's per node
-    if prefix:
-        parts = [
-            (suffix_keys, torch.cat([prefix[pre][0] for pre in order])),  # (nodes, heads, P, d)
-            (suffix_values, torch.cat([prefix[pre][1] for pre in order])),
-        ]
-    device, dtype, s = suffix_keys.device, suffix_keys.dtype, ids.shape[1]
-    slots: list[tuple[torch.Tensor, torch.Tensor]] = []
-    for c in rows.calls:  # each slot written in place: prefix, suffix, then zeros up to the capacity
-        pairs = zip(c.members, c.visits, strict=True)
-        node = torch.tensor([nodes[programs[owners[r][1]][: v + 1]] for r, v in pairs], device=device)
-        own = node * n + torch.tensor([owners[r][0] for r in c.members], device=device)
-        kv = []
-        for suffix, prefixes in parts:
-            shape = (len(c.members), suffix.shape[1], capacity, suffix.shape[3])
-            buffer = pool.empty(shape, dtype, device) if pool else torch.empty(shape, dtype=dtype, device=device)
-            if prefixes is not None:
-                torch.index_select(prefixes, 0, node, out=buffer[:, :, :p])
-            torch.index_select(suffix, 0, own, out=buffer[:, :, p : p + s])
-            buffer[:, :, p + s :] = 0
-            kv.append(buffer)
-        slots.append((kv[0], kv[1]))
-    return last[:, -1], ProgramCache.from_buffers(slots, p + s)
+    return finals, nodes, torch.cat(keys), torch.cat(values)
+
+
+def _tile(t: torch.Tensor | None, g: int) -> torch.Tensor | None:
+    """``t`` (n, ...) repeated ``g`` times along the batch, for ``g`` nodes that run as one batch."""
+    return t if t is None or g == 1 else t.repeat(g, *[1] * (t.dim() - 1))
+
+
+def _write_slot(
+    suffix: torch.Tensor,
+    prefixes: torch.Tensor | None,
+    node: torch.Tensor,
+    own: torch.Tensor,
+    p: int,
+    capacity: int,
+    pool: SlotPool | None,
+) -> torch.Tensor:
+    """One cache slot's keys (or values), written in place: the prefix, the suffix, then zeros up to ``capacity``.
+
+    Args:
+        suffix: every node's suffix states (nodes * n, heads, S, d).
+        prefixes: every node's prefix states (nodes, heads, P, d), or None without a shared prefix.
+        node: the node of each member of the slot's call (members,).
+        own: each member's row in ``suffix`` (members,).
+        p: the prefix's length P.
+        capacity: the slot's positions.
+        pool: where to take the buffer from (a fresh one if None).
+
+    Returns:
+        The slot (members, heads, capacity, d).
+    """
+    s = suffix.shape[2]
+    shape = (node.shape[0], suffix.shape[1], capacity, suffix.shape[3])
+    buffer = (
+        pool.empty(shape, suffix.dtype, suffix.device)
+        if pool
+        else torch.empty(shape, dtype=suffix.dtype, device=suffix.device)
+    )
+    if prefixes is not None:
+        torch.index_select(prefixes, 0, node, out=buffer[:, :, :p])
+    torch.index_select(suffix, 0, own, out=buffer[:, :, p : p + s])
+    buffer[:, :, p + s :] = 0
+    return buffer

@@ -79,49 +79,9 @@ def register(
     config, meta = artifact_meta(predictor_dir)
     metrics = json.loads(Path(metrics_path).read_text())
     name = model_name(meta["base_model"])
-    methods = metrics["methods"]
-    flat = {
-        "pass1": methods["predictor"]["pass@1"],
-        "base_pass1": methods["base greedy"]["pass@1"],
-        "layers_ratio": methods["predictor"]["layers_ratio"],
-        "identity_share": metrics["identity_share"],
-        **{f"pass{k + 1}_at_k": v for k, v in enumerate(metrics["pass_at_k"]["predictor"])},
-        **_paired(metrics),
-        **(extra_metrics or {}),
-    }
-    timings = Path(metrics_path).with_name("timings.json")  # written by evaluate; not a DVC output
-    if timings.exists():
-        flat |= {k: v for k, v in json.loads(timings.read_text()).items() if isinstance(v, int | float)}
-    prompt = meta.get("prompt")
-    if prompt is None:
-        raise ValueError(f"{predictor_dir} records no prompt spec (trained before prompts were recorded): train again")
-    if metrics.get("prompt") != _prompt_id(prompt):
-        raise ValueError(
-            f"{metrics_path} was measured with the prompt {metrics.get('prompt')}, but {predictor_dir} serves "
-            f"{_prompt_id(prompt)}: evaluate this predictor again before registering it"
-        )
-    kinds = metrics.get("answer_kinds") or ["number"]
-    if len(kinds) > 1:
-        raise ValueError(f"{metrics_path} mixes answer kinds {kinds}: register a predictor evaluated on one kind")
-    label_dir = Path(meta["label_files"][0]).parent
-    settings = label_dir / SETTINGS
-    roles = {
-        "base_model": meta["base_model"],
-        "labels": label_dir,
-        "test_tasks": metrics["tasks"],
-        "predictor": predictor_dir,
-    }
-    if settings.exists():
-        roles["train_tasks"] = read_settings(label_dir)["tasks"]
-    tags = {
-        **lineage_tags(roles, lock_path),
-        "git_commit": git_commit(),
-        "base_model": meta["base_model"],
-        "embedder": meta["embedder"],
-        "labels_sha256": meta["labels_sha256"],
-        "prompt": _prompt_id(prompt),
-        **(lineage or {}),
-    }
+    flat = _run_metrics(metrics, Path(metrics_path), extra_metrics)
+    prompt, kind = _checked(meta, metrics, predictor_dir, metrics_path)
+    tags = _version_tags(meta, metrics, predictor_dir, prompt, lineage, lock_path)
     change = change_key(predictor_dir, metrics_path, lineage or {})
     client = mlflow.MlflowClient()
     done = _versions_of(client, name, change)
@@ -143,7 +103,7 @@ def register(
             model_config={
                 "base_model": meta["base_model"],
                 "max_new_tokens": metrics["config"]["max_new_tokens"],
-                "answer_kind": kinds[0],
+                "answer_kind": kind,
             },
             pip_requirements=["polar"],
             signature=_signature(),
@@ -157,6 +117,62 @@ def register(
         client.delete_run(run.info.run_id)
         return _settle(client, name, winner, reused=True)
     return _settle(client, name, mine, reused=False)
+
+
+def _run_metrics(metrics: dict, metrics_path: Path, extra: dict[str, float] | None) -> dict[str, float]:
+    """What the version's run logs as metrics: the evaluation's figures, the paired test, the timings."""
+    methods = metrics["methods"]
+    flat = {
+        "pass1": methods["predictor"]["pass@1"],
+        "base_pass1": methods["base greedy"]["pass@1"],
+        "layers_ratio": methods["predictor"]["layers_ratio"],
+        "identity_share": metrics["identity_share"],
+        **{f"pass{k + 1}_at_k": v for k, v in enumerate(metrics["pass_at_k"]["predictor"])},
+        **_paired(metrics),
+        **(extra or {}),
+    }
+    timings = metrics_path.with_name("timings.json")  # written by evaluate; not a DVC output
+    if timings.exists():
+        flat |= {k: v for k, v in json.loads(timings.read_text()).items() if isinstance(v, int | float)}
+    return flat
+
+
+def _checked(meta: dict, metrics: dict, predictor_dir: Path, metrics_path) -> tuple[dict, str]:
+    """The prompt the version serves and its answer kind, after checking the evaluation measured them."""
+    prompt = meta.get("prompt")
+    if prompt is None:
+        raise ValueError(f"{predictor_dir} records no prompt spec (trained before prompts were recorded): train again")
+    if metrics.get("prompt") != _prompt_id(prompt):
+        raise ValueError(
+            f"{metrics_path} was measured with the prompt {metrics.get('prompt')}, but {predictor_dir} serves "
+            f"{_prompt_id(prompt)}: evaluate this predictor again before registering it"
+        )
+    kinds = metrics.get("answer_kinds") or ["number"]
+    if len(kinds) > 1:
+        raise ValueError(f"{metrics_path} mixes answer kinds {kinds}: register a predictor evaluated on one kind")
+    return prompt, kinds[0]
+
+
+def _version_tags(meta: dict, metrics: dict, predictor_dir: Path, prompt: dict, lineage, lock_path) -> dict:
+    """Lineage (the DVC hashes of every input), the commit, and what the version was made from."""
+    label_dir = Path(meta["label_files"][0]).parent
+    roles = {
+        "base_model": meta["base_model"],
+        "labels": label_dir,
+        "test_tasks": metrics["tasks"],
+        "predictor": predictor_dir,
+    }
+    if (label_dir / SETTINGS).exists():
+        roles["train_tasks"] = read_settings(label_dir)["tasks"]
+    return {
+        **lineage_tags(roles, lock_path),
+        "git_commit": git_commit(),
+        "base_model": meta["base_model"],
+        "embedder": meta["embedder"],
+        "labels_sha256": meta["labels_sha256"],
+        "prompt": _prompt_id(prompt),
+        **(lineage or {}),
+    }
 
 
 def _flat(data: dict, prefix: str = "") -> dict:

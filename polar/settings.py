@@ -7,12 +7,13 @@ nothing heavy, so that ``polar --help`` is quick.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from polar.config import names, setting
+from polar.config import Flat, fields_of, names, setting
 from polar.programs import DEFAULT_K_MAX, DEFAULT_MAX_VISITS
 from polar.tasks.synthetic import TASK as SYNTHETIC_TASK
 
@@ -22,12 +23,15 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_EMBEDDER",
+    "EFFICIENCY_MARGIN",
     "DECODERS",
     "METHODS",
     "IDENTITY_RULES",
     "SPACES",
     "SYNTHETIC_SIZES",
     "STAGE_SETTINGS",
+    "TRAIN_SETTINGS",
+    "TRAIN_SHARED",
     "EvalConfig",
     "Gates",
     "IngestConfig",
@@ -44,8 +48,9 @@ __all__ = [
 SPACES = ("skip", "loop", "joint")  # search spaces: skip actions only, repeat actions only, both
 IDENTITY_RULES = ("mass", "marginal")  # where the predictor's decoding ranks the full-depth program
 DECODERS = ("search", "threshold")  # how the predictor's outputs become programs (polar/predictor.py)
-METHODS = ("network", "menu")  # what `polar train` fits (polar/train.py, polar/menu_network.py)
+METHODS = ("network", "menu")  # what `polar train` fits (polar/training/network.py, polar/training/menu.py)
 DEFAULT_EMBEDDER = "minilm"
+EFFICIENCY_MARGIN = 0.01  # efficiency mode: the most pass@1 a choice may lose against base greedy (1 point)
 
 SYNTHETIC_SIZES = {"train": 40, "validation": 10, "test": 20}  # questions per level unless given
 
@@ -192,6 +197,63 @@ class ValidateConfig:
 
 
 @dataclass(frozen=True)
+class MenuNetworkConfig:
+    """M2, the PoLar network scored over a menu (:mod:`polar.selection.menu_network`): its shape and training.
+
+    Nested in :class:`TrainConfig` (``polar train --method menu``: params.yaml ``train.m2_*``) and in
+    :class:`SelectConfig` (the selection study: ``select.m2_*``).
+    """
+
+    m2_steps: int = setting(
+        2000, "M2: optimisation steps; a checkpoint is chosen every m2_eval_every steps by its validation decision."
+    )
+    m2_batch: int = setting(32, "M2: training inputs per step.")
+    m2_lr: float = setting(5e-4, "M2: peak learning rate (AdamW, linear warm-up over 100 steps, cosine decay).")
+    m2_weight_decay: float = setting(0.01, "M2: AdamW weight decay.")
+    m2_d_model: int = setting(128, "M2: width of the network's transformer.")
+    m2_ff: int = setting(512, "M2: feed-forward width of the network's transformer.")
+    m2_encoder_layers: int = setting(2, "M2: layers of the network's transformer.")
+    m2_dropout: float = setting(0.1, "M2: dropout in the network.")
+    m2_eval_every: int = setting(100, "M2: steps between validation decisions (the checkpoint candidates).")
+    m2_embedder: str = setting(DEFAULT_EMBEDDER, "M2: question embedder (minilm, or an encoder folder / hub id).")
+    m2_seed: int = setting(0, "M2: seed of the initialisation and the batches (and of polar train's question split).")
+
+    def __post_init__(self) -> None:
+        if self.m2_steps < 1 or self.m2_batch < 1 or self.m2_eval_every < 1:
+            raise ValueError("m2_steps, m2_batch and m2_eval_every must be at least 1")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# Which training settings each method reads: one row per job, the network's setting for it and M2's (None: that
+# method has none). TRAIN_SHARED are read by both. A setting of the other method given a value other than its
+# default (on the command line or in params.yaml) is refused, so that no option is silently ignored.
+TRAIN_SHARED = ("method", "val_fraction")
+TRAIN_SETTINGS: tuple[tuple[str | None, str | None, str], ...] = (
+    # network, menu (M2), the job
+    ("embedder", "m2_embedder", "the question embedder"),
+    ("epochs", "m2_steps", "how long it trains"),
+    ("lr", "m2_lr", "the peak learning rate"),
+    ("weight_decay", "m2_weight_decay", "the AdamW weight decay"),
+    ("batch", "m2_batch", "the batch size"),
+    ("seed", "m2_seed", "the seed of the question split, the initialisation and the batches"),
+    ("d_model", "m2_d_model", "the network's width"),
+    ("encoder_layers", "m2_encoder_layers", "the network's depth"),
+    ("dropout", "m2_dropout", "the network's dropout"),
+    (None, "m2_ff", "the network's feed-forward width (the network's is the paper's, 1024)"),
+    ("full_weight", None, "the weight of full-depth search targets"),
+    ("max_targets", None, "the search targets per input"),
+    ("space", None, "the search space of the targets"),
+    ("levels", None, "the levels trained on"),
+    ("identity_rule", None, "where decoding ranks the full depth"),
+    ("decoder", None, "how the network's outputs become programs (M2 ranks its menu)"),
+    (None, "m2_eval_every", "how often a checkpoint is chosen (the network: every epoch)"),
+    (None, "m2_margin", "the efficiency mode's margin"),
+)
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     """How the predictor is trained (params.yaml ``train``)."""
 
@@ -202,12 +264,8 @@ class TrainConfig:
         "What to train: network, the PoLar network on search labels (labels.jsonl), decoded into programs; or "
         "menu, the same network scored over a menu (M2) on dense menu runs (`polar label --menu` folders), "
         "choosing a menu program only where its gain over the full depth passes a threshold tuned on held-out "
-        "inputs. Neither beats base greedy on 500 unseen inputs (bench/evaluation/README.md).",
-    )
-    steps: int = setting(
-        2000,
-        "method menu: optimisation steps (32 inputs each); the checkpoint is chosen every "
-        "100 steps by its decision on the held-out inputs.",
+        "inputs (its settings are the --m2-* ones). Neither beats base greedy on 500 unseen inputs "
+        "(bench/evaluation/README.md).",
     )
     embedder: str = setting(
         DEFAULT_EMBEDDER,
@@ -220,7 +278,9 @@ class TrainConfig:
     batch: int = setting(128, "Targets per optimisation step.")
     full_weight: float = setting(0.3, "Weight of the full-depth target where a shorter valid program exists.")
     max_targets: int = setting(8, "Valid programs per input used as targets, shortest first.")
-    val_fraction: float = setting(0.2, "Share of questions held out for the validation loss.")
+    val_fraction: float = setting(
+        0.2, "Share of questions held out: the network's validation loss, M2's checkpoint choice (both methods)."
+    )
     seed: int = setting(0, "Seed of the split, the initialisation and the batches.")
     d_model: int = setting(256, "Width of the predictor's transformer.")
     encoder_layers: int = setting(2, "Layers of the predictor's transformer.")
@@ -240,6 +300,12 @@ class TrainConfig:
         "Decoding: search ranks every admissible program by the network's log-probability (one-layer edits "
         "included); threshold starts segments where a boundary passes 0.5 (the earlier decoder, for comparison).",
     )
+    menu: MenuNetworkConfig = setting(factory=MenuNetworkConfig)
+    m2_margin: float = setting(
+        EFFICIENCY_MARGIN,
+        "M2: efficiency mode's margin, the most validation pass@1 its choice may lose against base greedy (the "
+        "val_layers of history.json; the saved predictor is the accuracy mode's).",
+    )
 
     def __post_init__(self) -> None:
         if self.space not in SPACES:
@@ -248,15 +314,57 @@ class TrainConfig:
             raise ValueError(f"decoder must be one of {DECODERS}, got {self.decoder!r}")
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
-        if self.steps < 1:
-            raise ValueError(f"steps must be at least 1, got {self.steps}")
         if self.identity_rule not in IDENTITY_RULES:
             raise ValueError(
                 f"identity_rule must be one of {IDENTITY_RULES}, got {self.identity_rule!r}"
             )  # early: before any embedding is computed
+        refused = [_refusal(self.method, name, value) for name, value in _foreign_settings(self)]
+        if refused:
+            raise ValueError("; ".join(refused))
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def method_settings(self) -> dict:
+        """The settings ``method`` reads (:data:`TRAIN_SETTINGS`), by name, in declaration order."""
+        mine = set(TRAIN_SHARED) | ({row[METHODS.index(self.method)] for row in TRAIN_SETTINGS} - {None})
+        return {flat.name: _value(self, flat.path) for flat in _train_fields() if flat.name in mine}
+
+
+@functools.cache
+def _train_fields() -> tuple[Flat, ...]:
+    return tuple(fields_of(TrainConfig))
+
+
+def _value(config: object, path: tuple[str, ...]) -> Any:
+    return functools.reduce(getattr, path, config)
+
+
+def _foreign_settings(config: TrainConfig) -> list[tuple[str, Any]]:
+    """The other method's settings that ``config`` gives a value other than their default, with that value."""
+    other = 1 - METHODS.index(config.method)
+    foreign = {row[other] for row in TRAIN_SETTINGS} - {None}
+    return [
+        (flat.name, value)
+        for flat in _train_fields()
+        if flat.name in foreign and (value := _value(config, flat.path)) != flat.default
+    ]
+
+
+def _refusal(method: str, name: str, value: Any) -> str:
+    """Why ``--method METHOD`` refuses the other method's setting ``name``, and what to give instead."""
+    row = next(r for r in TRAIN_SETTINGS if name in r[:2])
+    instead, other = row[METHODS.index(method)], METHODS[1 - METHODS.index(method)]
+    default = next(f.default for f in _train_fields() if f.name == name)
+
+    def flag(key: str) -> str:
+        return f"--{key.replace('_', '-')} (params.yaml train.{key})"
+
+    head = f"--method {method} does not read {flag(name)}, given {value!r}: it is a setting of --method {other}"
+    keep = f"leave --{name.replace('_', '-')} at its default ({default!r})"
+    if instead is None:
+        return f"{head}, and --method {method} has no setting for {row[2]}; {keep}"
+    return f"{head}; --method {method} reads {row[2]} from {flag(instead)}: give that instead, and {keep}"
 
 
 @dataclass(frozen=True)
@@ -327,32 +435,6 @@ class MenuConfig:
 
 
 @dataclass(frozen=True)
-class MenuNetworkConfig:
-    """M2, the PoLar network scored over a menu (:mod:`polar.selection.menu_network`): its shape and training."""
-
-    m2_steps: int = setting(
-        2000, "M2: optimisation steps; a checkpoint is chosen every m2_eval_every steps by its validation decision."
-    )
-    m2_batch: int = setting(32, "M2: training inputs per step.")
-    m2_lr: float = setting(5e-4, "M2: peak learning rate (AdamW, linear warm-up over 100 steps, cosine decay).")
-    m2_weight_decay: float = setting(0.01, "M2: AdamW weight decay.")
-    m2_d_model: int = setting(128, "M2: width of the network's transformer.")
-    m2_ff: int = setting(512, "M2: feed-forward width of the network's transformer.")
-    m2_encoder_layers: int = setting(2, "M2: layers of the network's transformer.")
-    m2_dropout: float = setting(0.1, "M2: dropout in the network.")
-    m2_eval_every: int = setting(100, "M2: steps between validation decisions (the checkpoint candidates).")
-    m2_embedder: str = setting(DEFAULT_EMBEDDER, "M2: question embedder (minilm, or an encoder folder / hub id).")
-    m2_seed: int = setting(0, "M2: seed of the initialisation and the batches.")
-
-    def __post_init__(self) -> None:
-        if self.m2_steps < 1 or self.m2_batch < 1 or self.m2_eval_every < 1:
-            raise ValueError("m2_steps, m2_batch and m2_eval_every must be at least 1")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-@dataclass(frozen=True)
 class SelectConfig:
     """The selection study over menu matrices (params.yaml ``select``): every candidate fitted on train, frozen
     on validation, scored once on test (``polar select``)."""
@@ -360,7 +442,7 @@ class SelectConfig:
     SECTION: ClassVar[str] = "select"
 
     margin: float = setting(
-        0.01,
+        EFFICIENCY_MARGIN,
         "Efficiency mode: the most validation pass@1 a choice may lose against base greedy (B1' and M1/M2's "
         "price are tuned to it, and the efficiency winner must stay within it).",
     )

@@ -71,7 +71,7 @@ def test_label_train_evaluate_report(tmp_path, smollm2):
     from polar.labeling.run import label
     from polar.report import write_report
     from polar.settings import IngestConfig, LabelConfig, SearchConfig, TrainConfig
-    from polar.train import train
+    from polar.training import train
 
     model_dir = tmp_path / "tiny"
     tiny_model("llama", vocab_size=len(smollm2.tokenizer)).save_pretrained(model_dir)
@@ -87,7 +87,7 @@ def test_label_train_evaluate_report(tmp_path, smollm2):
     labels.write_text("".join(json.dumps(r) + "\n" for r in records))
     pred_dir = train(
         [labels], tmp_path / "pred", TrainConfig(embedder="backbone:1", epochs=2, d_model=32), device="cpu"
-    )
+    ).out_dir
     metrics_path = evaluate(
         str(model_dir),
         pred_dir,

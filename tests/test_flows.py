@@ -1,15 +1,21 @@
-"""The flows' own logic, without a server: output streaming, new base models, deployments' settings."""
+"""The flows' own logic, without a server: output streaming, new base models, deployments' settings, the train
+stage's logging."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from flows.pipeline import _stream
 from flows.serve import new_base_models, new_model_deployment
+from flows.tracking import log_stage
+from polar.layout import Outputs
+from polar.training import TrainResult
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -46,3 +52,40 @@ def test_the_trigger_runs_the_pipeline_for_the_model_the_event_names():
     (trigger,) = deployment.triggers
     assert trigger.expect == {"polar.base-model.added"}
     assert trigger.parameters == {"models": ["{{ event.resource['polar.base-model'] }}"], "cwd": str(ROOT)}
+
+
+NETWORK = TrainResult(Path("p"), "network", 3, "epoch", 10, "val_loss", 0.5, ("labels.jsonl",), {"inputs": 9})
+MENU = TrainResult(Path("p"), "menu", 300, "step", 600, "val_right", 7.0, ("rewards.parquet",), {"inputs": 9})
+
+
+@pytest.mark.parametrize(
+    ("result", "history", "logged"),
+    [
+        (
+            NETWORK,
+            [{"epoch": 1, "train_loss": 0.9, "val_loss": 0.5}],
+            {"best_val_loss": 0.5, "best_epoch": 3, "epochs": 10},
+        ),
+        (MENU, [{"step": 300, "loss": 0.1, "val_right": 7}], {"best_val_right": 7.0, "best_step": 300, "steps": 600}),
+        (None, [], {}),  # a predictor that records no result (trained before results were): its files only
+    ],
+    ids=["network", "menu", "no-result"],
+)
+def test_the_train_stage_is_logged_from_its_result_whichever_method_trained(
+    tmp_path, monkeypatch, result, history, logged
+):
+    import mlflow
+
+    metrics, artifacts = {}, []
+    monkeypatch.setattr(mlflow, "log_metrics", metrics.update)
+    monkeypatch.setattr(
+        mlflow, "log_artifact", lambda path, artifact_path: artifacts.append((Path(path).name, artifact_path))
+    )
+    folder = Outputs(tmp_path, "m").predictor
+    folder.mkdir(parents=True)
+    meta = {"result": result.to_dict()} if result else {}
+    (folder / "config.json").write_text(json.dumps({"depth": 6, "meta": meta}))
+    (folder / "history.json").write_text(json.dumps(history))
+    log_stage(tmp_path, "m", "train")
+    assert metrics == {f"m/train/{k}": v for k, v in logged.items()}
+    assert artifacts == [("config.json", "m/train"), ("history.json", "m/train")]

@@ -17,7 +17,6 @@ from polar.labeling.folder import (
     MenuResult,
     ShardWriter,
     check_settings,
-    export_part,
     merge_shards,
     read_labels,
     read_records,
@@ -25,6 +24,7 @@ from polar.labeling.folder import (
     record_header,
     write_manifest,
 )
+from polar.labeling.reward_matrix import export_part
 from polar.tasks.files import write_examples
 from polar.tasks.schema import Example
 

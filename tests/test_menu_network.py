@@ -1,15 +1,16 @@
-"""M2, the PoLar network scored over a menu: its loss, and a fit that learns a per-input choice."""
+"""M2, the PoLar network scored over a menu: its loss, and a fit that learns a per-input choice.
 
-import json
+`polar train --method menu`, which fits it on menu runs, is tested in tests/test_training_menu.py.
+"""
+
 import math
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import TEST_PROMPT
 
-from polar.predictor import decode, load, predict, save
+from polar.predictor import decode, load, save
 from polar.programs import Program
 from polar.selection.matrix import Matrix
 from polar.selection.menu_network import MenuNetwork, menu_loss
@@ -94,52 +95,6 @@ def test_the_saved_predictor_makes_the_selection_it_was_measured_with(tmp_path):
     assert served == chosen.tolist() and len(set(served)) > 1
     with pytest.raises(ValueError, match="only the accuracy mode"):
         net.predictor("efficiency")
-
-
-def _menu_folder(folder, n: int = 40):
-    """A menu run as `polar label --menu` leaves it: the skip answers the sums, the repeat the colours."""
-    from polar.labeling.folder import MenuRecord, MenuResult, export
-
-    folder.mkdir()
-    records = []
-    for i in range(n):
-        add = i % 2 == 0
-        question = f"What is {i} + {i + 7}?" if add else f"Name the colour of flag number {i}."
-        right = [False, add, not add, False]  # the full depth never: every held-out input gains by switching
-        results = tuple(
-            MenuResult(p, r, None, len(Program.parse(p)), -1.0, 3) for p, r in zip(PROGRAMS, right, strict=True)
-        )
-        records.append(
-            MenuRecord(f"t/{i}", "t", "1", question, "x", "text", "tiny", 6, "plain", "menu-x", results, -1, 0, 0, 0, 0)
-        )
-    merged = folder / "menu.jsonl"
-    merged.write_text("".join(r.to_json() + "\n" for r in records))
-    export(merged, records)
-    settings = {"kind": "menu", "model": "tiny", "config": {"max_new_tokens": 6}, "prompt": TEST_PROMPT}
-    (folder / "settings.json").write_text(json.dumps(settings))
-    return folder
-
-
-@pytest.mark.slow  # MiniLM
-def test_polar_train_method_menu(tmp_path):
-    from typer.testing import CliRunner
-
-    from polar.cli import app
-    from polar.embedder import load_embedder
-
-    folder = _menu_folder(tmp_path / "menu")
-    args = ["train", "--method", "menu", "--steps", "200", "--lr", "0.002", "--labels", str(folder)]
-    result = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "p")])
-    assert result.exit_code == 0, result.output
-    assert "menu of 4 programs; best step" in " ".join(result.output.split())
-    model = load(tmp_path / "p")
-    assert model.config.menu == PROGRAMS and model.config.meta["method"] == "menu"
-    assert model.config.meta["data"] == {"inputs": 40, "train_inputs": 32, "val_inputs": 8}
-    questions = ["What is 101 + 108?", "Name the colour of flag number 99."]
-    top = [ranked[0].text for ranked in predict(model, load_embedder("minilm"), questions, k=2)]
-    assert top == [PROGRAMS[1], PROGRAMS[2]]
-    bad = CliRunner().invoke(app, [*args[:-1], str(tmp_path / "nothing"), "--out", str(tmp_path / "q")])
-    assert bad.exit_code != 0 and "label it first" in bad.output
 
 
 def test_efficiency_mode_keeps_the_full_depth_when_no_checkpoint_stays_within_the_margin():

@@ -27,6 +27,8 @@ def _repo(tmp: Path, **overrides) -> Path:
     params["base_models"] = {"smollm2-135m": {"spec": "smollm2-135m"}}
     params["ingest"].update(levels="1-2", train=6, validation=2, test=2)
     params["label"].update(simulations=3, max_new_tokens=6, shots=1)
+    params["menu"].update(menu="auto:3", discovery_inputs=2, samples=2)
+    params["select"].update(m2_steps=20, m2_eval_every=10)
     params["train"].update(epochs=3)
     params["evaluate"].update(k=2)
     for section, values in overrides.items():
@@ -84,6 +86,8 @@ def _stale(repo: Path) -> set[str]:
     return {line.rstrip(":") for line in out.splitlines() if line and not line[0].isspace() and line.endswith(":")}
 
 
+NETWORK_STAGES = {f"{stage}@smollm2-135m" for stage in ("label", "validate", "train", "evaluate", "register")}
+
 MLFLOW_RUNS = """
 import json, mlflow
 runs = mlflow.search_runs(experiment_names=["polar"], output_format="list")
@@ -94,43 +98,45 @@ print("RUNS", json.dumps([{"id": r.info.run_id, "tags": r.data.tags, "metrics": 
 def test_pipeline_end_to_end_cached_then_gated(tmp_path):
     repo = _repo(tmp_path)
     # Two runs at once (a schedule firing during a manual run): the second waits for the first, then finds
-    # every stage up to date. Labels are whole, and the registry holds one version, not two.
+    # every stage up to date. Matrices are whole, and the registry holds one baseline version, not two.
     first, second = _start(repo, tmp_path / "prefect-1"), _start(repo, tmp_path / "prefect-2")
     assert _outcome(first) == _outcome(second) == {"smollm2-135m": "registered"}
-    labels = [json.loads(line) for line in (repo / "data/labels/smollm2-135m/labels.jsonl").open()]
-    ids = [r["id"] for r in labels]
-    assert len(ids) == len(set(ids)) == 12
-    # The main job's splits are disjoint: no validation or test question is among the training labels.
+    menus = repo / "data/menus/smollm2-135m"
+    from polar.selection.matrix import Matrix, check_disjoint
     from polar.tasks.files import read_examples
     from polar.tasks.splits import normalise
 
-    trained = {normalise(r["question"]) for r in labels}
-    for split in ("validation", "test", "shots"):
-        held = {normalise(e.question) for e in read_examples(repo / "data/tasks" / f"{split}.parquet")}
-        assert held and not held & trained, split
-    validation = json.loads((repo / "reports/smollm2-135m/validation/validation.json").read_text())
-    assert validation["heldout_in_training"] == [] and sum(validation["heldout_checked"].values()) == 8
+    splits = {s: Matrix.load(menus / s) for s in ("train", "validation", "test")}
+    assert {s: len(m.ids) for s, m in splits.items()} == {"train": 12, "validation": 4, "test": 4}
+    check_disjoint(**splits)  # the main job's splits share no question (and the shots are apart)
+    shots = {normalise(e.question) for e in read_examples(repo / "data/tasks/shots.parquet")}
+    assert shots and not shots & {normalise(q) for m in splits.values() for q in m.inputs["question"]}
+    menu = (menus / "menu.txt").read_text().split("\n", 1)[1].split()
+    assert menu[0] == "0-29" and all(m.programs == tuple(menu) for m in splits.values())
+    validation = json.loads((repo / "reports/smollm2-135m/menu/validation/validation.json").read_text())
+    assert validation["success"]
     runs = subprocess.run([sys.executable, "-c", MLFLOW_RUNS], env=_env(repo), capture_output=True, text=True)
     runs = json.loads(runs.stdout.split("RUNS ", 1)[1])
     pipelines = [r for r in runs if r["tags"].get("polar.kind") == "pipeline"]
     registers = [r for r in runs if r["tags"].get("mlflow.parentRunId")]
-    assert len(pipelines) == 2 and len(registers) == 1  # one MLflow run per pipeline run; one registration
-    assert registers[0]["tags"]["mlflow.parentRunId"] in {r["id"] for r in pipelines}
+    assert len(pipelines) == 2 and registers  # one MLflow run per pipeline run; the registrations nest under one
+    assert {r["tags"]["mlflow.parentRunId"] for r in registers} <= {r["id"] for r in pipelines}
     for run in pipelines:  # every stage logged into its pipeline's run, cached or not
-        assert {"smollm2-135m/label/valid_share", "smollm2-135m/validate/success"} <= set(run["metrics"])
-        assert "smollm2-135m/evaluate/predictor.pass_at_1" in run["metrics"]
-    metrics = json.loads((repo / "reports/smollm2-135m/evaluation/metrics.json").read_text())
-    assert metrics["inputs"] == 4 and "predictor" in metrics["methods"]
-    registry = json.loads((repo / "reports/smollm2-135m/registry.json").read_text())
-    assert registry["name"] == "polar-smollm2-135m" and registry["version"] == "1"
-    lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
-    assert {"label@smollm2-135m", "train@smollm2-135m", "register@smollm2-135m"} <= set(lock)
-    status = subprocess.run(
-        [str(Path(sys.executable).parent / "dvc"), "status"], cwd=repo, capture_output=True, text=True, check=True
+        assert {"smollm2-135m/validate-menu/success", "smollm2-135m/label-test/inputs"} <= set(run["metrics"])
+        assert "smollm2-135m/select/val.B0 base greedy.pass_at_1" in run["metrics"]
+    metrics = json.loads((repo / "reports/smollm2-135m/menu/evaluation/metrics.json").read_text())
+    assert metrics["inputs"] == 4 and "B0 base greedy (served)" in metrics["scores"]
+    assert metrics["served"]["baseline"]["agree_with_matrix"] == 4  # served answers are the matrix's
+    registry = json.loads((repo / "reports/smollm2-135m/menu/registry.json").read_text())
+    assert (
+        registry["name"] == "polar-smollm2-135m" and registry["champion"] == registry["versions"]["baseline"]["version"]
     )
-    assert "up to date" in status.stdout.lower() or status.stdout.strip() == "", status.stdout
+    assert "won on validation" in registry["summary"]
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
+    assert {"menu@smollm2-135m", "label-test@smollm2-135m", "register-menu@smollm2-135m"} <= set(lock)
+    assert _stale(repo) <= NETWORK_STAGES  # what the menu chain ran is up to date; the other chain never ran
     lineage = subprocess.run(
-        [str(Path(sys.executable).parent / "polar"), "lineage", "models:/polar-smollm2-135m@candidate", "--json"],
+        [str(Path(sys.executable).parent / "polar"), "lineage", "models:/polar-smollm2-135m@champion", "--json"],
         cwd=repo,
         capture_output=True,
         text=True,
@@ -143,54 +149,69 @@ def test_pipeline_end_to_end_cached_then_gated(tmp_path):
         assert roles[role]["matches"] is True, lineage.stdout
 
     # A second fresh clone with the same inputs and parameters writes the same dvc.lock: byte-identical
-    # tasks, labels, predictor, evaluation metrics and registry inputs (timings live outside DVC's outputs).
-    # Plain `dvc repro` (the flow is tested above). The converted model and the labels are carried over with
-    # their lock entries and the first clone's cache, so DVC finds those stages up to date (labels equal
-    # across processes and workers are tested in test_label and test_stack); with the run cache off, every
-    # other stage runs again.
+    # tasks, matrices, selection, served evaluation and registry inputs (timings live outside DVC's outputs).
+    # Plain `dvc repro` of the menu chain (the flow is tested above). The converted model and the discovery are
+    # carried over with their lock entries and the first clone's cache, so DVC finds those stages up to date (labels
+    # equal across processes and workers are tested in test_labeling_* and test_stack); with the run cache off,
+    # every other stage runs again.
     other = _repo(tmp_path / "b")
-    carried = ("convert@smollm2-135m", "label@smollm2-135m")
-    for path in ("models/smollm2-135m", "data/labels/smollm2-135m"):
-        shutil.copytree(repo / path, other / path)
+    carried = ("convert@smollm2-135m", "menu@smollm2-135m")
+    for path in ("models/smollm2-135m", "data/discovery/smollm2-135m", "data/menus/smollm2-135m/menu.txt"):
+        copy = shutil.copytree if (repo / path).is_dir() else shutil.copy
+        (other / path).parent.mkdir(parents=True, exist_ok=True)
+        copy(repo / path, other / path)
     (other / "dvc.lock").write_text(yaml.safe_dump({"schema": "2.0", "stages": {s: lock[s] for s in carried}}))
     dvc = str(Path(sys.executable).parent / "dvc")
     subprocess.run([dvc, "cache", "dir", str(repo / ".dvc" / "cache")], cwd=other, check=True)
-    rerun = [dvc, "repro", "--no-run-cache"]
+    rerun = [dvc, "repro", "--no-run-cache", "register-menu@smollm2-135m"]
     rerun = subprocess.run(rerun, cwd=other, env=_env(other), capture_output=True, text=True)
     assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
     for stage in carried:
         assert f"Stage '{stage}' didn't change, skipping" in rerun.stdout, rerun.stdout[-3000:]
-    assert "Running stage 'ingest'" in rerun.stdout and "Running stage 'train@smollm2-135m'" in rerun.stdout
+    assert "Running stage 'ingest'" in rerun.stdout and "Running stage 'select@smollm2-135m'" in rerun.stdout
     # The same entries (stage order aside: dvc.lock lists stages in the order they last ran).
     assert yaml.safe_load((other / "dvc.lock").read_text()) == yaml.safe_load((repo / "dvc.lock").read_text())
 
-    # What DVC finds stale: a new base model's chain only; a search setting: labeling (and what follows it).
+    # What DVC finds stale: a new base model's chain only; a search setting: the discovery (and what follows it).
     params = yaml.safe_load((repo / "params.yaml").read_text())
     added = {**params, "base_models": {**params["base_models"], "gemma3-270m": {"spec": "gemma3-270m"}}}
     (repo / "params.yaml").write_text(yaml.safe_dump(added))
-    stale = _stale(repo)
+    stale = _stale(repo) - NETWORK_STAGES
     assert stale and all(stage.endswith("@gemma3-270m") for stage in stale), stale
-    assert {"label@gemma3-270m", "register@gemma3-270m"} <= stale
-    (repo / "params.yaml").write_text(yaml.safe_dump({**params, "label": {**params["label"], "simulations": 4}}))
-    assert _stale(repo) == {"label@smollm2-135m"}
+    assert {"menu@gemma3-270m", "register-menu@gemma3-270m"} <= stale
+    (repo / "params.yaml").write_text(yaml.safe_dump({**params, "select": {**params["select"], "margin": 0.02}}))
+    assert _stale(repo) - NETWORK_STAGES == {"select@smollm2-135m"}
     (repo / "params.yaml").write_text(yaml.safe_dump(params))
 
-    # A stricter validation now fails: the chain stops there; no retraining, no new registry version.
-    params["validate"]["min_valid_share"] = 1.01
+    # A stricter validation now fails: the chain stops there; no new selection, no new registry version.
+    params["validate"]["max_kl"] = -1.0
     (repo / "params.yaml").write_text(yaml.safe_dump(params))
-    weights = repo / "models/predictors/smollm2-135m/predictor.safetensors"
-    before = weights.stat().st_mtime_ns
-    assert _run(repo, tmp_path / "prefect") == {"smollm2-135m": "stopped at validate@smollm2-135m"}
-    assert weights.stat().st_mtime_ns == before
-    report = json.loads((repo / "reports/smollm2-135m/validation/validation.json").read_text())
-    assert not report["success"] and (repo / report["data_docs"]).exists()
+    frozen = repo / "reports/smollm2-135m/menu/selection/frozen.json"
+    before = frozen.stat().st_mtime_ns
+    assert _run(repo, tmp_path / "prefect") == {"smollm2-135m": "stopped at validate-menu@smollm2-135m"}
+    assert frozen.stat().st_mtime_ns == before
+    report = json.loads((repo / "reports/smollm2-135m/menu/validation/validation.json").read_text())
+    assert not report["success"]
     versions = subprocess.run(
         [sys.executable, "-c", "import mlflow; print(len(mlflow.MlflowClient().search_model_versions()))"],
         env=_env(repo),
         capture_output=True,
         text=True,
     )
-    assert versions.stdout.strip().splitlines()[-1] == "1", versions.stderr[-2000:]
+    assert versions.stdout.strip().splitlines()[-1] == str(len(registry["versions"])), versions.stderr[-2000:]
+
+
+def test_the_network_chain_is_selectable():
+    """params.yaml's pipeline.chain picks the per-model stages the flow runs; both chains live in dvc.yaml."""
+    from flows.pipeline import CHAINS, Chain
+    from polar.config import load
+
+    dvc = set(yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"])
+    for chain in CHAINS.values():
+        assert set(chain) <= dvc
+    assert load(Chain, ROOT / "params.yaml").chain == "menu"
+    with pytest.raises(ValueError, match="pipeline.chain must be one of menu, network"):
+        Chain(chain="mcts")
 
 
 def test_unknown_base_model_is_refused_before_any_stage():

@@ -1,4 +1,4 @@
-"""The predictor: network shape, beam decoding, save/load, training targets and a training run that learns."""
+"""The predictor: network shape, beam decoding, save/load (its training: tests/test_training_network.py)."""
 
 import itertools
 import json
@@ -6,10 +6,7 @@ import math
 
 import pytest
 import torch
-from conftest import write_labels
-from tiny import tiny_model
 
-from polar.backbone import Backbone
 from polar.predictor import (
     OPS,
     PredictorConfig,
@@ -22,7 +19,6 @@ from polar.predictor import (
 )
 from polar.programs import CompactProgram, Op, Program
 from polar.settings import TrainConfig
-from polar.train import _targets_of, load_targets, split_by_question, train
 
 
 def _logits_for(compact: CompactProgram, confident: float = 6.0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -203,103 +199,3 @@ def test_save_and_load_round_trip(tmp_path):
     assert again.config.meta == {"x": 1}
     with pytest.raises(FileNotFoundError, match="run `polar train`"):
         load(tmp_path / "nothing")
-
-
-def test_targets_weight_full_depth_down_and_drop_inexpressible():
-    config = TrainConfig(full_weight=0.3)
-    valid = ["0-5", "0-2,4-5", "0-3,0-1"]  # the last runs layers out of order: no compact form
-    targets = _targets_of("q", valid, 6, config)
-    assert len(targets) == 2
-    weights = sorted(t.weight for t in targets)
-    assert weights == pytest.approx([0.3 / 1.3, 1 / 1.3])
-    assert _targets_of("q", ["0-5"], 6, config)[0].weight == 1.0  # full depth alone keeps its weight
-    assert _targets_of("q", [], 6, config) == []
-
-
-def test_split_by_question_never_leaks():
-    config = TrainConfig()
-    targets = [t for i in range(20) for t in _targets_of(f"q{i}", ["0-5", "0-4"], 6, config)]
-    train_t, val_t = split_by_question(targets, 0.25, seed=0)
-    assert not {t.question for t in train_t} & {t.question for t in val_t}
-    assert len({t.question for t in val_t}) == 5
-
-
-def test_broken_label_file_names_the_line(tmp_path):
-    path = write_labels(tmp_path / "labels.jsonl", [{"question": "q", "depth": 6, "valid": ["0-5"], "model": "m"}])
-    path.write_text(path.read_text() + "not json\n")
-    with pytest.raises(ValueError, match="labels.jsonl:2: broken record"):
-        load_targets([path], TrainConfig())
-    with pytest.raises(FileNotFoundError, match="run `polar label` first"):
-        load_targets([tmp_path / "missing.jsonl"], TrainConfig())
-
-
-@pytest.mark.slow  # the bundled tokenizer
-def test_training_learns_programs_that_depend_on_the_question(tmp_path, smollm2):
-    """Two kinds of question, each with its own program: the trained predictor tells them apart."""
-    backbone = Backbone(tiny_model("llama", vocab_size=len(smollm2.tokenizer)), smollm2.tokenizer, "tiny", False)
-    records = []
-    for i in range(24):
-        add = i % 2 == 0
-        records.append(
-            {
-                "question": f"What is {i} + {i + 1}?" if add else f"Name the colour number {i}.",
-                "depth": 6,
-                "model": "tiny",
-                "valid": ["0-2,4-5"] if add else ["0-3,3-5"],
-            }
-        )
-    path = write_labels(tmp_path / "labels.jsonl", records)
-    config = TrainConfig(embedder="backbone:1", epochs=60, batch=8, lr=2e-3, d_model=32, dropout=0.0)
-    out = train([path], tmp_path / "predictor", config, backbone=backbone, device="cpu")
-    model = load(out)
-    assert model.config.meta["embedder"] == "backbone:1" and len(model.config.meta["labels_sha256"]) == 64
-    assert model.config.decoder == "search"
-    assert (out / "history.json").exists() and model.config.meta["best"]["epoch"] >= 1
-    from polar.embedder import load_embedder
-
-    x, mask = load_embedder("backbone:1", backbone)(["What is 30 + 31?", "Name the colour number 31."])
-    b, o = model(x, mask)
-    assert decode(b[0], o[0], model.config, 1)[0] == Program.parse("0-2,4-5")
-    assert decode(b[1], o[1], model.config, 1)[0] == Program.parse("0-3,3-5")
-
-
-def test_space_and_level_filters(tmp_path):
-    records = [
-        {"question": "a", "level": "1", "depth": 6, "model": "m", "valid": ["0-2,4-5", "0-3,3-5"]},
-        {"question": "b", "level": "2", "depth": 6, "model": "m", "valid": ["0-3,3-5"]},
-    ]
-    path = write_labels(tmp_path / "labels.jsonl", records)
-    skip, summary = load_targets([path], TrainConfig(space="skip"))
-    assert [t.question for t in skip] == ["a"] and summary["inputs_with_targets"] == 1
-    loop, _ = load_targets([path], TrainConfig(space="loop"))
-    assert [t.question for t in loop] == ["a", "b"] and all(sum(t.boundaries) >= 2 for t in loop)
-    level2, summary = load_targets([path], TrainConfig(levels=("2",)))
-    assert [t.question for t in level2] == ["b"] and summary["inputs"] == 1
-    with pytest.raises(ValueError, match="no input .* valid skip program .* at levels 2"):
-        load_targets([path], TrainConfig(space="skip", levels=("2",)))
-
-
-def test_labels_of_two_prompts_are_refused(tmp_path):
-    from conftest import TEST_PROMPT
-
-    from polar.tasks.prompts import PromptMismatch
-
-    record = {"question": "a", "level": "1", "depth": 6, "model": "m", "valid": ["0-5"]}
-    one = write_labels(tmp_path / "a" / "labels.jsonl", [record])
-    two = write_labels(tmp_path / "b" / "labels.jsonl", [record], {**TEST_PROMPT, "shots": 0, "examples": {}})
-    with pytest.raises(PromptMismatch, match="made with different prompts"):
-        load_targets([one, two], TrainConfig())
-    _, summary = load_targets([one], TrainConfig())
-    assert summary["prompt"] == TEST_PROMPT
-
-
-def test_train_cli_names_missing_labels(tmp_path):
-    from typer.testing import CliRunner
-
-    from polar.cli import app
-
-    args = ["train", "--labels", str(tmp_path / "none.jsonl"), "--out", str(tmp_path / "p"), "--space", "skip"]
-    result = CliRunner().invoke(app, [*args, "--levels", "1-3"])
-    assert result.exit_code == 2 and "run `polar label` first" in " ".join(result.output.split())
-    bad = CliRunner().invoke(app, [*args[:-2], "--space", "both"])
-    assert bad.exit_code == 2 and "space must be one of" in " ".join(bad.output.split())

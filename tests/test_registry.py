@@ -187,7 +187,7 @@ def test_the_served_model_answers_exactly_as_the_evaluation_did(store, smollm2):
     from polar.ingest import ingest
     from polar.labeling.run import label
     from polar.settings import EvalConfig, IngestConfig, LabelConfig, SearchConfig, TrainConfig
-    from polar.train import train
+    from polar.training import train
 
     model_dir = store / "tiny"
     tiny_model("llama", vocab_size=len(smollm2.tokenizer)).save_pretrained(model_dir)
@@ -199,7 +199,8 @@ def test_the_served_model_answers_exactly_as_the_evaluation_did(store, smollm2):
     for r in records:  # random weights rarely answer right: give every input a valid program
         r["valid"] = r["valid"] or ["0-2,4-5"]
     labels.write_text("".join(json.dumps(r) + "\n" for r in records))
-    pred = train([labels], store / "pred", TrainConfig(embedder="backbone:1", epochs=2, d_model=32), device="cpu")
+    config = TrainConfig(embedder="backbone:1", epochs=2, d_model=32)
+    pred = train([labels], store / "pred", config, device="cpu").out_dir
     metrics = evaluate(str(model_dir), pred, tasks["test"], store / "eval", EvalConfig(k=2, max_new_tokens=5))
     rows = [json.loads(line) for line in (store / "eval" / "results.jsonl").open()]
     info = register(pred, metrics)

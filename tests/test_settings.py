@@ -11,7 +11,7 @@ from flows.serve import Schedule
 from polar.cli import app
 from polar.config import fields_of, load
 from polar.layout import Outputs
-from polar.settings import STAGE_SETTINGS, LabelConfig, TrainConfig
+from polar.settings import METHODS, STAGE_SETTINGS, TRAIN_SETTINGS, TRAIN_SHARED, LabelConfig, TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 PARAMS = yaml.safe_load((ROOT / "params.yaml").read_text())
@@ -47,6 +47,19 @@ def test_command_line_wins_over_params_and_params_over_defaults(tmp_path):
     config = load(LabelConfig, params, {"shots": 2})
     assert (config.search.simulations, config.shots, config.prompt) == (7, 2, "plain")
     assert load(TrainConfig, None, {"levels": "1-3"}).levels == ("1", "2", "3")
+
+
+def test_each_training_setting_belongs_to_both_methods_or_to_one():
+    """TRAIN_SETTINGS names every setting of TrainConfig once: shared, the network's or M2's."""
+    columns = {method: [row[i] for row in TRAIN_SETTINGS if row[i]] for i, method in enumerate(METHODS)}
+    declared = [*TRAIN_SHARED, *columns["network"], *columns["menu"]]
+    assert sorted(declared) == sorted(f.name for f in fields_of(TrainConfig)), "each setting exactly once"
+    assert all(name.startswith("m2_") for name in columns["menu"])
+    assert not any(name.startswith("m2_") for name in [*TRAIN_SHARED, *columns["network"]])
+    assert all(row[0] or row[1] for row in TRAIN_SETTINGS) and all(row[2] for row in TRAIN_SETTINGS)
+    network, menu = TrainConfig().method_settings(), TrainConfig(method="menu").method_settings()
+    assert set(network) == {*TRAIN_SHARED, *columns["network"]} and set(menu) == {*TRAIN_SHARED, *columns["menu"]}
+    assert menu["m2_steps"] == 2000 and network["epochs"] == 10  # the values, read through the nested class
 
 
 def test_every_setting_has_an_option_and_help():

@@ -241,8 +241,9 @@ def _menu_folder(folder, split: str, questions: list[str], programs=MENU, right=
     """A menu folder as `polar label --menu` leaves it: shards merged into menu.jsonl, the matrices, settings.json."""
     from conftest import TEST_PROMPT
 
-    from polar.labeling.folder import SCHEMA, MenuRecord, ShardWriter, check_settings, export, merge_shards
+    from polar.labeling.folder import SCHEMA, MenuRecord, ShardWriter, check_settings, merge_shards
     from polar.labeling.menu import menu_id
+    from polar.labeling.reward_matrix import export
     from polar.tasks.prompts import PromptSpec
 
     records = _menu_records(split, questions, programs, right)

@@ -66,3 +66,21 @@ def tiny_model(arch: str, seed: int = 0, vocab_size: int = VOCAB):
 def prompt(seed: int, length: int) -> list[int]:
     g = torch.Generator().manual_seed(seed)
     return torch.randint(3, VOCAB, (length,), generator=g).tolist()
+
+
+def word_embedder(dim: int = 8):
+    """A question embedder with no model to load: one fixed random vector per word (seeded by the word's crc32)."""
+    import zlib
+
+    from polar.embedder import Embedder
+
+    def encode(texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = [[zlib.crc32(w.encode()) for w in t.split()] or [0] for t in texts]
+        x = torch.zeros(len(rows), max(map(len, rows)), dim)  # (B, T, E)
+        mask = torch.zeros(x.shape[:2], dtype=torch.long)  # (B, T)
+        for i, row in enumerate(rows):
+            x[i, : len(row)] = torch.stack([torch.randn(dim, generator=torch.Generator().manual_seed(s)) for s in row])
+            mask[i, : len(row)] = 1
+        return x, mask
+
+    return Embedder("words", dim, encode)

@@ -46,7 +46,7 @@ def lm_eval_cmd(
         ),
     ] = None,
     sweep_out: Annotated[str, typer.Option(help="Folder of the sweep's sweep.md, sweep.json and sweep.png.")] = (
-        "harness-sweep"
+        "reports/harness"
     ),
     metric: Annotated[str | None, typer.Option(help="The sweep's plotted metric (default: the task's first).")] = None,
     log_to: Annotated[
@@ -78,8 +78,10 @@ def lm_eval_cmd(
             _sweep(args, programs, Path(sweep_out), metric, log_to, tracking_uri)
         else:
             _run(args, log_to, tracking_uri)
-    except (ValueError, FileNotFoundError, TypeError, KeyError) as err:
-        fail(str(err).strip("'\""))
+    except KeyError as err:  # str() of a KeyError is its repr
+        fail(str(err.args[0]) if err.args else repr(err))
+    except (ValueError, FileNotFoundError, TypeError) as err:
+        fail(str(err))
 
 
 # ------------------------------------------------------------------------------------------ lm-eval's run
@@ -90,7 +92,8 @@ def _with_defaults(args: list[str]) -> list[str]:
 
     if not args or any(a in ("-h", "--help") for a in args):
         return args  # lm-eval's help
-    out = list(args) if "--include_path" in args else [*args, "--include_path", str(TASKS_DIR)]
+    given = any(a == "--include_path" or a.startswith("--include_path=") for a in args)
+    out = list(args) if given else [*args, "--include_path", str(TASKS_DIR)]
     parsed = _parse(out)
     wanted = parsed is not None and parsed.model == MODEL_NAME and parsed.output_path
     if wanted and "programs_out" not in (parsed.model_args or {}):
@@ -162,7 +165,7 @@ def _print_efficiency(results: dict) -> None:
     info = results.get("config", {}).get("polar")
     if not info:
         return
-    console.print(f"polar: {info['model']} (D = {info['depth']}), {info['source']}")
+    console.print(f"polar: {info['model']} (D = {info['depth']}), {info['source']}", highlight=False, soft_wrap=True)
     for task, t in info["tasks"].items():
         top = ", ".join(f"{p} x{n}" for p, n in list(t["programs"].items())[:3])
         more = f" and {len(t['programs']) - 3} more" if len(t["programs"]) > 3 else ""
@@ -182,7 +185,7 @@ def _log(model_uri: str, tracking_uri: str | None, results: dict) -> None:
     kept = json.loads(json.dumps({k: v for k, v in results.items() if k != "samples"}, default=handle_non_serializable))
     name = "+".join(sorted(results.get("results", {})))
     run_id = log_to_version(model_uri, flat_metrics(results), kept, name, tracking_uri)
-    console.print(f"logged the harness results to run {run_id} of {model_uri}")
+    console.print(f"logged the harness results to run {run_id} of {model_uri}", highlight=False, soft_wrap=True)
 
 
 # ------------------------------------------------------------------------------------------------ sweep
@@ -208,7 +211,7 @@ def _sweep(args: list[str], specs: list[str], out: Path, metric: str | None, log
         raise ValueError(f"--programs evaluates one task, got --tasks {cfg.tasks}")
     task = cfg.tasks[0]
     model_args = {k: v for k, v in cfg.model_args.items() if k != "trust_remote_code"}
-    lm = PolarLM(**model_args, batch_size=cfg.batch_size, device=cfg.device)
+    lm = PolarLM.create_from_arg_obj(model_args, {"batch_size": cfg.batch_size, "device": cfg.device})
     programs = _programs(specs, lm.backbone.depth)
     manager = _task_manager(cfg, task)
     seeds = cfg.seed or [None] * 4
@@ -222,13 +225,13 @@ def _sweep(args: list[str], specs: list[str], out: Path, metric: str | None, log
     rows = run_sweep(lm, programs, task, lambda: simple_evaluate(model=lm, **settings))
     paths = write_sweep(rows, out, task, lm.backbone.spec, lm.backbone.depth, metric)
     console.print(paths["table"].read_text(), highlight=False, soft_wrap=True)
-    console.print(f"wrote {paths['table']}, {paths['data']} and {paths['plot']}")
+    console.print(f"wrote {paths['table']}, {paths['data']} and {paths['plot']}", highlight=False, soft_wrap=True)
     if log_to:
         from polar.harness.tracking import log_to_version, sweep_metrics
 
         data = json.loads(paths["data"].read_text())
         run_id = log_to_version(log_to, sweep_metrics(rows, task), data, f"sweep {task}", uri)
-        console.print(f"logged the sweep to run {run_id} of {log_to}")
+        console.print(f"logged the sweep to run {run_id} of {log_to}", highlight=False, soft_wrap=True)
 
 
 def _programs(specs: list[str], depth: int):

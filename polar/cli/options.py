@@ -6,14 +6,30 @@ import functools
 import inspect
 import typing
 from collections.abc import Callable
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.table import Table
 
 from polar.config import Flat, fields_of, load
 
-__all__ = ["DeviceOpt", "ModelOpt", "app", "configured", "console", "err_console", "fail", "name_value"]
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    from polar.stats import MethodScore
+
+__all__ = [
+    "DeviceOpt",
+    "ModelOpt",
+    "app",
+    "configured",
+    "console",
+    "err_console",
+    "fail",
+    "name_value",
+    "scores_table",
+]
 
 app = typer.Typer(
     help="polar: run a frozen LLM along programs of layers that skip or loop its layers.",
@@ -118,3 +134,23 @@ def configured(**settings: type) -> Callable[[Callable], Callable]:
         return wrapper
 
     return decorate
+
+
+def scores_table(scores: Iterable[MethodScore], title: str) -> Table:
+    """Score rows as a table: n, pass@1 with its 95% interval, the difference from base greedy with its interval,
+    the exact McNemar p and layers / D."""
+    table = Table(title=title)
+    for col in ("method", "n", "pass@1", "95% CI", "vs base, points (95% CI)", "McNemar p", "layers / D"):
+        table.add_column(col)
+    for s in scores:
+        lo, hi = s.diff_ci95
+        table.add_row(
+            s.method,
+            str(s.inputs),
+            f"{100 * s.pass1:.1f}%",
+            f"{100 * s.ci95[0]:.1f}-{100 * s.ci95[1]:.1f}%",
+            f"{100 * s.diff:+.1f} ({100 * lo:+.1f} to {100 * hi:+.1f})",
+            f"{s.p_vs_base:.3g}",
+            f"{s.layers_ratio:.3f}",
+        )
+    return table

@@ -113,7 +113,7 @@ def _print_summary(info: dict, result: str, root: Path) -> None:
 
 def _print_study(info: dict, root: Path) -> None:
     """The menu chain's summary: every candidate on test, the one-sentence verdict, the champion."""
-    from polar.cli.study import scores_table
+    from polar.cli.options import scores_table
     from polar.registry import registry_status
     from polar.stats import MethodScore
 

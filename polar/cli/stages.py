@@ -220,29 +220,28 @@ def train_cmd(
 ) -> None:
     """Train the program predictor on label files; keeps the checkpoint with the best validation loss.
 
-    With --method menu, train M2 on menu runs instead: the same network scored over the menu, keeping the
-    checkpoint and gain threshold that answer the most held-out inputs right.
+    With --method menu, train M2 on menu runs instead (its settings are the --m2-* options): the same network
+    scored over the menu, keeping the checkpoint and gain threshold that answer the most held-out inputs right.
+    A setting of the other method given a value other than its default is refused.
     """
     from polar.backbone import ModelSpecError
     from polar.embedder import EmbedderError
-    from polar.train import train
+    from polar.training import train
 
     try:
-        path = train(labels, out, config, base_model=model, device=device)
+        result = train(labels, out, config, base_model=model, device=device)
     except (ValueError, FileNotFoundError, ModelSpecError, EmbedderError) as err:
         fail(str(err))
-    saved = json.loads((path / "config.json").read_text())
-    meta = saved["meta"]
-    best, data = meta["best"], meta["data"]
-    if meta.get("method") == "menu":
+    data = result.data
+    if result.method == "menu":
         console.print(
-            f"predictor: {path} (menu of {len(saved['menu'])} programs; "
-            f"best step {best['step']}: {best['val_right']}/{data['val_inputs']} held-out inputs right; "
-            f"trained on {data['train_inputs']})"
+            f"predictor: {result.out_dir} (menu of {data['menu_programs']} programs; best {result.unit} "
+            f"{result.best}: {result.value:g}/{data['val_inputs']} held-out inputs right; trained on "
+            f"{data['train_inputs']})"
         )
         return
     console.print(
-        f"predictor: {path} (best epoch {best['epoch']}, validation loss {best['val_loss']:.3f}; "
+        f"predictor: {result.out_dir} (best {result.unit} {result.best}, validation loss {result.value:.3f}; "
         f"{data['inputs_with_targets']}/{data['inputs']} inputs had a valid program)"
     )
 
@@ -318,7 +317,7 @@ def _evaluate_selection(selection: str, selectors: str | None, tasks: str, out: 
         )
     except (ValueError, FileNotFoundError, ModelSpecError) as err:
         fail(str(err))
-    from polar.cli.study import scores_table
+    from polar.cli.options import scores_table
 
     m = json.loads(path.read_text())
     rows = [MethodScore.from_dict(r) for r in m["scores"].values()]

@@ -6,38 +6,12 @@ the served evaluation and the registration are ``polar evaluate --selection`` an
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
-from rich.table import Table
 
-from polar.cli.options import DeviceOpt, ModelOpt, app, configured, console, fail
+from polar.cli.options import DeviceOpt, ModelOpt, app, configured, console, fail, scores_table
 from polar.settings import LabelConfig, MenuConfig, SelectConfig
-
-if TYPE_CHECKING:
-    from collections.abc import Iterable
-
-    from polar.stats import MethodScore
-
-
-def scores_table(scores: Iterable[MethodScore], title: str) -> Table:
-    """Score rows as a table: n, pass@1 with its 95% interval, the difference from base greedy with its interval,
-    the exact McNemar p and layers / D."""
-    table = Table(title=title)
-    for col in ("method", "n", "pass@1", "95% CI", "vs base, points (95% CI)", "McNemar p", "layers / D"):
-        table.add_column(col)
-    for s in scores:
-        lo, hi = s.diff_ci95
-        table.add_row(
-            s.method,
-            str(s.inputs),
-            f"{100 * s.pass1:.1f}%",
-            f"{100 * s.ci95[0]:.1f}-{100 * s.ci95[1]:.1f}%",
-            f"{100 * s.diff:+.1f} ({100 * lo:+.1f} to {100 * hi:+.1f})",
-            f"{s.p_vs_base:.3g}",
-            f"{s.layers_ratio:.3f}",
-        )
-    return table
 
 
 @app.command(name="menu")

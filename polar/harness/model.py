@@ -119,6 +119,20 @@ class PolarLM(TemplateLM):
                 fixed = Program.identity(depth)
             self.use_program(fixed)
 
+    @classmethod
+    def create_from_arg_obj(cls, arg_dict: dict, additional_config: dict | None = None) -> PolarLM:
+        """lm-eval's constructor hook. Its command line always passes ``batch_size`` and ``device`` (from
+        ``--batch_size`` and ``--device``, defaults included) beside the model args; here ``batch_size=``, ``device=``
+        written in ``--model_args`` win instead of clashing with them."""
+        extra = {k: v for k, v in (additional_config or {}).items() if v is not None and k not in arg_dict}
+        return cls(**arg_dict, **extra)
+
+    @classmethod
+    def create_from_arg_string(cls, arg_string: str, additional_config: dict | None = None) -> PolarLM:
+        from lm_eval.utils import simple_parse_args_string
+
+        return cls.create_from_arg_obj(simple_parse_args_string(arg_string), additional_config)
+
     def use_program(self, program: Program | str) -> None:
         """Run every context under ``program`` from now on, with a fresh record (a sweep reuses one loaded model)."""
         fixed = parse_program(program.text if isinstance(program, Program) else program, self.backbone.depth)

@@ -1,6 +1,8 @@
 """Labeling: run a labeler over every input of a task file into a resumable, sharded label folder.
 
-- :mod:`polar.labeling.folder`: what a label folder holds (records, shards, settings, manifest, reward matrix).
+- :mod:`polar.labeling.folder`: what a label folder holds (records, shards, settings, manifest).
+- :mod:`polar.labeling.reward_matrix`: a menu folder's reward matrix (``rewards.parquet``, ``inputs.parquet``),
+  whole or for one finished shard.
 - :mod:`polar.labeling.run`: the one loop (:func:`run_labeling`) over a :class:`Labeler`, :func:`labeler_for`
   (the one place the kind of labels is chosen) and :func:`label` (both, from a task file).
 - :mod:`polar.labeling.search`: :class:`SearchLabeler`, MCTS program search per input (``labels.jsonl``).

@@ -8,7 +8,8 @@ wall-clock seconds differ from run to run, labels must not.
 
 A menu folder (``polar label --menu``) holds the same files around ``menu.jsonl``: one :class:`MenuRecord` per
 input, every program of a fixed menu run on it (listed in ``menu.txt``), exported as a reward matrix
-(``rewards.parquet``, one row per input and program, and ``inputs.parquet``, one row per input).
+(``rewards.parquet``, one row per input and program, and ``inputs.parquet``, one row per input) by
+:mod:`polar.labeling.reward_matrix`.
 
 Every reader of labels goes through this module: a record that is not whole, or that was written under another
 schema version, is refused with its file and line.
@@ -19,18 +20,15 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import TypeVar
 
-import pandas as pd
 from filelock import FileLock, Timeout
 
-from polar.tasks.files import read_examples
-from polar.tasks.prompts import PromptSpec
+from polar.tasks.prompts import PromptMismatch, PromptSpec
 from polar.tasks.schema import Example
 
 __all__ = [
@@ -50,9 +48,8 @@ __all__ = [
     "Record",
     "ShardWriter",
     "check_settings",
-    "export",
-    "export_part",
     "label_prompt",
+    "labels_prompt",
     "merge_shards",
     "read_labels",
     "read_records",
@@ -61,7 +58,6 @@ __all__ = [
     "record_header",
     "worker_lock",
     "write_manifest",
-    "write_matrix",
 ]
 
 SCHEMA = 2  # 1: records without a schema field (before the prompt spec and this module)
@@ -280,6 +276,35 @@ def label_prompt(labels_dir: str | Path) -> PromptSpec:
     return PromptSpec.from_dict(settings["prompt"])
 
 
+def labels_prompt(label_files: Sequence[str | Path]) -> PromptSpec:
+    """The one prompt all ``label_files`` were made with (from their folders' settings).
+
+    Args:
+        label_files: files inside label folders (``labels.jsonl``, ``rewards.parquet``).
+
+    Returns:
+        The folders' prompt spec.
+
+    Raises:
+        FileNotFoundError: a file is missing.
+        PromptMismatch: the folders were made with different prompts.
+    """
+    specs = {}
+    for path in label_files:
+        path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(f"label file not found: {path} (run `polar label` first)")
+        spec = label_prompt(path.parent)
+        specs.setdefault(spec.id, (spec, path))
+    if len(specs) > 1:
+        made = "; ".join(f"{p} with {i}" for i, (_, p) in specs.items())
+        raise PromptMismatch(
+            f"the label files were made with different prompts ({made}): a predictor must be trained on labels "
+            "of one prompt, the one it will be evaluated and served with; label them again with the same settings"
+        )
+    return next(iter(specs.values()))[0]
+
+
 def read_timings(labels_dir: str | Path) -> dict[str, float]:
     """Labeling seconds per input id (the last run's, where an input was labeled twice)."""
     path = Path(labels_dir) / TIMINGS
@@ -395,7 +420,7 @@ def check_settings(out_dir: Path, settings: dict, restart_on_change: bool = Fals
     path.write_text(json.dumps(settings, indent=2) + "\n")
 
 
-# ----------------------------------------------------------------------------------- manifests, matrices
+# ------------------------------------------------------------------------------------------- manifests
 def write_manifest(out_dir: str | Path, head: dict, records: Sequence[Record], about: dict) -> Path:
     """Write ``manifest.json``: ``head``, the number of inputs, ``about``, and on how many the base model was right.
 
@@ -412,108 +437,3 @@ def write_manifest(out_dir: str | Path, head: dict, records: Sequence[Record], a
     path = Path(out_dir) / MANIFEST
     path.write_text(json.dumps(manifest, indent=2) + "\n")
     return path
-
-
-def export(merged: str | Path, records: Sequence[MenuRecord] | None = None) -> tuple[Path, Path]:
-    """Write ``rewards.parquet`` (one row per input and program) and ``inputs.parquet`` beside ``menu.jsonl``.
-
-    Args:
-        merged: the ``menu.jsonl`` (it need not exist when ``records`` are given).
-        records: its records; read from ``merged`` when None.
-
-    Returns:
-        The paths of the two matrices.
-    """
-    merged = Path(merged)
-    records = read_labels(merged, MenuRecord) if records is None else records
-    rewards = pd.DataFrame(
-        [
-            {
-                "id": r.id,
-                "level": r.level,
-                "program": x.program,
-                "correct": x.correct,
-                "prediction": x.prediction,
-                "layers": x.layers,
-                "logprob": x.logprob,
-                "tokens": x.tokens,
-            }
-            for r in records
-            for x in r.results
-        ]
-    )
-    inputs = pd.DataFrame(
-        [
-            {
-                "id": r.id,
-                "level": r.level,
-                "question": r.question,
-                "answer": r.answer,
-                "depth": r.depth,
-                "base_correct": r.base_correct,
-                "base_logprob": r.base_logprob,
-                "base_margin": r.base_margin,
-                "base_entropy": r.base_entropy,
-                "sample_agreement": r.sample_agreement,
-                "sample_correct": r.sample_correct,
-            }
-            for r in records
-        ]
-    )
-    paths = merged.with_name(REWARDS), merged.with_name(INPUTS)
-    rewards.to_parquet(paths[0], index=False)
-    inputs.to_parquet(paths[1], index=False)
-    return paths
-
-
-def write_matrix(dest: str | Path, head: dict, records: Sequence[MenuRecord]) -> Path:
-    """Export menu ``records`` into ``dest`` as a reward matrix (:func:`export`) with its manifest.
-
-    Args:
-        dest: the folder (a menu folder, or an exported part of one).
-        head: the manifest's first keys (see :func:`write_manifest`).
-        records: one per input, in input order.
-
-    Returns:
-        The manifest's path.
-    """
-    export(Path(dest) / MENU, records)
-    first = records[0] if records else None
-    about = {"menu": first.menu if first else None, "prompt": first.prompt if first else None}
-    return write_manifest(dest, head, records, about)
-
-
-def export_part(out_dir: str | Path, tasks: str | Path, shard: tuple[int, int], dest: str | Path) -> Path:
-    """Export the finished shard ``K`` of ``N`` of a menu folder on its own, before the other shards are done.
-
-    A split labeled as shards ``K/N`` over several days is merged only when every shard is done; this writes
-    ``rewards.parquet``, ``inputs.parquet``, ``settings.json`` and ``manifest.json`` of shard ``K`` in ``dest``,
-    to be committed and joined with the other parts later.
-
-    Args:
-        out_dir: the menu folder (``polar label --menu ... --out``).
-        tasks: the task file it was labeled from.
-        shard: ``(K, N)``.
-        dest: the folder to write the part in (made when missing).
-
-    Returns:
-        The part's manifest.
-
-    Raises:
-        ValueError: the shard is not labeled to the end, or ``(K, N)`` is not a shard.
-    """
-    k, n = shard
-    if not 0 <= k < n:
-        raise ValueError(f"shard {k}/{n}: write K/N with 0 <= K < N")
-    ids = [e.id for e in read_examples(tasks)][k::n]
-    records = {r.id: r for r in read_records(out_dir, MenuRecord)}
-    missing = [i for i in ids if i not in records]
-    if missing:
-        raise ValueError(
-            f"shard {k}/{n} of {out_dir} lacks {len(missing)} of {len(ids)} inputs: label it to the end "
-            f"(`polar label --menu ... --shard {k}/{n}`)"
-        )
-    dest = Path(dest)
-    dest.mkdir(parents=True, exist_ok=True)
-    shutil.copy(Path(out_dir) / SETTINGS, dest / SETTINGS)
-    return write_matrix(dest, {"tasks": str(tasks), "shard": f"{k}/{n}"}, [records[i] for i in ids])

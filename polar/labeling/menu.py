@@ -11,7 +11,7 @@ Each input's :class:`~polar.labeling.folder.MenuRecord` also holds the base mode
 the answer's mean token log-probability, the top-2 margin and the entropy at its first token, and the shares of
 a few samples that agree with it and that are correct. :func:`polar.labeling.run.run_labeling` writes them to
 resumable shards as search labels are; the merged ``menu.jsonl`` is exported as ``rewards.parquet`` and
-``inputs.parquet`` (:func:`polar.labeling.folder.export`).
+``inputs.parquet`` (:func:`polar.labeling.reward_matrix.export`).
 """
 
 from __future__ import annotations
@@ -39,8 +39,8 @@ from polar.labeling.folder import (
     merge_shards,
     read_labels,
     record_header,
-    write_matrix,
 )
+from polar.labeling.reward_matrix import write_matrix
 from polar.programs import Program, ProgramError
 from polar.settings import LabelConfig, MenuConfig
 from polar.tasks.answers import grade

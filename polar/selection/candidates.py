@@ -116,12 +116,16 @@ class Candidates:
         self.models: dict[str, tuple[str, tuple[str, ...], GainModel]] = {}
         self.tuned: dict[str, float] = {}
         self.skipped: dict[str, str] = {}  # candidates that could not be fitted on this train split, and why
+        self.m2: MenuNetwork | None = None
+        if len(train.programs) < 2:  # nothing to choose between: only the static and gated baselines apply
+            self.skipped["M1"] = self.skipped["M2"] = "the menu holds only the full depth"
+            return
         if config.m1:
             self._fit_m1(train, validation)
         from polar.embedder import load_embedder
 
         self.embedder = load_embedder(config.m2.m2_embedder)
-        self.m2: MenuNetwork | None = MenuNetwork(config.m2, train.programs, train.depth, self.embedder.dim)
+        self.m2 = MenuNetwork(config.m2, train.programs, train.depth, self.embedder.dim)
         try:
             self.m2.fit(train, *self.vectors(train), validation, *self.vectors(validation), config.margin)
         except ValueError as err:  # e.g. no training input has both a right and a wrong program

@@ -6,8 +6,26 @@ its selectors folder holds one servable selector per role. The evaluate stage's 
 ``versions/<role>.json`` (each servable selector's served evaluation, in the registry's format).
 """
 
+from __future__ import annotations
+
+from pathlib import Path
+
+__all__ = ["CHOICES", "FROZEN", "ORACLE", "ROLES", "TEST", "VERSIONS", "served_programs"]
+
 FROZEN = "frozen.json"
 TEST = "test.json"
 CHOICES = "choices.parquet"
 VERSIONS = "versions"
 ROLES = ("baseline", "accuracy", "efficiency")  # the full depth, and the two modes' winners
+ORACLE = "oracle (any menu program right; ceiling)"  # the ceiling's row in every table
+
+
+def served_programs(study_dir: str | Path, method: str) -> dict[str, str]:
+    """Test input id -> the program candidate ``method`` chose (from the study's ``choices.parquet``)."""
+    import pandas as pd
+
+    table = pd.read_parquet(Path(study_dir) / CHOICES)
+    rows = table[table["method"] == method]
+    if rows.empty:
+        raise ValueError(f"{Path(study_dir) / CHOICES} has no choices of {method!r}: run `polar select` again")
+    return dict(zip(rows["id"], rows["program"], strict=True))

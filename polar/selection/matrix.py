@@ -2,12 +2,12 @@
 
 A :class:`Matrix` is a ``polar label --menu`` folder as arrays: ``correct[i, j]`` says whether program ``j`` of the
 menu answers input ``i`` (program 0 is the full depth), with the inputs' confidence features beside it.
-:func:`check_disjoint` refuses matrices that share a question; :func:`split_questions` holds out whole questions.
+:func:`check_disjoint` refuses matrices that share a question (``polar train --method menu`` holds out whole
+questions of one matrix with :func:`polar.training.split.split_matrix`).
 """
 
 from __future__ import annotations
 
-import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +19,7 @@ from polar.labeling.folder import INPUTS, REWARDS
 from polar.tasks.files import read_parquet
 from polar.tasks.splits import normalise
 
-__all__ = ["Matrix", "check_disjoint", "split_questions"]
+__all__ = ["Matrix", "check_disjoint"]
 
 
 @dataclass(frozen=True)
@@ -115,18 +115,3 @@ def check_disjoint(**splits: Matrix) -> None:
             if key in seen and seen[key] != name:
                 raise ValueError(f"the {seen[key]} and {name} matrices share the question {question!r}")
             seen[key] = name
-
-
-def split_questions(matrix: Matrix, fraction: float, seed: int) -> tuple[Matrix, Matrix]:
-    """The inputs of ``matrix`` in two parts, whole questions on one side: a seeded shuffle of the distinct
-    questions puts a share ``fraction`` of them in the second part."""
-    questions = sorted(set(matrix.inputs["question"]))
-    random.Random(seed).shuffle(questions)
-    held = set(questions[: round(len(questions) * fraction)])
-    if not held or len(held) == len(questions):
-        raise ValueError(
-            f"{len(questions)} questions cannot be split {1 - fraction:.0%}/{fraction:.0%}: "
-            "label more inputs, or change the fraction"
-        )
-    on_held = matrix.inputs["question"].isin(held).to_numpy()
-    return matrix.take(~on_held), matrix.take(on_held)

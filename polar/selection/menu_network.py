@@ -11,19 +11,18 @@ It trains for a fixed number of steps (thousands, not a few epochs) and keeps, f
 the checkpoint whose *decision* is best on validation: the most right answers with its gain threshold tuned
 there (accuracy mode), and the fewest layers within ``margin`` of base greedy with its price tuned there
 (efficiency mode). Choices then go through :func:`polar.selection.policies.choose_gain` / ``choose_cheap`` with
-the softmax in place of the gain model's probabilities. Its settings are :class:`polar.settings.MenuNetworkConfig`. The network reads only the question's text (a frozen
-sentence encoder), so it runs no layer of the base model: every layer it costs is the chosen program's.
+the softmax in place of the gain model's probabilities. Its settings are :class:`polar.settings.MenuNetworkConfig`;
+``polar train --method menu`` fits it through :mod:`polar.training.menu`. The network reads only the question's text
+(a frozen sentence encoder), so it runs no layer of the base model: every layer it costs is the chosen program's.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -35,7 +34,7 @@ from polar.selection.matrix import Matrix
 from polar.selection.policies import choose_cheap, choose_gain, right_answers, static, tune_price, tune_threshold
 from polar.settings import MenuNetworkConfig
 
-__all__ = ["MenuNetwork", "embed_each", "menu_loss", "train_menu"]
+__all__ = ["MenuNetwork", "embed_each", "menu_loss"]
 
 
 def embed_each(questions: Sequence[str], embedder) -> tuple[torch.Tensor, torch.Tensor]:
@@ -184,64 +183,3 @@ class MenuNetwork:
         p = self.proba(x, mask, mode)
         pick = choose_gain if mode == "accuracy" else choose_cheap
         return pick(matrix, p, self.tuned[mode], 0, name)
-
-
-def train_menu(label_paths: Sequence[str | Path], out_dir: str | Path, config, base_model: str | None = None) -> Path:
-    """``polar train --method menu``: M2 on menu runs (``polar label --menu`` folders, or a file in one), saved as
-    a predictor that ranks the menu (:func:`polar.predictor.save`) with its ``history.json``.
-
-    Args:
-        config: :class:`polar.settings.TrainConfig` (``steps``, ``lr``, ``weight_decay``, ``dropout``,
-            ``embedder``, ``val_fraction``, ``seed``; the network's shape is M2's). It trains on the CPU.
-        base_model: the model spec the predictor records (default: the one the menu runs name).
-    """
-    from polar.embedder import load_embedder
-    from polar.labeling.folder import INPUTS, REWARDS, read_settings
-    from polar.predictor import save
-    from polar.selection.matrix import split_questions
-    from polar.settings import SelectConfig
-    from polar.train import file_sha256, labels_prompt
-
-    folders = [Path(p) if Path(p).is_dir() else Path(p).parent for p in label_paths]
-    matrix = Matrix.concat([Matrix.load(f) for f in folders])
-    prompt = labels_prompt([f / REWARDS for f in folders])
-    settings = [read_settings(f) for f in folders]
-    budgets = {s["config"]["max_new_tokens"] for s in settings}
-    if len(budgets) > 1 or len({s["model"] for s in settings}) > 1:
-        raise ValueError("the menu runs were made with different base models or generation budgets")
-    train, validation = split_questions(matrix, config.val_fraction, config.seed)
-    embedder = load_embedder(config.embedder)
-    mconfig = MenuNetworkConfig(
-        m2_steps=config.steps,
-        m2_lr=config.lr,
-        m2_weight_decay=config.weight_decay,
-        m2_dropout=config.dropout,
-        m2_eval_every=max(1, min(100, config.steps // 10)),
-        m2_embedder=config.embedder,
-        m2_seed=config.seed,
-    )
-    net = MenuNetwork(mconfig, matrix.programs, matrix.depth, embedder.dim)
-    net.fit(
-        train,
-        *embed_each(list(train.inputs["question"]), embedder),
-        validation,
-        *embed_each(list(validation.inputs["question"]), embedder),
-        SelectConfig().margin,
-    )
-    files = [f / name for f in folders for name in (REWARDS, INPUTS)]
-    meta = {
-        "base_model": base_model or settings[0]["model"],
-        "embedder": config.embedder,
-        "label_files": [str(f / REWARDS) for f in folders],
-        "labels_sha256": file_sha256(files),
-        "prompt": prompt.to_dict(),  # evaluation and serving prompt exactly as labeling did
-        "max_new_tokens": budgets.pop(),
-        "train": config.to_dict(),
-        "method": "menu",
-        "menu_network": mconfig.to_dict(),
-        "data": {"inputs": len(matrix.ids), "train_inputs": len(train.ids), "val_inputs": len(validation.ids)},
-        "best": {"step": net.best["accuracy"]["step"], "val_right": net.best["accuracy"]["value"]},
-    }
-    out_dir = save(net.predictor("accuracy", meta), out_dir)
-    (out_dir / "history.json").write_text(json.dumps(net.history, indent=2) + "\n")
-    return out_dir

@@ -11,7 +11,7 @@ The policies, each fitted or tuned on training and validation matrices only:
 - per level (:func:`per_level`, :func:`best_per_level`): B2;
 - confidence gates (:func:`gated`, :func:`tune_gate`): B3, program B1 where the base model is unsure;
 - a learned chance per program (M1's :mod:`~polar.selection.gain_model`, M2's network): accuracy mode takes the
-  program of highest gain over the full depth past a tuned threshold (:func:`gain_choice`, :func:`choose_gain`,
+  program of highest gain over the full depth past a tuned threshold (:func:`polar.gain.gain_choice`, :func:`choose_gain`,
   :func:`tune_threshold`); efficiency mode trades right answers for layers at a tuned price (:func:`choose_cheap`,
   :func:`tune_price`), keeping validation pass@1 within ``margin`` of base greedy;
 - the oracle (:func:`oracle`), the ceiling no selector can pass.
@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from polar.gain import gain_choice
 from polar.selection.matrix import Matrix
 from polar.stats import MethodScore, score_outcomes
 
@@ -39,7 +40,6 @@ __all__ = [
     "charged",
     "choose_cheap",
     "choose_gain",
-    "gain_choice",
     "gated",
     "oracle",
     "per_level",
@@ -147,15 +147,8 @@ def charged(matrix: Matrix, choice: np.ndarray, passes: int) -> np.ndarray:
     return passes * matrix.depth + np.where(choice == 0, 0.0, matrix.layers[choice])
 
 
-def gain_choice(proba: np.ndarray, threshold: float) -> np.ndarray:
-    """(n,) the program of highest estimated gain over the full depth (column 0) where that gain exceeds
-    ``threshold``, else 0. The one accuracy-mode rule: the study's M1 and M2 and the served M2 all call it."""
-    gain = proba[:, 1:] - proba[:, :1]
-    return np.where(gain.max(1) > threshold, gain.argmax(1) + 1, 0)
-
-
 def choose_gain(matrix: Matrix, proba: np.ndarray, threshold: float, passes: int, name: str) -> Selection:
-    """Accuracy mode: :func:`gain_choice` over estimated chances ``proba`` (n, m)."""
+    """Accuracy mode: :func:`polar.gain.gain_choice` over estimated chances ``proba`` (n, m)."""
     choice = gain_choice(proba, threshold)
     return Selection(name, choice, charged(matrix, choice, passes))
 

@@ -21,11 +21,10 @@ import numpy as np
 from polar.answering import Answerer
 from polar.labeling.folder import read_settings
 from polar.programs import Program
-from polar.selection.files import CHOICES, FROZEN, TEST, VERSIONS
+from polar.selection.files import CHOICES, FROZEN, ORACLE, TEST, VERSIONS, served_programs
 from polar.selection.matrix import Matrix
 from polar.selection.policies import BASE
 from polar.selection.selector import Selector
-from polar.selection.study import ORACLE, served_programs
 from polar.stats import MethodScore, markdown_table, score_outcomes
 from polar.tasks.answers import grade
 from polar.tasks.files import read_examples

@@ -28,7 +28,7 @@ import pandas as pd
 from polar.hashing import sha256_file
 from polar.labeling.folder import INPUTS, REWARDS, read_settings
 from polar.selection.candidates import M2_NAME, Candidates, FeatureCache
-from polar.selection.files import CHOICES, FROZEN, TEST
+from polar.selection.files import CHOICES, FROZEN, ORACLE, TEST
 from polar.selection.matrix import Matrix, check_disjoint
 from polar.selection.policies import BASE, Selection, oracle, score, winners
 from polar.selection.selector import Selector, SelectorSpec
@@ -36,9 +36,7 @@ from polar.settings import SelectConfig
 from polar.stats import MethodScore, detectable_difference
 from polar.tasks.prompts import PromptSpec
 
-__all__ = ["ORACLE", "StudyResult", "select", "served_programs", "verdict"]
-
-ORACLE = "oracle (any menu program right; ceiling)"
+__all__ = ["StudyResult", "select", "verdict"]
 
 
 @dataclass(frozen=True)
@@ -219,6 +217,12 @@ def verdict(winners_: dict[str, str], validation: dict[str, MethodScore], test: 
     n = test[BASE].inputs
     for mode, name in winners_.items():
         v, t = validation[name], test[name]
+        if name == BASE:
+            parts.append(
+                f"{mode.capitalize()} mode: no candidate did better than base greedy on validation "
+                f"({100 * v.pass1:.1f}% of {v.inputs}), so base greedy is the choice (test: {100 * t.pass1:.1f}% of {n})."
+            )
+            continue
         lo, hi = t.diff_ci95
         said = "beats base greedy" if t.significant() and t.diff > 0 else "does not beat base greedy"
         if t.significant() and t.diff < 0:
@@ -237,12 +241,3 @@ def verdict(winners_: dict[str, str], validation: dict[str, MethodScore], test: 
         + (f"is {100 * smallest:.1f} points." if smallest is not None else "does not exist (too few inputs differ).")
     )
     return " ".join(parts)
-
-
-def served_programs(out_dir: str | Path, method: str) -> dict[str, str]:
-    """Test input id -> the program candidate ``method`` chose (from ``choices.parquet``)."""
-    table = pd.read_parquet(Path(out_dir) / CHOICES)
-    rows = table[table["method"] == method]
-    if rows.empty:
-        raise ValueError(f"{Path(out_dir) / CHOICES} has no choices of {method!r}")
-    return dict(zip(rows["id"], rows["program"], strict=True))

@@ -1,10 +1,10 @@
-"""The train stage: fit a program predictor on label files.
+"""The network fitter of the train stage: the PoLar program predictor on search labels.
 
 Targets are the canonical compact forms of each input's valid programs (at most ``max_targets``
 per input, shortest first); the full-depth program is down-weighted (``full_weight``) where a
 shorter valid program exists, and each input's targets share one unit of weight. Inputs without a
-valid program teach nothing and are left out. Train and validation sets are split by question text,
-so that no question (labeled under several search spaces, say) is on both sides.
+valid program teach nothing and are left out. Train and validation sets are split by question text
+(:mod:`polar.training.split`), so that no question (labeled under several search spaces, say) is on both sides.
 
 Loss = BCE over the boundaries of layers 1..D-1 (layer 0 always starts a segment) + CE over the ops
 at segment starts. The checkpoint with the best validation loss is kept.
@@ -12,11 +12,9 @@ at segment starts. The checkpoint with the best validation loss is kept.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
-import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,54 +23,48 @@ from torch.nn import functional as F
 from tqdm import tqdm
 
 from polar.embedder import load_embedder
-from polar.labeling.folder import label_prompt, read_labels, read_settings
+from polar.labeling.folder import read_labels
 from polar.predictor import PredictorConfig, ProgramPredictor, compact_arrays, save
 from polar.programs import DEFAULT_K_MAX, CompactProgram, Program, ProgramError
 from polar.settings import TrainConfig
 from polar.tasks.prompts import PromptMismatch, PromptSpec
+from polar.training.provenance import TrainResult, label_source, predictor_meta
+from polar.training.split import split_targets
 
-__all__ = ["Target", "load_targets", "split_by_question", "train"]
+__all__ = ["Target", "load_targets", "train_network"]
+
+Vectors = dict[str, tuple[torch.Tensor, torch.Tensor]]  # question -> its token vectors (T, E) and mask (T,)
 
 
 @dataclass(frozen=True)
 class Target:
+    """One valid program of a question in compact form, as the loss reads it, with its share of the weight."""
+
     question: str
     boundaries: tuple[int, ...]  # (D,)
     ops: tuple[int, ...]  # (D,) op index at segment starts, -100 elsewhere (ignored by the loss)
     weight: float
 
 
-def file_sha256(paths: Sequence[str | Path]) -> str:
-    h = hashlib.sha256()
-    for p in paths:
-        h.update(Path(p).read_bytes())
-    return h.hexdigest()
-
-
-def labels_prompt(label_files: Sequence[str | Path]) -> PromptSpec:
-    """The one prompt all ``label_files`` were made with (from their folders' settings); refuses a mixture."""
-    specs = {}
-    for path in label_files:
-        path = Path(path)
-        if not path.exists():
-            raise FileNotFoundError(f"label file not found: {path} (run `polar label` first)")
-        spec = label_prompt(path.parent)
-        specs.setdefault(spec.id, (spec, path))
-    if len(specs) > 1:
-        made = "; ".join(f"{p} with {i}" for i, (_, p) in specs.items())
-        raise PromptMismatch(
-            f"the label files were made with different prompts ({made}): a predictor must be trained on labels "
-            "of one prompt, the one it will be evaluated and served with; label them again with the same settings"
-        )
-    return next(iter(specs.values()))[0]
-
-
 def load_targets(label_files: Sequence[str | Path], config: TrainConfig) -> tuple[list[Target], dict]:
-    """Training targets from merged label files (``labels.jsonl``); returns them and a summary."""
+    """Training targets from merged label files (``labels.jsonl``).
+
+    Returns:
+        The targets and a summary: depth, model, inputs, inputs with targets, the labels' generation budget
+        (``max_new_tokens``) and prompt spec (``prompt``).
+    """
+    source = label_source(label_files)
+    targets, summary = _read_targets(label_files, config, source.prompt)
+    return targets, summary | {"max_new_tokens": source.max_new_tokens, "prompt": source.prompt.to_dict()}
+
+
+def _read_targets(
+    label_files: Sequence[str | Path], config: TrainConfig, prompt: PromptSpec
+) -> tuple[list[Target], dict]:
+    """The targets of every record of ``label_files`` (one model, one depth, made with ``prompt``), and counts."""
     targets: list[Target] = []
     depth = model = None
     inputs = used = 0
-    prompt = labels_prompt(label_files)
     for path in label_files:
         for n, record in enumerate(read_labels(path), 1):
             d = record.depth
@@ -96,12 +88,7 @@ def load_targets(label_files: Sequence[str | Path], config: TrainConfig) -> tupl
             f"no input in the label files has a valid {config.space} program expressible in compact form"
             + (f" at levels {', '.join(config.levels)}" if config.levels else "")
         )
-    budgets = {read_settings(Path(p).parent).get("config", {}).get("max_new_tokens") for p in label_files}
-    if len(budgets) > 1:
-        raise ValueError(f"the label files were made with different generation budgets {sorted(budgets, key=str)}")
-    summary = {"depth": depth, "model": model, "inputs": inputs, "inputs_with_targets": used}
-    summary["max_new_tokens"] = budgets.pop()
-    return targets, summary | {"prompt": prompt.to_dict()}
+    return targets, {"depth": depth, "model": model, "inputs": inputs, "inputs_with_targets": used}
 
 
 def _in_space(text: str, depth: int, space: str) -> bool:
@@ -135,15 +122,6 @@ def _targets_of(question: str, valid: Sequence[str], depth: int, config: TrainCo
     return out
 
 
-def split_by_question(targets: list[Target], val_fraction: float, seed: int) -> tuple[list[Target], list[Target]]:
-    """Validation gets whole questions (by a seeded hash of the text), never part of one."""
-    questions = sorted({t.question for t in targets})
-    random.Random(seed).shuffle(questions)
-    n_val = round(len(questions) * val_fraction) if len(questions) > 1 else 0
-    val_q = set(questions[:n_val])
-    return [t for t in targets if t.question not in val_q], [t for t in targets if t.question in val_q]
-
-
 def _loss(model: ProgramPredictor, batch: dict) -> torch.Tensor:
     b_logits, o_logits = model(batch["x"], batch["mask"])  # (B, D), (B, D, 3)
     w = batch["weight"]  # (B,)
@@ -153,7 +131,7 @@ def _loss(model: ProgramPredictor, batch: dict) -> torch.Tensor:
     return ((bce + ce) * w).sum() / w.sum()
 
 
-def _tensors(targets: list[Target], vectors: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> dict:
+def _tensors(targets: list[Target], vectors: Vectors) -> dict:
     return {
         "x": torch.stack([vectors[t.question][0] for t in targets]),
         "mask": torch.stack([vectors[t.question][1] for t in targets]),
@@ -163,64 +141,103 @@ def _tensors(targets: list[Target], vectors: dict[str, tuple[torch.Tensor, torch
     }
 
 
-def train(
+def train_network(
     label_files: Sequence[str | Path],
     out_dir: str | Path,
-    config: TrainConfig = TrainConfig(),
+    config: TrainConfig,
     base_model: str | None = None,
     device: str = "auto",
     backbone=None,
-) -> Path:
+) -> TrainResult:
     """Train a predictor on ``label_files`` and save the best checkpoint into ``out_dir``.
 
     Args:
-        label_files: merged label files of one base model (``labels.jsonl``); with ``config.method == "menu"``,
-            menu run folders (:func:`polar.menu_network.train_menu`).
+        label_files: merged label files of one base model (``labels.jsonl``).
         out_dir: folder for ``predictor.safetensors``, ``config.json`` and ``history.json``.
-        config: training settings.
+        config: training settings (``method`` network).
         base_model: model spec for ``backbone:N`` embedders (default: the model named in the labels).
+        device: where the embedder and the network run.
         backbone: an already loaded base model (spares loading it again).
 
     Returns:
-        ``out_dir``.
+        The kept checkpoint (the epoch of lowest validation loss), as ``config.json`` records it too.
+    """
+    torch.manual_seed(config.seed)
+    source = label_source(label_files)
+    targets, summary = _read_targets(label_files, config, source.prompt)
+    train_t, val_t = split_targets(targets, config.val_fraction, config.seed)
+    spec = base_model or summary["model"]
+    embed_dim, vectors, dev = _embed(targets, config, spec, device, backbone)
+    data = {**summary, "train_targets": len(train_t), "val_targets": len(val_t)}
+    meta = predictor_meta(
+        config,
+        base_model=spec,
+        embedder=config.embedder,
+        label_files=label_files,
+        hashed=label_files,
+        source=source,
+        data=data,
+    )
+    model = ProgramPredictor(_predictor_config(config, summary["depth"], embed_dim, meta)).to(dev)
+    files = tuple(str(p) for p in label_files)
+
+    def keep(epoch: int, val_loss: float) -> None:
+        result = TrainResult(Path(out_dir), "network", epoch, "epoch", config.epochs, "val_loss", val_loss, files, data)
+        model.config.meta["best"] = {"epoch": epoch, "val_loss": val_loss}
+        model.config.meta["result"] = result.to_dict()
+        save(model, out_dir)
+
+    history = _fit(model, train_t, val_t, vectors, config, dev, keep)
+    Path(out_dir, "history.json").write_text(json.dumps(history, indent=2) + "\n")
+    return TrainResult.from_dict(model.config.meta["result"], out_dir)
+
+
+def _embed(
+    targets: Sequence[Target], config: TrainConfig, spec: str, device: str, backbone
+) -> tuple[int, Vectors, torch.device]:
+    """Each question's token vectors, by ``config.embedder`` (loading the base model ``spec`` if it needs it).
+
+    Returns:
+        The embedding width, the vectors by question, and the device they are on.
     """
     from polar.backbone import load, resolve_device
 
-    if config.method == "menu":
-        from polar.selection.menu_network import train_menu
-
-        return train_menu(label_files, out_dir, config, base_model)
-    torch.manual_seed(config.seed)
-    targets, summary = load_targets(label_files, config)
-    train_t, val_t = split_by_question(targets, config.val_fraction, config.seed)
-    spec = base_model or summary["model"]
     if config.embedder.startswith("backbone") and backbone is None:
         backbone = load(spec, device=device)
     dev = resolve_device(device)
     embedder = load_embedder(config.embedder, backbone=backbone, device=dev)
     questions = sorted({t.question for t in targets})
     x, mask = embedder(questions)  # (Q, T, E), (Q, T)
-    vectors = {q: (x[i], mask[i]) for i, q in enumerate(questions)}
-    pconfig = PredictorConfig(
-        depth=summary["depth"],
-        embed_dim=embedder.dim,
+    return embedder.dim, {q: (x[i], mask[i]) for i, q in enumerate(questions)}, dev
+
+
+def _predictor_config(config: TrainConfig, depth: int, embed_dim: int, meta: dict) -> PredictorConfig:
+    return PredictorConfig(
+        depth=depth,
+        embed_dim=embed_dim,
         d_model=config.d_model,
         encoder_layers=config.encoder_layers,
         dropout=config.dropout,
         identity_rule=config.identity_rule,
         decoder=config.decoder,
-        meta={
-            "base_model": spec,
-            "embedder": config.embedder,
-            "label_files": [str(p) for p in label_files],
-            "labels_sha256": file_sha256(label_files),
-            "prompt": summary.pop("prompt"),  # evaluation and serving prompt exactly as labeling did
-            "max_new_tokens": summary.pop("max_new_tokens"),  # and the same generation budget
-            "train": config.to_dict(),
-            "data": {**summary, "train_targets": len(train_t), "val_targets": len(val_t)},
-        },
+        meta=meta,
     )
-    model = ProgramPredictor(pconfig).to(dev)
+
+
+def _fit(
+    model: ProgramPredictor,
+    train_t: list[Target],
+    val_t: list[Target],
+    vectors: Vectors,
+    config: TrainConfig,
+    dev: torch.device,
+    keep: Callable[[int, float], None],
+) -> list[dict]:
+    """AdamW with cosine decay for ``config.epochs``; ``keep(epoch, val_loss)`` after each new best epoch.
+
+    Returns:
+        One entry per epoch: its number, train loss and validation loss (the train loss without validation).
+    """
     optim = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     steps = config.epochs * math.ceil(len(train_t) / config.batch)
     sched = torch.optim.lr_scheduler.LambdaLR(optim, lambda s: 0.5 * (1 + math.cos(math.pi * min(s / steps, 1.0))))
@@ -232,24 +249,28 @@ def train(
     for epoch in bar:
         model.train()
         order = torch.randperm(len(train_t), generator=gen).to(dev)
-        total = 0.0
-        for i in range(0, len(order), config.batch):
-            idx = order[i : i + config.batch]
-            loss = _loss(model, {k: v[idx] for k, v in data.items()})
-            optim.zero_grad()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optim.step()
-            sched.step()
-            total += loss.item() * len(idx)
+        train_loss = _epoch(model, optim, sched, data, order, config.batch)
         model.eval()
         with torch.no_grad():
-            val_loss = _loss(model, val).item() if val is not None else total / len(order)
-        history.append({"epoch": epoch + 1, "train_loss": total / len(order), "val_loss": val_loss})
-        bar.set_postfix(train=f"{total / len(order):.3f}", val=f"{val_loss:.3f}")
+            val_loss = _loss(model, val).item() if val is not None else train_loss
+        history.append({"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val_loss})
+        bar.set_postfix(train=f"{train_loss:.3f}", val=f"{val_loss:.3f}")
         if val_loss < best:
             best = val_loss
-            model.config.meta["best"] = {"epoch": epoch + 1, "val_loss": val_loss}
-            save(model, out_dir)
-    Path(out_dir, "history.json").write_text(json.dumps(history, indent=2) + "\n")
-    return Path(out_dir)
+            keep(epoch + 1, val_loss)
+    return history
+
+
+def _epoch(model: ProgramPredictor, optim, sched, data: dict, order: torch.Tensor, batch: int) -> float:
+    """One pass over the targets in ``order``; returns the mean train loss per target."""
+    total = 0.0
+    for i in range(0, len(order), batch):
+        idx = order[i : i + batch]
+        loss = _loss(model, {k: v[idx] for k, v in data.items()})
+        optim.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optim.step()
+        sched.step()
+        total += loss.item() * len(idx)
+    return total / len(order)

@@ -1,0 +1,136 @@
+"""A menu folder's reward matrix: its records as Parquet tables, for the whole folder or one finished shard.
+
+A menu folder (:mod:`polar.labeling.menu`) keeps its records in ``menu.jsonl``; the selectors read them as a
+reward matrix (:class:`polar.selection.matrix.Matrix`): ``rewards.parquet``, one row per input and program
+(correct, prediction, layers, log-probability, tokens), and ``inputs.parquet``, one row per input (question,
+answer, depth and the base model's confidence). :func:`write_matrix` writes both with the folder's manifest;
+:func:`export_part` does so for one finished shard ``K/N`` of a folder whose other shards are still running.
+The file names and the manifest are the folder format's (:mod:`polar.labeling.folder`).
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+
+from polar.labeling.folder import (
+    INPUTS,
+    MENU,
+    REWARDS,
+    SETTINGS,
+    MenuRecord,
+    read_labels,
+    read_records,
+    write_manifest,
+)
+from polar.tasks.files import read_examples
+
+__all__ = ["export", "export_part", "write_matrix"]
+
+
+def export(merged: str | Path, records: Sequence[MenuRecord] | None = None) -> tuple[Path, Path]:
+    """Write ``rewards.parquet`` (one row per input and program) and ``inputs.parquet`` beside ``menu.jsonl``.
+
+    Args:
+        merged: the ``menu.jsonl`` (it need not exist when ``records`` are given).
+        records: its records; read from ``merged`` when None.
+
+    Returns:
+        The paths of the two matrices.
+    """
+    merged = Path(merged)
+    records = read_labels(merged, MenuRecord) if records is None else records
+    rewards = pd.DataFrame(
+        [
+            {
+                "id": r.id,
+                "level": r.level,
+                "program": x.program,
+                "correct": x.correct,
+                "prediction": x.prediction,
+                "layers": x.layers,
+                "logprob": x.logprob,
+                "tokens": x.tokens,
+            }
+            for r in records
+            for x in r.results
+        ]
+    )
+    inputs = pd.DataFrame(
+        [
+            {
+                "id": r.id,
+                "level": r.level,
+                "question": r.question,
+                "answer": r.answer,
+                "depth": r.depth,
+                "base_correct": r.base_correct,
+                "base_logprob": r.base_logprob,
+                "base_margin": r.base_margin,
+                "base_entropy": r.base_entropy,
+                "sample_agreement": r.sample_agreement,
+                "sample_correct": r.sample_correct,
+            }
+            for r in records
+        ]
+    )
+    paths = merged.with_name(REWARDS), merged.with_name(INPUTS)
+    rewards.to_parquet(paths[0], index=False)
+    inputs.to_parquet(paths[1], index=False)
+    return paths
+
+
+def write_matrix(dest: str | Path, head: dict, records: Sequence[MenuRecord]) -> Path:
+    """Export menu ``records`` into ``dest`` as a reward matrix (:func:`export`) with its manifest.
+
+    Args:
+        dest: the folder (a menu folder, or an exported part of one).
+        head: the manifest's first keys (see :func:`polar.labeling.folder.write_manifest`).
+        records: one per input, in input order.
+
+    Returns:
+        The manifest's path.
+    """
+    export(Path(dest) / MENU, records)
+    first = records[0] if records else None
+    about = {"menu": first.menu if first else None, "prompt": first.prompt if first else None}
+    return write_manifest(dest, head, records, about)
+
+
+def export_part(out_dir: str | Path, tasks: str | Path, shard: tuple[int, int], dest: str | Path) -> Path:
+    """Export the finished shard ``K`` of ``N`` of a menu folder on its own, before the other shards are done.
+
+    A split labeled as shards ``K/N`` over several days is merged only when every shard is done; this writes
+    ``rewards.parquet``, ``inputs.parquet``, ``settings.json`` and ``manifest.json`` of shard ``K`` in ``dest``,
+    to be committed and joined with the other parts later.
+
+    Args:
+        out_dir: the menu folder (``polar label --menu ... --out``).
+        tasks: the task file it was labeled from.
+        shard: ``(K, N)``.
+        dest: the folder to write the part in (made when missing).
+
+    Returns:
+        The part's manifest.
+
+    Raises:
+        ValueError: the shard is not labeled to the end, or ``(K, N)`` is not a shard.
+    """
+    k, n = shard
+    if not 0 <= k < n:
+        raise ValueError(f"shard {k}/{n}: write K/N with 0 <= K < N")
+    ids = [e.id for e in read_examples(tasks)][k::n]
+    records = {r.id: r for r in read_records(out_dir, MenuRecord)}
+    missing = [i for i in ids if i not in records]
+    if missing:
+        raise ValueError(
+            f"shard {k}/{n} of {out_dir} lacks {len(missing)} of {len(ids)} inputs: label it to the end "
+            f"(`polar label --menu ... --shard {k}/{n}`)"
+        )
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    shutil.copy(Path(out_dir) / SETTINGS, dest / SETTINGS)
+    return write_matrix(dest, {"tasks": str(tasks), "shard": f"{k}/{n}"}, [records[i] for i in ids])
