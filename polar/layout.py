@@ -385,3 +385,57 @@ def missing_code_deps(stage: Mapping[str, Any], root: Path | None = None) -> lis
         for path in needed
         if not any(dep == PurePosixPath(path) or dep in PurePosixPath(path).parents for dep in listed)
     ]
+
+
+def _grouped(files: set[str], root: Path) -> list[str]:
+    """``files`` with each package folder whose every source file is among them written as the folder."""
+    out = set(files)
+    for folder in sorted({PurePosixPath(f).parent.as_posix() for f in files}):
+        if folder in SOURCE_PACKAGES or not (root / folder / "__init__.py").exists():
+            continue
+        members = {p.relative_to(root).as_posix() for p in (root / folder).glob("*.py")}
+        if members <= files:
+            out = {f for f in out if PurePosixPath(f).parent.as_posix() != folder} | {folder}
+    return sorted(out)
+
+
+def write_code_deps(dvc_yaml: Path | None = None, root: Path | None = None) -> list[str]:
+    """Rewrite the code deps of every ``polar`` stage of ``dvc_yaml`` as :func:`code_deps` of its command, in place
+    of the ``polar/`` and ``flows/`` entries it lists (other deps, comments and order kept). ``python -m
+    polar.layout`` runs it; returns the stages whose list changed."""
+    import re
+
+    import yaml
+
+    root = ROOT if root is None else root
+    path = dvc_yaml or root / "dvc.yaml"
+    text = path.read_text()
+    stages = yaml.safe_load(text)["stages"]
+    entry = re.compile(r"^(\s+)- (?:polar|flows)(?:/\S*)?\s*(?:#.*)?$")
+    out: list[str] = []
+    changed: set[str] = set()
+    current, in_deps, written = None, False, False
+    for line in text.splitlines(keepends=True):
+        if (m := re.match(r"^  ([\w-]+):\s*$", line)) and m.group(1) in stages:
+            current, in_deps = m.group(1), False
+        elif re.match(r"^\s+deps:\s*$", line):
+            in_deps, written = True, False
+        elif in_deps and re.match(r"^\s+\w+:", line):
+            in_deps = False
+        if not (in_deps and (m := entry.match(line))):
+            out.append(line)
+            continue
+        body = stages[current].get("do", stages[current])
+        if not written:
+            files = {f for command in stage_commands(body["cmd"]) for f in code_deps(command, root)}
+            lines = [f"{m.group(1)}- {f}\n" for f in _grouped(files, root)]
+            listed = [d for d in body.get("deps", []) if str(d).split("/")[0] in SOURCE_PACKAGES]
+            changed |= {current} if sorted(listed) != [ln.strip()[2:] for ln in lines] else set()
+            out.extend(lines)
+            written = True
+    path.write_text("".join(out))
+    return sorted(changed)
+
+
+if __name__ == "__main__":  # python -m polar.layout: regenerate dvc.yaml's code deps
+    print("\n".join(f"updated {name}" for name in write_code_deps()) or "dvc.yaml's code deps are up to date")

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
-from polar.layout import NOT_OUTPUT_CODE, code_deps, missing_code_deps, stage_commands
+from polar.layout import NOT_OUTPUT_CODE, code_deps, missing_code_deps, stage_commands, write_code_deps
 
 ROOT = Path(__file__).resolve().parents[1]
 CODE = ("polar/", "flows/")  # deps under these are our source code; every other dep is data or weights
@@ -41,7 +41,7 @@ def test_each_stage_depends_on_the_code_its_command_runs(name, stage):
     assert not missing, (
         f"dvc.yaml stage {name!r} runs `{' '.join(stage_commands(stage['cmd']))}`, whose imports reach code its "
         f"deps do not list: {', '.join(missing)}; add them to the stage's deps in dvc.yaml "
-        "(a folder covers the files under it)"
+        "(a folder covers the files under it), or regenerate every stage's code deps: `python -m polar.layout`"
     )
 
 
@@ -278,3 +278,20 @@ def test_dvc_lock_records_todays_code():
         f"dvc.lock does not record today's code for {len(stale)} stage(s): {listing}. "
         f"Do not edit dvc.lock by hand: {FIX_LOCK} (a dep missing from the checkout is fixed in dvc.yaml)."
     )
+
+
+def test_code_deps_are_regenerated_in_place(tmp_path):
+    """`python -m polar.layout` rewrites a stage's code deps as its command's closure, keeping its data deps."""
+    text = (ROOT / "dvc.yaml").read_text(encoding="utf-8")
+    start = text.index("  validate-menu:")
+    stage = text[start : text.index("\n\n", start)]
+    kept = [line for line in stage.splitlines() if "polar/validation.py" not in line and "polar/tasks" not in line]
+    dvc_yaml = tmp_path / "dvc.yaml"
+    dvc_yaml.write_text("stages:\n" + "\n".join(kept) + "\n")
+    body = yaml.safe_load(dvc_yaml.read_text())["stages"]["validate-menu"]["do"]
+    assert "polar/validation.py" in missing_code_deps(body)
+    assert write_code_deps(dvc_yaml, ROOT) == ["validate-menu"]
+    body = yaml.safe_load(dvc_yaml.read_text())["stages"]["validate-menu"]["do"]
+    assert missing_code_deps(body) == [] and "data/menus/${key}/train" in body["deps"]
+    assert "polar/tasks" in body["deps"]  # a package whose every file is reached is listed as its folder
+    assert write_code_deps(dvc_yaml, ROOT) == []  # a second run changes nothing
