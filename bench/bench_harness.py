@@ -4,7 +4,7 @@ Both run every shipped task (polar_arc_easy, polar_arc_challenge, polar_gsm8k, p
 converted model folder, float32, greedy, in alternating order; the script prints how their responses agree (largest
 log-likelihood difference, greedy flags, identical generations) and the ratio of their wall times per pair.
 
-    .venv/bin/python bench/bench_harness.py --model smollm2-135m --limit 3 --max-gen-toks 32 --repeats 2 \
+    .venv/bin/python bench/bench_harness.py --model smollm2-135m --limit 3 --max-gen-toks 32 --repeats 4 \
         --out bench/results/harness-crosscheck-smollm2-135m.json
 """
 

@@ -14,6 +14,8 @@ from polar.harness import TASK_NAMES, TASKS_DIR, register, task_manager
 from polar.harness.choice import parse_program, read_program_file
 from polar.harness.crosscheck import LOGPROB_TOLERANCE, compare_samples
 from polar.harness.data import DATA_ENV, DataFileError, arc_challenge, arc_easy, data_dir, gsm8k, mmlu_pro_math
+from polar.harness.sweep import SweepRow
+from polar.harness.tracking import sweep_metrics
 from polar.programs import Program, ProgramError
 
 ARCHS = ("llama", "qwen2")  # two architectures of the executor's list
@@ -285,6 +287,10 @@ def test_a_sweep_writes_one_table_and_a_plot(folders, tmp_path):
     table = (tmp_path / "sweep" / "sweep.md").read_text()
     assert "| `0-1,4-5` | 4.00 | 0.667 |" in table and " ± " in table
     assert (tmp_path / "sweep" / "sweep.png").stat().st_size > 1000
+    rows = [SweepRow(**{**r, "metrics": {k: tuple(v) for k, v in r["metrics"].items()}}) for r in data["rows"]]
+    logged = sweep_metrics(rows, "polar_arc_easy")  # what --log-to gives the registered version's run
+    assert logged["harness.polar_arc_easy.layers_ratio/program:0-1_4-5"] == pytest.approx(4 / 6)
+    assert logged["harness.polar_arc_easy.acc/program:0-5"] == data["rows"][0]["metrics"]["acc"][0]
 
 
 # ------------------------------------------------------------------------------------------ the registry
@@ -363,6 +369,24 @@ def test_a_registered_predictor_evaluates_through_the_harness_and_logs_to_its_ru
         logged["harness.polar_arc_easy.layers_ratio"]
         == results["config"]["polar"]["tasks"]["polar_arc_easy"]["layers_ratio"]
     )
+
+
+def test_a_study_selector_folder_chooses_as_it_is_served(folders, tmp_path):
+    """A `polar select` selector (the baseline champion's kind: one static program) runs every context under its
+    program, and names its base model."""
+    from polar.backbone import load
+    from polar.harness.choice import base_model_of, load_choice, predictor_folder
+    from polar.selection.selector import Selector, SelectorSpec
+
+    meta = {"base_model": str(folders["llama"]), "prompt": TEST_PROMPT}
+    folder = Selector.save(
+        tmp_path / "baseline", SelectorSpec("static", "B1 best static program", 6, "0-2,4-5", meta=meta)
+    )
+    assert predictor_folder(str(folder)) == folder and base_model_of(folder) == str(folders["llama"])
+    choose = load_choice(folder, load(str(folders["llama"]), device="cpu"))
+    assert choose("Question: which is warmer?") == choose("another context") == Program.parse("0-2,4-5")
+    with pytest.raises(FileNotFoundError, match="not a selector folder"):
+        predictor_folder(str(tmp_path))
 
 
 # ------------------------------------------------------------------------------------------------- slow

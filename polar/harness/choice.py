@@ -12,7 +12,6 @@ served format is read: a fixed program, a program per level or the predictor net
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Callable
 from functools import lru_cache
@@ -78,13 +77,17 @@ def read_program_file(path: str | Path, depth: int) -> Program:
 
 
 def predictor_folder(source: str, tracking_uri: str | None = None) -> Path:
-    """The local predictor folder of ``source``: a folder written by ``polar train``, or a registered version's
-    ``models:/NAME@ALIAS`` / ``models:/NAME/VERSION`` (downloaded from the MLflow registry).
+    """The local selector folder of ``source``: a folder written by ``polar train`` or ``polar select``, or a
+    registered version's ``models:/NAME@ALIAS`` / ``models:/NAME/VERSION`` (downloaded from the MLflow registry).
 
     Raises:
-        FileNotFoundError: the folder, or the registered model's predictor files, do not exist.
+        FileNotFoundError: the folder, or the registered model's selector files, do not exist.
     """
     from polar.predictor import CONFIG, WEIGHTS
+    from polar.selection.selector import SELECTOR
+
+    def holds(folder: Path) -> bool:
+        return (folder / SELECTOR).is_file() or ((folder / WEIGHTS).is_file() and (folder / CONFIG).is_file())
 
     if source.startswith("models:/"):
         import mlflow
@@ -98,55 +101,57 @@ def predictor_folder(source: str, tracking_uri: str | None = None) -> Path:
             raise FileNotFoundError(
                 f"predictor={source}: not in the registry at {mlflow.get_tracking_uri()} ({err.message})"
             ) from err
-        found = sorted(p.parent for p in local.rglob(WEIGHTS) if (p.parent / CONFIG).is_file())
+        found = sorted({p.parent for name in (SELECTOR, CONFIG) for p in local.rglob(name) if holds(p.parent)})
         if not found:
-            raise FileNotFoundError(f"predictor={source}: the registered model holds no {WEIGHTS} with its {CONFIG}")
+            raise FileNotFoundError(
+                f"predictor={source}: the registered model holds no selector ({SELECTOR}) or predictor"
+            )
         return found[0]
     folder = Path(source)
-    if not (folder / WEIGHTS).is_file() or not (folder / CONFIG).is_file():
+    if not holds(folder):
         raise FileNotFoundError(
-            f"predictor={source}: not a predictor folder ({WEIGHTS} and {CONFIG} written by `polar train`) nor a "
-            "models:/NAME@ALIAS URI"
+            f"predictor={source}: not a selector folder ({SELECTOR} from `polar select`), a predictor folder ({WEIGHTS} "
+            f"and {CONFIG} from `polar train`) nor a models:/NAME@ALIAS URI"
         )
     return folder
 
 
 def load_choice(folder: str | Path, backbone) -> ProgramChoice:
-    """The program choice of the predictor in ``folder`` for contexts run on ``backbone``.
+    """The program choice of the selector (or predictor) in ``folder`` for contexts run on ``backbone``: what the
+    registered model serves (:class:`polar.selection.selector.Selector`): a fixed program, a program per level (a
+    harness context has no level: the full depth), or the network's top program for the context.
 
     Args:
-        folder: a predictor folder (:func:`predictor_folder`).
-        backbone: the loaded base model (:class:`polar.backbone.Backbone`); it must have the predictor's depth.
+        folder: a selector or predictor folder (:func:`predictor_folder`).
+        backbone: the loaded base model (:class:`polar.backbone.Backbone`); it must have the selector's depth.
 
     Returns:
-        ``choose_program(context) -> Program``: the predictor's top program for that context text (cached per text).
+        ``choose_program(context) -> Program`` (cached per text).
 
     Raises:
-        ValueError: the predictor was trained for a model of another depth.
+        ValueError: the selector was made for a model of another depth.
     """
-    from polar.embedder import load_embedder
-    from polar.predictor import load, predict
+    from polar.selection.selector import Selector
 
-    predictor = load(folder)
-    if predictor.config.depth != backbone.depth:
+    selector = Selector.load(folder, backbone=backbone)
+    if selector.spec.depth != backbone.depth:
         raise ValueError(
-            f"predictor {folder} emits programs for {predictor.config.depth} layers, but {backbone.spec} has "
-            f"{backbone.depth}: give the base model it was trained on (model=, default: its recorded base_model)"
+            f"predictor {folder} emits programs for {selector.spec.depth} layers, but {backbone.spec} has "
+            f"{backbone.depth}: give the base model it was made for (model=, default: its recorded base_model)"
         )
-    embedder = load_embedder(predictor.config.meta["embedder"], backbone=backbone)
 
     @lru_cache(maxsize=65536)
     def choose_program(context: str) -> Program:
-        return predict(predictor, embedder, [context], 1)[0][0]
+        return selector.choose([context], [None])[0]
 
     return choose_program
 
 
 def base_model_of(folder: str | Path) -> str:
-    """The base model a predictor folder records (``meta.base_model``)."""
-    from polar.predictor import CONFIG
+    """The base model a selector or predictor folder records (``meta.base_model``)."""
+    from polar.selection.selector import artifact_meta
 
-    meta = json.loads((Path(folder) / CONFIG).read_text()).get("meta", {})
+    _, meta = artifact_meta(folder)
     if not meta.get("base_model"):
-        raise ValueError(f"{folder}/{CONFIG} records no base_model: give model= with the predictor")
+        raise ValueError(f"{folder} records no base_model: give model= with the predictor")
     return meta["base_model"]
