@@ -120,3 +120,28 @@ def test_the_bundled_model_gives_each_program_alone(smollm2, tasks):
             [ids], programs[:1] * 3, 12, replace(sampling, seed=seed), stop_token_ids=stops
         )
         assert [c.tokens for c in row[len(programs) :]] == [g.tokens for g in drawn]
+
+
+def test_the_menu_stage_searches_a_slice_then_writes_one_menu_file(tiny_dir, tasks, tmp_path):
+    """`polar menu`: MCTS on the first inputs (a resumable label folder), then the full depth and the programs valid
+    on the most of them; a given menu file is checked against the model, line by line."""
+    from polar.labeling.discovery import make_menu
+    from polar.settings import SearchConfig
+
+    config = replace(CONFIG, search=SearchConfig(simulations=3, batch=4))
+    dense = MenuConfig(menu="auto:3", discovery_inputs=2)
+    path, name = make_menu(str(tiny_dir), tasks, tmp_path / "discovery", tmp_path / "menu.txt", config, dense, "cpu")
+    assert len(read_labels(tmp_path / "discovery")) == 2  # only the slice was searched
+    programs = resolve_menu(str(path), 6, 2)
+    assert programs[0] == Program.identity(6) and name == menu_id(programs) and len(programs) <= 4
+    again, same = make_menu(str(tiny_dir), tasks, tmp_path / "discovery", tmp_path / "menu.txt", config, dense, "cpu")
+    assert (again, same) == (path, name)  # a second run resumes the discovery and writes the same menu
+    given = tmp_path / "given.txt"
+    given.write_text("# two programs\n0-2,4-5\n0-5,5\n")
+    _, name = make_menu(
+        str(tiny_dir), tasks, tmp_path / "unused", tmp_path / "m2.txt", config, replace(dense, menu=str(given))
+    )
+    assert not (tmp_path / "unused").exists() and name.startswith("menu-3-")  # the full depth, then the two
+    given.write_text("0-2,4-5\n0-9\n")
+    with pytest.raises(ValueError, match=r"given.txt:2"):
+        make_menu(str(tiny_dir), tasks, tmp_path / "d", tmp_path / "m3.txt", config, replace(dense, menu=str(given)))
