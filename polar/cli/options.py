@@ -139,13 +139,16 @@ def configured(**settings: type) -> Callable[[Callable], Callable]:
 def scores_table(scores: Iterable[MethodScore], title: str) -> Table:
     """Score rows as a table: n, pass@1 with its 95% interval, the difference from base greedy with its interval,
     the exact McNemar p and layers / D."""
+    from rich.markup import escape
+
     table = Table(title=title)
-    for col in ("method", "n", "pass@1", "95% CI", "vs base, points (95% CI)", "McNemar p", "layers / D"):
-        table.add_column(col)
+    table.add_column("method", overflow="fold", min_width=24)  # names hold [feature sets]: escaped, not markup
+    for col in ("n", "pass@1", "95% CI", "vs base, pts (95% CI)", "McNemar p", "layers / D"):
+        table.add_column(col, no_wrap=True)
     for s in scores:
         lo, hi = s.diff_ci95
         table.add_row(
-            s.method,
+            escape(s.method),
             str(s.inputs),
             f"{100 * s.pass1:.1f}%",
             f"{100 * s.ci95[0]:.1f}-{100 * s.ci95[1]:.1f}%",

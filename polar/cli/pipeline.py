@@ -107,7 +107,7 @@ def _print_summary(info: dict, result: str, root: Path) -> None:
         console.print(f"  validation       {report}", soft_wrap=True)
     if "registry" in info:
         reg = info["registry"]
-        console.print(f"  registry         {registry_status(reg)}", soft_wrap=True)
+        console.print(f"  registry         {registry_status(reg)}", soft_wrap=True, markup=False)
         console.print(f"  lineage          polar lineage models:/{reg['name']}/{reg['version']}", soft_wrap=True)
 
 
@@ -122,13 +122,14 @@ def _print_study(info: dict, root: Path) -> None:
         rows = [MethodScore.from_dict(r) for r in m["scores"].values()]
         title = f"{m['inputs']} test inputs; {m['candidates']} candidates, every choice frozen on validation"
         console.print(scores_table(rows, title))
-        console.print(m["summary"], soft_wrap=True)
+        console.print(m["summary"], soft_wrap=True, markup=False)
         console.print(f"  report           {info['report'].relative_to(root)}", soft_wrap=True)
     if "validation" in info:
         report = info["validation"].get("report") or info["validation"].get("data_docs")
         console.print(f"  validation       {report}", soft_wrap=True)
     if "registry" in info:
         reg = info["registry"]
-        console.print(f"  registry         {registry_status(reg)}", soft_wrap=True)
-        console.print(f"  serve            mlflow models serve -m models:/{reg['name']}@champion --env-manager local")
+        console.print(f"  registry         {registry_status(reg)}", soft_wrap=True, markup=False)
+        serve = f"mlflow models serve -m models:/{reg['name']}@champion --env-manager local"
+        console.print(f"  serve            {serve}", soft_wrap=True)
         console.print(f"  lineage          polar lineage models:/{reg['name']}/{reg['champion']}", soft_wrap=True)

@@ -68,8 +68,9 @@ def register_cmd(
             )
         for role, v in study["versions"].items():
             reasons = "; ".join(v["promotion"]["reasons"])
-            console.print(f"{role}: {study['name']} v{v['version']} ({v['method']}){': ' + reasons if reasons else ''}")
-        console.print(study["summary"], soft_wrap=True)
+            line = f"{role}: {study['name']} v{v['version']} ({v['method']}){': ' + reasons if reasons else ''}"
+            console.print(line, markup=False, soft_wrap=True)
+        console.print(study["summary"], soft_wrap=True, markup=False)
         return
     if not (predictor and metrics):
         fail("give --predictor and --metrics (a `polar train` folder and its evaluation), or --selection")
@@ -91,7 +92,7 @@ def register_cmd(
     else:
         console.print(f"registered {info['name']} version {info['version']} (alias candidate; run {info['run_id']})")
     if promote:
-        console.print(registry_status(info))
+        console.print(registry_status(info), markup=False)
 
 
 @app.command(name="promote")

@@ -322,7 +322,7 @@ def _evaluate_selection(selection: str, selectors: str | None, tasks: str, out: 
     m = json.loads(path.read_text())
     rows = [MethodScore.from_dict(r) for r in m["scores"].values()]
     console.print(scores_table(rows, f"{m['model']}: {m['inputs']} test inputs (served rows run on the model)"))
-    console.print(m["summary"], soft_wrap=True)
+    console.print(m["summary"], soft_wrap=True, markup=False)
     console.print(f"report: {path.with_name('report.md')}")
 
 

@@ -83,5 +83,5 @@ def select_cmd(
     title = f"{result.test['B0 base greedy'].inputs} test inputs (every choice frozen on validation)"
     table = scores_table(result.test.values(), title)
     console.print(table)
-    console.print(result.summary, soft_wrap=True)
+    console.print(result.summary, soft_wrap=True, markup=False)
     console.print(f"study: {out}")
