@@ -6,13 +6,17 @@ import pytest
 
 from polar.selection.matrix import Matrix, check_disjoint
 from polar.selection.policies import (
+    BASE,
     best_per_level,
     best_static,
     gated,
+    oracle,
     per_level,
     score,
+    shortest_within,
     static,
     tune_gate,
+    winners,
 )
 
 PROGRAMS = ["0-5", "0-4", "0-3,3-5"]  # the full depth first; 5 and 7 layers
@@ -93,3 +97,26 @@ def test_splits_must_be_disjoint_and_whole(tmp_path):
     pd.read_parquet(tmp_path / "c" / "rewards.parquet").iloc[:-1].to_parquet(tmp_path / "c" / "rewards.parquet")
     with pytest.raises(ValueError, match="some inputs lack some programs"):
         Matrix.load(tmp_path / "c")
+
+
+def test_the_oracle_takes_the_shortest_right_program_and_the_winner_rules(tmp_path):
+    # Programs: the full depth (6 layers), 0-4 (5), 0-3,3-5 (8).
+    correct = [[1, 1, 1], [0, 0, 1], [0, 0, 0], [1, 0, 0]]
+    m = _matrix(tmp_path / "m", correct, ["1"] * 4)
+    best = oracle(m, "ceiling")
+    assert best.name == "ceiling" and best.choice.tolist() == [1, 2, 0, 0]  # nothing right: the full depth
+    assert score(m, best).correct == 3 and best.cost.tolist() == [5.0, 8.0, 6.0, 6.0]
+    assert shortest_within(m, margin=0.0) == 0  # 0-4 loses an input the full depth answers
+    assert shortest_within(m, margin=0.25) == 1  # within one input of four: the shorter program
+    rows = {
+        BASE: score(m, static(m, 0, BASE)),
+        "short": score(m, static(m, 1, "short")),
+        "long": score(m, static(m, 2, "long")),
+        "ceiling": score(m, best),
+    }
+    # Accuracy: the most right (the ceiling, 3/4); efficiency: the fewest layers among those within the margin of
+    # base's 2/4 (base at 1.0 D against long's 1.33 and the ceiling's 1.04; short, 1/4, is outside the margin).
+    assert winners(rows, margin=0.0) == {"accuracy": "ceiling", "efficiency": BASE}
+    assert winners(rows, margin=0.25)["efficiency"] == "short"
+    tie = {BASE: rows[BASE], "same": score(m, static(m, 0, "same"))}
+    assert winners(tie, margin=0.0) == {"accuracy": BASE, "efficiency": BASE}  # ties go to the earlier candidate

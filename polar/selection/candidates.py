@@ -162,9 +162,7 @@ class Candidates:
     def vectors(self, matrix: Matrix):
         """M2's input: each question's token vectors, embedded alone as a served question is."""
         if matrix.ids not in self._vectors:
-            start = time.perf_counter()
             self._vectors[matrix.ids] = embed_each(list(matrix.inputs["question"]), self.embedder)
-            self.embed_ms = 1000 * (time.perf_counter() - start) / max(len(matrix.ids), 1)
         return self._vectors[matrix.ids]
 
     def _features(self, matrix: Matrix, names: tuple[str, ...]) -> Features:

@@ -184,11 +184,11 @@ def tune_price(validation: Matrix, proba: np.ndarray, passes: int, margin: float
 
 
 # ------------------------------------------------------------------------------------------------ ceiling, scores
-def oracle(matrix: Matrix) -> Selection:
+def oracle(matrix: Matrix, name: str = "oracle") -> Selection:
     """The ceiling: for each input the shortest menu program that answers it (the full depth if none does)."""
     order = np.lexsort((np.arange(len(matrix.layers)), matrix.layers))  # shortest first
     choice = np.array([next((int(j) for j in order if row[j]), 0) for row in matrix.correct], dtype=int)
-    return Selection("oracle", choice, matrix.layers[choice].astype(float))
+    return Selection(name, choice, matrix.layers[choice].astype(float))
 
 
 def score(matrix: Matrix, selection: Selection, right: np.ndarray | None = None) -> MethodScore:

@@ -84,21 +84,19 @@ def select(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     selectors_dir = Path(selectors_dir) if selectors_dir else out_dir / "selectors"
-    candidates, frozen = _freeze(list(train), Path(validation), out_dir, config, model, cache_dir, device)
+    candidates, frozen, tr, va = _freeze(list(train), Path(validation), out_dir, config, model, cache_dir, device)
     servable = _write_selectors(candidates, frozen, selectors_dir)
     frozen["servable"] = servable
     _write_json(out_dir / FROZEN, frozen)  # before the test matrix is read
-    scores = _test_once(candidates, frozen, list(train), Path(validation), Path(test), out_dir)
     validation_scores = {k: MethodScore.from_dict(v) for k, v in frozen["validation_scores"].items()}
-    line = verdict(frozen["winners"], validation_scores, scores)
-    result = json.loads((out_dir / TEST).read_text()) | {"summary": line}
-    _write_json(out_dir / TEST, result)
+    scores, line = _test_once(candidates, frozen, validation_scores, tr, va, Path(test), out_dir)
     return StudyResult(out_dir, frozen["winners"], validation_scores, scores, servable, line)
 
 
 def _freeze(
     train: list, validation: Path, out_dir: Path, config: SelectConfig, model: str | None, cache_dir, device: str
-) -> tuple[Candidates, dict]:
+) -> tuple[Candidates, dict, Matrix, Matrix]:
+    """Every candidate fitted on ``train`` and tuned on ``validation``; the frozen record and both matrices."""
     tr, va = _load(train), Matrix.load(validation)
     tr.same_menu(va)
     check_disjoint(train=tr, validation=va)
@@ -133,7 +131,7 @@ def _freeze(
         "validation_scores": {name: s.to_dict() for name, s in val_scores.items()},
     }
     frozen["meta"] = _meta(settings, prompt, train, validation, config, candidates)
-    return candidates, frozen
+    return candidates, frozen, tr, va
 
 
 def _meta(settings: dict, prompt: PromptSpec, train: list, validation: Path, config, candidates) -> dict:
@@ -184,31 +182,41 @@ def _write_selectors(candidates: Candidates, frozen: dict, folder: Path) -> dict
 
 
 def _test_once(
-    candidates: Candidates, frozen: dict, train: list, validation: Path, test: Path, out_dir: Path
-) -> dict[str, MethodScore]:
-    tr, va, te = _load(train), Matrix.load(validation), Matrix.load(test)  # the test matrix's first read
+    candidates: Candidates,
+    frozen: dict,
+    validation_scores: dict[str, MethodScore],
+    tr: Matrix,
+    va: Matrix,
+    test: Path,
+    out_dir: Path,
+) -> tuple[dict[str, MethodScore], str]:
+    """Every frozen candidate scored on the test matrix, read here for the first time; the scores and the summary."""
+    te = Matrix.load(test)
     tr.same_menu(te)
     check_disjoint(train=tr, validation=va, test=te)
     selections: dict[str, Selection] = candidates.select(te)
     scores = {name: score(te, s) for name, s in selections.items()}
-    scores[ORACLE] = score(te, oracle(te))
+    scores[ORACLE] = score(te, oracle(te, ORACLE))
     rows = [
         {"id": i, "method": name, "program": te.programs[j], "prediction": te.predictions[n, j]}
         for name, s in selections.items()
         for n, (i, j) in enumerate(zip(te.ids, s.choice.tolist(), strict=True))
     ]
     pd.DataFrame(rows).to_parquet(out_dir / CHOICES, index=False)
+    line = verdict(frozen["winners"], validation_scores, scores)
     _write_json(
         out_dir / TEST,
         {
             "frozen_sha256": sha256_file(out_dir / FROZEN),
             "test": {"folder": str(test), "inputs": len(te.ids)},
             "winners": frozen["winners"],
-            "overhead_ms": candidates.overhead_ms,
+            "overhead_ms": candidates.overhead_ms,  # choice per input; model features: feature_ms
+            "feature_ms": candidates.cache.extraction_ms,
             "scores": {name: s.to_dict() for name, s in scores.items()},
+            "summary": line,
         },
     )
-    return scores
+    return scores, line
 
 
 def verdict(winners_: dict[str, str], validation: dict[str, MethodScore], test: dict[str, MethodScore]) -> str:
