@@ -189,6 +189,9 @@ def test_an_honest_negative_leaves_the_full_depth_champion_which_serves(tmp_path
         evaluation["served"]["baseline"]["inputs"] == 10 and (tmp_path / "eval" / "versions" / "baseline.json").exists()
     )
     assert (tmp_path / "eval" / "report.md").read_text().count("| B0 base greedy |") == 2  # test and validation
+    for v in evaluation["served"].values():  # a served choice costs what the study charged for it, passes included
+        served, studied = evaluation["scores"][f"{v['method']} (served)"], evaluation["scores"][v["method"]]
+        assert served["layers_ratio"] == studied["layers_ratio"]
     info = publish_study(tmp_path / "sel" / "selectors", tmp_path / "sel", tmp_path / "eval", out=tmp_path / "reg.json")
     # Random weights answer nothing right at any depth: no difference can pass the gate.
     assert info["champion"] == info["versions"]["baseline"]["version"] and info["champion_method"] == "B0 base greedy"

@@ -75,9 +75,8 @@ def evaluate_selection(
                     f"{len(programs)} test inputs: the served selector is not what was evaluated; run `polar select` again"
                 )
         right, agree = runner.run(programs)
-        row = score_outcomes(
-            f"{name} (served)", right, runner.base, _layers(programs, matrix.depth), len(set(programs))
-        )
+        # The served choice is the study's, so it costs what the study charged: its feature passes too.
+        row = score_outcomes(f"{name} (served)", right, runner.base, scores[name].layers_ratio, len(set(programs)))
         scores[row.method] = row
         served[role] = {
             "method": name,
@@ -118,10 +117,6 @@ def _examples(tasks_path: str | Path, matrix: Matrix) -> list:
             "the test split was labeled from"
         )
     return [by_id[i] for i in matrix.ids]
-
-
-def _layers(programs: list[Program], depth: int) -> float:
-    return float(np.mean([len(p) for p in programs]) / depth)
 
 
 class _Runner:
