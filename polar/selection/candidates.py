@@ -68,15 +68,17 @@ class FeatureCache:
     Args:
         backbone: a callable that returns the loaded base model (called only when a block must be computed).
         prompt: the prompt the matrices were labeled with (the hidden states are those of its prompts).
+        model: the base model's spec, part of each block's key (one folder may serve several models).
     """
 
-    def __init__(self, backbone: Callable[[], object], prompt: PromptSpec, folder: str | Path) -> None:
-        self.backbone, self.prompt, self.folder = backbone, prompt, Path(folder)
+    def __init__(self, backbone: Callable[[], object], prompt: PromptSpec, folder: str | Path, model: str) -> None:
+        self.backbone, self.prompt, self.folder, self.model = backbone, prompt, Path(folder), model
         self.extraction_ms: dict[str, float] = {}  # block -> ms per input, when computed in this run
         self._loaded: dict[Path, np.ndarray] = {}
 
     def __call__(self, matrix: Matrix, name: str) -> np.ndarray:
-        key = hashlib.sha256(json.dumps([self.prompt.id, name, list(matrix.ids)]).encode()).hexdigest()[:16]
+        key = json.dumps([self.model, self.prompt.id, name, list(matrix.ids)])
+        key = hashlib.sha256(key.encode()).hexdigest()[:16]
         path = self.folder / f"{name.replace(':', '-')}-{key}.npy"
         if path not in self._loaded:
             self._loaded[path] = np.load(path) if path.exists() else self._compute(matrix, name, path)

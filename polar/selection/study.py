@@ -114,7 +114,7 @@ def _freeze(
             loaded["b"] = load(spec, device=device)
         return loaded["b"]
 
-    cache = FeatureCache(backbone, prompt, Path(cache_dir) if cache_dir else out_dir / "features")
+    cache = FeatureCache(backbone, prompt, Path(cache_dir) if cache_dir else out_dir / "features", spec)
     candidates = Candidates(tr, va, cache, int(settings["config"]["samples"]), config)
     val_scores = {name: score(va, s) for name, s in candidates.select(va).items()}
     frozen = {
