@@ -25,8 +25,9 @@ import torch
 
 from polar.decoding import CHECK_EVERY, DecodeState, Sampling, compact, decode_step, finish, next_token, record
 from polar.hf import SLIDING
+from polar.likelihood import Likelihood, score_grid
 from polar.plan import Plan
-from polar.prefix import prefill_nodes, prefill_suffixes
+from polar.prefix import common_prefix, prefill_nodes, prefill_suffixes
 from polar.programs import Program
 
 __all__ = ["COMPACT_AT", "GridRow", "Samples", "common_prefix", "generate_grid"]
@@ -47,16 +48,7 @@ class GridRow:
     logprob: float  # sum of the log-probabilities of ``tokens``
     margin: float | None  # top-1 minus top-2 probability of the first new token's distribution
     entropy: float | None  # its entropy (nats); both for the grid's first program only, else None
-
-
-def common_prefix(prompts: Sequence[Sequence[int]]) -> int:
-    """Tokens that every prompt starts with, leaving each prompt at least one token of its own."""
-    n = min(len(p) for p in prompts) - 1
-    first = prompts[0]
-    for i in range(n):
-        if any(p[i] != first[i] for p in prompts):
-            return i
-    return max(n, 0)
+    likelihoods: tuple[Likelihood, ...] = ()  # the given continuations' (greedy rows only)
 
 
 @dataclass(frozen=True)
@@ -77,12 +69,16 @@ def generate_grid(
     max_new_tokens: int,
     stop_token_ids: Sequence[int] = (),
     samples: Samples | None = None,
+    continuations: Sequence[Sequence[Sequence[int]]] | None = None,
 ) -> list[list[GridRow]]:
     """Greedy generation of every prompt under every program; ``out[i][j]`` is prompt ``i`` under program ``j``.
 
     With ``samples``, ``out[i]`` goes on with ``samples.count`` rows sampled under ``programs[0]``: they share
     the prompt's prefill and the batch with the greedy rows, and each prompt's draws come from its own
     generator, so they do not depend on the other rows.
+
+    With ``continuations`` (per prompt, token ids of texts such as its reference answer), each greedy row also gets
+    their teacher-forced log-likelihoods (:func:`polar.likelihood.score_grid`, from the same prefix states).
 
     Suffixes of different lengths are left-padded after the prefix. A sliding-window layer measures its window
     in cache positions, which a padding gap would stretch, so models with one run each suffix length apart,
@@ -106,6 +102,11 @@ def generate_grid(
         rows = _suffixes(executor, menu, nodes, p, suffixes, max_new_tokens, stop_token_ids, drawn)
         for i, row in zip(members, rows, strict=True):
             out[i] = row
+    if continuations is not None:
+        scores = score_grid(executor, prompts, continuations, programs, nodes)
+        for i, per_program in enumerate(scores):
+            for j, likelihoods in enumerate(per_program):
+                out[i][j] = replace(out[i][j], likelihoods=tuple(likelihoods))
     return out
 
 

@@ -16,10 +16,20 @@ import torch
 from polar.hf import Decoder, ProgramCache, SlotPool
 from polar.plan import Plan
 
-__all__ = ["PrefixStore", "prefill_nodes", "prefill_shared", "prefill_suffixes"]
+__all__ = ["PrefixStore", "common_prefix", "prefill_nodes", "prefill_shared", "prefill_suffixes", "suffix_nodes"]
 
 Prefix = tuple[int, ...]
 State = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # hidden (1, T, C), keys and values (1, heads, T, d)
+
+
+def common_prefix(prompts: Sequence[Sequence[int]]) -> int:
+    """Tokens that every prompt starts with, leaving each prompt at least one token of its own."""
+    n = min(len(p) for p in prompts) - 1
+    first = prompts[0]
+    for i in range(n):
+        if any(p[i] != first[i] for p in prompts):
+            return i
+    return max(n, 0)
 
 
 class PrefixStore:
@@ -141,7 +151,7 @@ def prefill_suffixes(
     n, m, s = ids.shape[0], len(menu.programs), ids.shape[1]
     p = mask.shape[1] - s
     programs = [q.layers for q in menu.programs]
-    finals, nodes, suffix_keys, suffix_values = _suffix_nodes(dec, prefix, ids, mask, positions, menu)
+    finals, nodes, suffix_keys, suffix_values = suffix_nodes(dec, prefix, ids, mask, positions, menu)
     by_owner = torch.stack([finals[q] for q in programs], dim=1).reshape(n * m, -1)  # (suffix i, program j): i * m + j
     last = by_owner[torch.tensor([i * m + j for i, j in owners], device=by_owner.device)]  # (rows, C)
     parts = [(suffix_keys, None), (suffix_values, None)]  # per key / value: the suffixes', the prefix's per node
@@ -162,18 +172,23 @@ def prefill_suffixes(
     return last, ProgramCache.from_buffers(slots, p + s)
 
 
-def _suffix_nodes(
+def suffix_nodes(
     dec: Decoder,
     prefix: dict[Prefix, tuple[torch.Tensor, torch.Tensor]] | None,
     ids: torch.Tensor,
     mask: torch.Tensor,
     positions: torch.Tensor,
     menu: Plan,
+    last: bool = True,
 ) -> tuple[dict[Prefix, torch.Tensor], dict[Prefix, int], torch.Tensor, torch.Tensor]:
     """Walk the trie of ``menu``'s programs over the suffixes ``ids`` (n, S), each node once for all of them.
 
-    Returns the last position's hidden states (n, C) after each program, the index of every node, and the
-    suffixes' own keys and values of all nodes (nodes * n, heads, S, d): node ``i``'s at rows ``i * n`` onwards.
+    ``prefix`` holds each node's keys and values of the tokens before the suffixes: (1, heads, P, d) shared by
+    every suffix, or (n, heads, P, d), one prefix per suffix.
+
+    Returns the hidden states after each program (the last position's (n, C), or with ``last=False`` every
+    position's (n, S, C)), the index of every node, and the suffixes' own keys and values of all nodes
+    (nodes * n, heads, S, d): node ``i``'s at rows ``i * n`` onwards.
     """
     n = ids.shape[0]
     embedded = dec.embed(ids)  # (n, S, C)
@@ -211,7 +226,7 @@ def _suffix_nodes(
                 values.append(v[i * n : (i + 1) * n].contiguous())
         for q in programs:
             if len(q) == j + 1:
-                finals[q] = nxt[q][:, -1]  # (n, C)
+                finals[q] = nxt[q][:, -1] if last else nxt[q]  # (n, C) or (n, S, C)
         hidden = nxt
     return finals, nodes, torch.cat(keys), torch.cat(values)
 

@@ -104,6 +104,7 @@ def register(
                 "base_model": meta["base_model"],
                 "max_new_tokens": metrics["config"]["max_new_tokens"],
                 "answer_kind": kind,
+                "rule": metrics["config"].get("rule", "sum"),  # multiple choice by likelihood: the study's rule
             },
             pip_requirements=["polar"],
             signature=_signature(),
@@ -251,9 +252,16 @@ def _prompt_id(data: dict) -> str:
 def _signature():
     """What the served model takes and answers (polar/serving.py), so that `mlflow models serve` checks requests."""
     from mlflow.models import ModelSignature
-    from mlflow.types import ColSpec, Schema
+    from mlflow.types import ColSpec, DataType, Schema
+    from mlflow.types.schema import Array
 
-    inputs = Schema([ColSpec("string", "question"), ColSpec("string", "level", required=False)])
+    inputs = Schema(
+        [
+            ColSpec("string", "question"),
+            ColSpec("string", "level", required=False),
+            ColSpec(Array(DataType.string), "choices", required=False),  # multiple choice scored by likelihood
+        ]
+    )
     outputs = Schema(
         [ColSpec("string", c) for c in ("text", "answer", "program")]
         + [ColSpec("long", c) for c in ("layers", "depth")]

@@ -27,7 +27,9 @@ __all__ = [
     "DECODERS",
     "METHODS",
     "IDENTITY_RULES",
+    "SCORINGS",
     "SPACES",
+    "SPLIT_RULES",
     "SYNTHETIC_SIZES",
     "STAGE_SETTINGS",
     "TRAIN_SETTINGS",
@@ -45,6 +47,8 @@ __all__ = [
     "ValidateConfig",
 ]
 
+SCORINGS = ("generate", "likelihood")  # how a menu program answers (polar/labeling/menu.py)
+SPLIT_RULES = ("hash", "files", "sizes")  # how `polar ingest` splits a source (polar/ingest.py)
 SPACES = ("skip", "loop", "joint")  # search spaces: skip actions only, repeat actions only, both
 IDENTITY_RULES = ("mass", "marginal")  # where the predictor's decoding ranks the full-depth program
 DECODERS = ("search", "threshold")  # how the predictor's outputs become programs (polar/predictor.py)
@@ -67,9 +71,17 @@ class IngestConfig:
         "or any name for a file of your own (with --question-field and --answer-field).",
     )
     levels: str = setting("1-5", "Synthetic levels, e.g. 1-5 or 1,3.")
+    splits: str = setting(
+        "hash",
+        "How questions are split: hash (each question's split by a hash of its text; the sizes below cap each level), "
+        "files (--source is a folder of train, validation or dev, and test files, each its own split: ARC's), or "
+        "sizes (one source, the sizes below taken in all, in hash order: test first, then validation, the few-shot "
+        "pool, train). Under files and sizes a question in two files stays in the first of test, validation, train.",
+    )
     train: int | None = setting(None, "Train questions per level (synthetic: 40; else default all).")
     validation: int | None = setting(None, "Validation questions per level (synthetic: 10; else default all).")
     test: int | None = setting(None, "Test questions per level (synthetic: 20; else default all).")
+    shots: int = setting(8, "Few-shot pool per level under the files and sizes rules (taken before train).")
     seed: int = setting(0, "Seed of the synthetic draw (splits do not depend on it).")
     source: str | None = setting(None, "Benchmark or own file, folder or hub id.")
     source_split: str = setting("test", "Split to read from a folder or hub id.")
@@ -78,6 +90,10 @@ class IngestConfig:
     answer_field: str = setting("answer", "Own file: the reference answer's field.")
     level_field: str | None = setting(None, "Own file: a level's field (default: none).")
     answer_kind: str = setting("number", "Own file: number, math or choice.")
+
+    def __post_init__(self) -> None:
+        if self.splits not in SPLIT_RULES:
+            raise ValueError(f"ingest splits must be one of {', '.join(SPLIT_RULES)}, got {self.splits!r}")
 
     def level_numbers(self) -> list[int]:
         try:
@@ -149,13 +165,13 @@ class LabelConfig:
     shots_from: str = setting("", "Few-shot pool (default: shots.parquet beside the task file, from `polar ingest`).")
     search: SearchConfig = setting(factory=SearchConfig)
 
-    def prompt_spec(self, tasks_path: str | Path) -> PromptSpec:
-        """The prompt of these settings for the inputs of ``tasks_path``."""
+    def prompt_spec(self, tasks_path: str | Path, format: str = "qa") -> PromptSpec:
+        """The prompt of these settings for the inputs of ``tasks_path`` (``format``: see PROMPT_FORMATS)."""
         from polar.tasks.files import SHOTS_FILE
         from polar.tasks.prompts import PromptSpec
 
         pool = Path(self.shots_from) if self.shots_from else Path(tasks_path).with_name(SHOTS_FILE)
-        return PromptSpec.from_pool(pool, self.prompt, self.shots)
+        return PromptSpec.from_pool(pool, self.prompt, self.shots, format)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -424,8 +440,23 @@ class MenuConfig:
         "polar menu: search programs (MCTS, the label settings) for the first N inputs of the task file; an auto:K "
         "menu takes the K programs valid on the most of them.",
     )
-    samples: int = setting(4, "Samples of the base model per input whose answers are compared with its greedy one.")
+    scoring: str = setting(
+        "generate",
+        "How a program answers: generate (its greedy answer line, graded; the reference answer's likelihood and, for "
+        "multiple choice, each letter's beside it) or likelihood (multiple choice only: the choice of highest "
+        "likelihood after a cloze prompt, no generation; summed and length-normalised rules both recorded).",
+    )
+    samples: int = setting(
+        4,
+        "Samples of the base model per input whose answers are compared with its greedy one (likelihood scoring: "
+        "the expected shares of a choice drawn from the choices' likelihoods at the temperature, not draws).",
+    )
     temperature: float = setting(0.7, "Sampling temperature of those samples.")
+
+    def __post_init__(self) -> None:
+        if self.scoring not in SCORINGS:
+            raise ValueError(f"menu scoring must be one of {', '.join(SCORINGS)}, got {self.scoring!r}")
+
     grid_inputs: int = setting(
         16,
         "Inputs of one level run together, under every menu program each (speed only, no reward changes: on 16 "
@@ -447,6 +478,11 @@ class SelectConfig:
         "price are tuned to it, and the efficiency winner must stay within it).",
     )
     m1: bool = setting(True, "Fit M1, the gain models over input features (logistic and boosted, several sets).")
+    dense: bool = setting(
+        True,
+        "Also fit M1 (accuracy mode) and M2 to the likelihood: the gain in the reference answer's log-likelihood over "
+        "the full depth, where the matrices record it (chosen on validation by accuracy as the others).",
+    )
     m2: MenuNetworkConfig = setting(factory=MenuNetworkConfig)
 
     def to_dict(self) -> dict:

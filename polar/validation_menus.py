@@ -71,6 +71,11 @@ INPUT_COLUMNS = {
     "sample_agreement": _FLOAT,
     "sample_correct": _FLOAT,
 }
+# The likelihood columns every menu records (:data:`polar.labeling.reward_matrix.LIKELIHOOD_COLUMNS`): the reference
+# answer's always, each choice's for multiple choice, the length-normalised rule's answer under likelihood scoring.
+LIKELIHOOD_REWARD_COLUMNS = {"answer_logprob": _FLOAT, "answer_tokens": _INT}
+CHOICE_COLUMNS = ("choice_logprobs", "choice_tokens")  # lists: checked by the column set, not by type
+NORM_COLUMNS = {"correct_norm": _BOOL, "prediction_norm": _STR}
 _DERIVED = {"rewards": ["program_layers"], "inputs": ["identity_rows", "programs_run", "shared"]}
 _KEYS = {"rewards": "id", "inputs": "id", "splits": "split"}  # per kind of table: the column naming a failing row
 _SHARES = ("base_margin", "sample_agreement", "sample_correct")  # probabilities and shares, in [0, 1]
@@ -94,6 +99,16 @@ class MenuSplit:
     @property
     def programs(self) -> list[str]:
         return list(self.settings["menu"]["programs"])
+
+    @property
+    def scoring(self) -> str:
+        return self.settings.get("config", {}).get("scoring", "generate")
+
+    def reward_columns(self) -> dict[str, str]:
+        """The typed columns of this split's ``rewards.parquet``: the base ones, the likelihoods, and the
+        length-normalised rule's under likelihood scoring."""
+        extra = NORM_COLUMNS if self.scoring == "likelihood" else {}
+        return {**REWARD_COLUMNS, **LIKELIHOOD_REWARD_COLUMNS, **extra}
 
     @property
     def identity(self) -> str:
@@ -202,10 +217,23 @@ def matrix_suites(splits: Sequence[MenuSplit]) -> dict[str, list]:
     suites: dict[str, list] = {}
     for s in splits:
         n, programs = len(s.inputs), s.programs
+        typed = s.reward_columns()
+        choices = [c for c in CHOICE_COLUMNS if c in s.rewards] if "choice_logprobs" in s.rewards else []
+        if s.scoring == "likelihood":
+            choices = list(CHOICE_COLUMNS)  # required: the choices are the answers
+        not_null = [
+            "id",
+            "program",
+            "correct",
+            "answer_logprob",
+            *(["correct_norm"] if s.scoring == "likelihood" else []),
+        ]
         suites[f"{s.name}-rewards"] = [
-            E.ExpectTableColumnsToMatchSet(column_set=[*REWARD_COLUMNS, *_DERIVED["rewards"]], exact_match=True),
-            *[E.ExpectColumnValuesToBeOfType(column=c, type_=t) for c, t in REWARD_COLUMNS.items()],
-            *[E.ExpectColumnValuesToNotBeNull(column=c) for c in ("id", "program", "correct")],  # ints: by type
+            E.ExpectTableColumnsToMatchSet(column_set=[*typed, *choices, *_DERIVED["rewards"]], exact_match=True),
+            *[E.ExpectColumnValuesToBeOfType(column=c, type_=t) for c, t in typed.items()],
+            *[E.ExpectColumnValuesToNotBeNull(column=c) for c in not_null],  # ints: by type
+            E.ExpectColumnValuesToBeBetween(column="answer_logprob", max_value=0.0),
+            E.ExpectColumnValuesToBeBetween(column="answer_tokens", min_value=1),
             E.ExpectCompoundColumnsToBeUnique(column_list=["id", "program"]),
             E.ExpectTableRowCountToEqual(value=n * len(programs)),  # every input x every program
             E.ExpectColumnValuesToBeInSet(column="program", value_set=programs),

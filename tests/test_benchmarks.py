@@ -20,6 +20,8 @@ FILES = {
     "math500": "math/math500/test.jsonl",
     "mmlu-pro-math": "mmlu-pro/test_math_1351.jsonl",
     "arc": "arc/genmc_official/arc_challenge/test.jsonl",
+    "arc-easy": "arc/genmc_official/arc_easy/test.jsonl",
+    "arc-challenge": "arc/genmc_official/arc_challenge/dev.jsonl",
 }
 
 
@@ -39,6 +41,16 @@ def _file(relpath: str) -> Path:
 def _raw(relpath: str) -> list[dict]:
     with _file(relpath).open(encoding="utf-8") as handle:
         return [json.loads(line) for line in handle if line.strip()]
+
+
+@pytest.mark.parametrize("name", ["arc-easy", "mmlu-pro-math"])
+def test_multiple_choice_questions_keep_their_choices(name, cache):
+    examples, _ = load_benchmark(name, _file(FILES[name]), limit=50, cache_dir=cache)
+    for e in examples:
+        assert e.answer_kind == "choice" and len(e.choices) >= 2 and e.answer in "ABCDEFGHIJ"[: len(e.choices)]
+        assert e.question == e.stem + "".join(f"\n{'ABCDEFGHIJ'[i]}. {c}" for i, c in enumerate(e.choices))
+        assert e.stem and "\nA. " not in e.stem
+        assert Example.from_dict(e.to_dict()) == e  # a task file's row reads back the same
 
 
 def test_every_benchmark_has_a_file_here():

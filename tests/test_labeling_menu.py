@@ -1,5 +1,6 @@
 """The menu labeler: every program on every input, equal to running each program alone; resumable; auto menus."""
 
+import json
 from dataclasses import replace
 
 import pandas as pd
@@ -53,10 +54,16 @@ def test_every_reward_equals_running_the_program_alone(tiny_dir, tasks, tmp_path
             assert x.tokens == len(alone.tokens) and x.layers == len(Program.parse(x.program))
             score = backbone.executor.score([ids], [alone.tokens], [x.program])[0]
             assert x.logprob == pytest.approx(score.logprob, abs=1e-3)
+            # The reference answer's likelihood, teacher-forced after the same prompt, as scored alone.
+            _, (answer,) = spec.encode_scored(example, backbone.tokenizer)
+            reference = backbone.executor.score([ids], [answer], [x.program])[0]
+            assert (x.answer_logprob, x.answer_tokens) == (pytest.approx(reference.logprob, abs=1e-3), len(answer))
+            assert x.choice_logprobs is None and x.correct_norm is None
         assert 0 <= record.sample_agreement <= 1 and 0 <= record.sample_correct <= 1
         assert record.base_margin >= 0 and record.base_entropy >= 0
     rewards = pd.read_parquet(tmp_path / "m" / "rewards.parquet")
     assert len(rewards) == len(examples) * len(MENU) and set(rewards["program"]) == set(MENU)
+    assert rewards["answer_logprob"].notna().all() and (rewards["answer_tokens"] > 0).all()
     assert len(pd.read_parquet(tmp_path / "m" / "inputs.parquet")) == len(examples)
     # The run leaves its menu as a file that reads back as the same menu (what a later split is labeled with).
     again = resolve_menu(str(tmp_path / "m" / MENU_FILE), 6, 2)
@@ -145,3 +152,72 @@ def test_the_menu_stage_searches_a_slice_then_writes_one_menu_file(tiny_dir, tas
     given.write_text("0-2,4-5\n0-9\n")
     with pytest.raises(ValueError, match=r"given.txt:2"):
         make_menu(str(tiny_dir), tasks, tmp_path / "d", tmp_path / "m3.txt", config, replace(dense, menu=str(given)))
+
+
+ARC_ROWS = [
+    {"question": {"stem": f"Which thing number {i} is a {kind}?", "choices": [
+        {"label": "A", "text": "a rock"}, {"label": "B", "text": "the small green plant"},
+        {"label": "C", "text": f"water {i}"}, {"label": "D", "text": "air"}]}, "answerKey": "ABCD"[i % 4]}
+    for i, kind in enumerate(["plant", "gas", "liquid", "solid", "mineral", "tree", "cloud", "leaf"] * 6)
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def choice_tasks(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("arc")
+    for split, rows in (("train", ARC_ROWS[:30]), ("dev", ARC_ROWS[30:38]), ("test", ARC_ROWS[38:])):
+        (folder / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    config = IngestConfig(task="arc-easy", splits="files", source=str(folder), shots=2)
+    paths, _ = ingest(tmp_path_factory.mktemp("tasks"), config)
+    return paths["train"]
+
+
+def test_likelihood_scoring_answers_with_the_likeliest_choice(tiny_dir, choice_tasks, tasks, tmp_path):
+    """Each program's choice is the likeliest of the choices scored alone after the cloze prompt; both rules."""
+    from polar.backbone import load
+
+    backbone = load(str(tiny_dir), device="cpu")
+    dense = replace(_menu(tmp_path), scoring="likelihood")
+    merged = label(str(tiny_dir), choice_tasks, tmp_path / "m", CONFIG, dense, backbone=backbone, limit=6)
+    records = read_labels(merged, MenuRecord)
+    spec = CONFIG.prompt_spec(choice_tasks, "cloze")
+    assert spec.format == "cloze" and records[0].prompt == spec.id
+    for record, example in zip(records, read_examples(choice_tasks), strict=False):
+        ids, tails = spec.encode_scored(example, backbone.tokenizer)
+        assert backbone.tokenizer.decode(ids).endswith(f"Question: {example.stem}\nAnswer:")  # no options shown
+        texts = spec.answers_of(example)
+        assert texts == [f" {c}" for c in example.choices]
+        for x in record.results:
+            alone = [backbone.executor.score([ids], [t], [x.program])[0].logprob for t in tails]
+            assert x.choice_logprobs == pytest.approx(alone, abs=1e-3)
+            best = max(range(len(alone)), key=lambda k: x.choice_logprobs[k])
+            best_norm = max(range(len(alone)), key=lambda k: x.choice_logprobs[k] / len(texts[k]))
+            assert (x.prediction, x.correct) == ("ABCD"[best], best == example.answer_index)
+            assert (x.prediction_norm, x.correct_norm) == ("ABCD"[best_norm], best_norm == example.answer_index)
+            assert x.answer_logprob == x.choice_logprobs[example.answer_index] and x.tokens == len(tails[best])
+        assert 0 <= record.base_margin <= 1 and 0 <= record.sample_correct <= 1
+    rewards = pd.read_parquet(tmp_path / "m" / "rewards.parquet")
+    assert {"correct_norm", "prediction_norm", "choice_logprobs"} <= set(rewards.columns)
+    # A task without choices cannot be scored by likelihood: the error names the tasks that can.
+    with pytest.raises(ValueError, match="likelihood scoring is for multiple-choice tasks"):
+        label(str(tiny_dir), tasks, tmp_path / "n", CONFIG, dense, backbone=backbone)
+
+
+def test_multiple_choice_splits_keep_their_files_and_stay_disjoint(tmp_path):
+    folder = tmp_path / "arc"
+    folder.mkdir()
+    rows = ARC_ROWS[:20]
+    for split, part in (("train", rows[:12] + rows[14:15]), ("dev", rows[12:14]), ("test", rows[14:20])):
+        (folder / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in part))
+    paths, bad = ingest(tmp_path / "t", IngestConfig(task="arc-easy", splits="files", source=str(folder), shots=2))
+    test, train = read_examples(paths["test"]), read_examples(paths["train"])
+    assert len(test) == 6 and len(read_examples(paths["validation"])) == 2 and len(read_examples(paths["shots"])) == 2
+    assert len(train) == 10 and [str(b).split(": ", 1)[1] for b in bad] == ["same question as arc-easy/test/0"]
+    assert all(e.choices and e.question.endswith(f"D. {e.choices[3]}") for e in test)
+    with pytest.raises(FileNotFoundError, match="has no validation file"):
+        (folder / "dev.jsonl").unlink()
+        ingest(tmp_path / "u", IngestConfig(task="arc-easy", splits="files", source=str(folder)))
+    sized, _ = ingest(tmp_path / "s", IngestConfig(task="arc-easy", splits="sizes", source=str(folder / "train.jsonl"),
+                                                   test=4, validation=3, shots=1))  # fmt: skip
+    counts = {k: len(read_examples(v)) for k, v in sized.items()}
+    assert counts == {"test": 4, "validation": 3, "shots": 1, "train": 5}  # 13 questions in all

@@ -232,6 +232,32 @@ def _same_matrix(a: Path, b: Path) -> None:
         pd.testing.assert_frame_equal(x[floats], y[floats], atol=1e-3, rtol=0)
 
 
+def test_a_multiple_choice_task_runs_the_menu_chain_by_likelihood(tmp_path):
+    """The params switch for a multiple-choice benchmark: its own split files ingested, every split scored by
+    likelihood, the answer rule fixed on validation, the winners served by likelihood as the matrix says."""
+    from test_labeling_menu import ARC_ROWS
+
+    source = tmp_path / "arc"
+    source.mkdir()
+    for split, part in (("train", ARC_ROWS[:24]), ("dev", ARC_ROWS[24:34]), ("test", ARC_ROWS[34:44])):
+        (source / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in part))
+    ingest = dict(task="arc-easy", splits="files", source=str(source), train=8, validation=6, test=6, shots=2)
+    repo = _repo(tmp_path, ingest=ingest, menu={"scoring": "likelihood"})
+    assert _run(repo, tmp_path / "prefect") == {"smollm2-135m": "registered"}
+    from polar.selection.matrix import Matrix
+
+    menus = repo / "data/menus/smollm2-135m"
+    splits = {s: Matrix.load(menus / s) for s in ("train", "validation", "test")}
+    assert {s: len(m.ids) for s, m in splits.items()} == {"train": 8, "validation": 6, "test": 6}
+    assert all(m.rules == ("sum", "norm") and m.answer_logprob is not None for m in splits.values())
+    frozen = json.loads((repo / "reports/smollm2-135m/menu/selection/frozen.json").read_text())
+    assert frozen["scoring"] == "likelihood" and frozen["rule"]["rule"] in ("sum", "norm")
+    metrics = json.loads((repo / "reports/smollm2-135m/menu/evaluation/metrics.json").read_text())
+    assert metrics["served"]["baseline"]["agree_with_matrix"] == 6
+    registry = json.loads((repo / "reports/smollm2-135m/menu/registry.json").read_text())
+    assert registry["champion"] == registry["versions"]["baseline"]["version"]
+
+
 def test_the_network_chain_is_selectable():
     """params.yaml's pipeline.chain picks the per-model stages the flow runs; both chains live in dvc.yaml."""
     from flows.pipeline import CHAINS, Chain

@@ -211,7 +211,16 @@ def _menu_records(split: str, questions: list[str], programs: list[str], right) 
     records = []
     for i, question in enumerate(questions):
         results = tuple(
-            MenuResult(p.text, right(i, j), str(i) if right(i, j) else None, len(p), round(-0.5 - 0.1 * j, 4), 2)
+            MenuResult(
+                p.text,
+                right(i, j),
+                str(i) if right(i, j) else None,
+                len(p),
+                round(-0.5 - 0.1 * j, 4),
+                2,
+                answer_logprob=round(-1.0 - 0.1 * j, 4),
+                answer_tokens=2,
+            )  # fmt: skip
             for j, p in enumerate(menu)
         )
         records.append(

@@ -130,8 +130,23 @@ class MenuResult:
     correct: bool
     prediction: str | None  # the extracted answer
     layers: int  # layers per token
-    logprob: float  # log-probability of the generated answer line under the program
-    tokens: int  # tokens generated
+    logprob: float  # log-probability of the generated answer line (likelihood scoring: of the chosen choice)
+    tokens: int  # tokens generated (likelihood scoring: of the chosen choice)
+    # Teacher-forced log-likelihoods after the prompt (None in folders labeled before they were recorded):
+    answer_logprob: float | None = None  # the reference answer's (multiple choice: the right choice's), summed
+    answer_tokens: int | None = None
+    choice_logprobs: tuple[float, ...] | None = None  # multiple choice: each choice's, summed, in order
+    choice_tokens: tuple[int, ...] | None = None
+    # Likelihood scoring: the length-normalised rule's answer (summed log-likelihood per character of the choice,
+    # lm-evaluation-harness's acc_norm); ``correct`` and ``prediction`` are the summed rule's.
+    correct_norm: bool | None = None
+    prediction_norm: str | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("choice_logprobs", "choice_tokens"):  # JSON gives lists
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, tuple):
+                object.__setattr__(self, name, tuple(value))
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,8 @@ from functools import cached_property
 from pathlib import Path
 from typing import ClassVar
 
+import numpy as np
+
 from polar.backbone import Backbone, load, model_depth
 from polar.decoding import Sampling
 from polar.grid import Samples, generate_grid
@@ -41,13 +43,17 @@ from polar.labeling.folder import (
     record_header,
 )
 from polar.labeling.reward_matrix import write_matrix
+from polar.likelihood import Likelihood, best_choice, score_grid
 from polar.programs import Program, ProgramError
 from polar.settings import LabelConfig, MenuConfig
 from polar.tasks.answers import grade
 from polar.tasks.prompts import PromptSpec, stop_token_ids
-from polar.tasks.schema import Example
+from polar.tasks.schema import LETTERS, Example
 
-__all__ = ["MenuLabeler", "level_batches", "menu_id", "resolve_menu", "run_menu", "write_menu"]
+__all__ = ["LIKELIHOODS", "MenuLabeler", "level_batches", "menu_id", "resolve_menu", "run_menu", "write_menu"]
+
+
+LIKELIHOODS = 1  # the likelihood fields every result records (a folder labeled without them does not resume)
 
 
 # ------------------------------------------------------------------------------------------------ menus
@@ -141,51 +147,128 @@ def run_menu(
     """Every program of ``menu`` on each of ``examples`` (one grid: their shared few-shot prefix runs once per
     program), and the base model's confidence (the menu's first program, the full depth).
 
+    Under ``dense.scoring == "generate"`` each program generates its answer line, which is graded, and the reference
+    answer's (for multiple choice: each letter's) likelihood is scored beside it; under ``"likelihood"`` each
+    program answers a multiple-choice question with the choice of highest likelihood after a cloze prompt.
+
     Args:
         backbone: the base model.
         examples: the inputs (of one level, to share their prefix).
-        prompt: the prompt spec they are asked with.
+        prompt: the prompt spec they are asked with (cloze for likelihood scoring).
         menu: the programs, the full-depth one first.
         config: the label settings (the generation budget).
-        dense: the menu settings (the samples and their temperature).
+        dense: the menu settings (the scoring, the samples and their temperature).
         menu_name: the menu's id (:func:`menu_id`), recorded in every record.
 
     Returns:
         One record per input, in the order of ``examples``.
     """
-    tok, executor = backbone.tokenizer, backbone.executor
-    stops = stop_token_ids(tok)
-    prompts = [prompt.encode(e.question, e.level, tok) for e in examples]
+    tok = backbone.tokenizer
+    encoded = [prompt.encode_scored(e, tok) for e in examples]
+    prompts, continuations = [ids for ids, _ in encoded], [tails for _, tails in encoded]
+    if dense.scoring == "likelihood":
+        scores = score_grid(backbone.executor, prompts, continuations, menu)
+        rows = [_by_likelihood(e, prompt, menu, s, dense) for e, s in zip(examples, scores, strict=True)]
+    else:
+        rows = _generated(backbone, examples, prompts, continuations, menu, config, dense)
+    head = {"menu": menu_name}
+    return [
+        MenuRecord(**record_header(e, backbone.spec, backbone.executor.depth, prompt.id), **head, **fields)
+        for e, fields in zip(examples, rows, strict=True)
+    ]
+
+
+def _generated(backbone, examples, prompts, continuations, menu, config, dense) -> list[dict]:
+    """Each input's results and confidence fields under generation: graded answer lines, likelihoods beside."""
+    stops = stop_token_ids(backbone.tokenizer)
     samples = None
     if dense.samples:  # seeded by the input: independent of the batch
         seeds = [int(hashlib.sha256(e.id.encode()).hexdigest()[:8], 16) for e in examples]
         samples = Samples(dense.samples, Sampling(temperature=dense.temperature), seeds)
-    grid = generate_grid(executor, prompts, menu, config.max_new_tokens, stops, samples)
-    records = []
+    grid = generate_grid(backbone.executor, prompts, menu, config.max_new_tokens, stops, samples, continuations)
+    out = []
     for example, row in zip(examples, grid, strict=True):
         results = []
         for program, cell in zip(menu, row, strict=False):  # the menu's rows; the samples follow
             prediction, ok = grade(cell.text, example.answer, example.answer_kind)
+            likely = _likelihood_fields(example, cell.likelihoods)
             results.append(
-                MenuResult(program.text, ok, prediction, len(program), round(cell.logprob, 4), len(cell.tokens))
+                MenuResult(
+                    program.text, ok, prediction, len(program), round(cell.logprob, 4), len(cell.tokens), **likely
+                )
             )
         base, first = results[0], row[0]
         drawn = [grade(cell.text, example.answer, example.answer_kind) for cell in row[len(menu) :]]
         agree = sum(a == base.prediction for a, _ in drawn) / len(drawn) if drawn else 1.0
         right = sum(ok for _, ok in drawn) / len(drawn) if drawn else float(base.correct)
-        records.append(
-            MenuRecord(
-                **record_header(example, backbone.spec, executor.depth, prompt.id),
-                menu=menu_name,
-                results=tuple(results),
-                base_logprob=round(base.logprob / max(base.tokens, 1), 4),
-                base_margin=round(first.margin, 4),
-                base_entropy=round(first.entropy, 4),
-                sample_agreement=round(agree, 4),
-                sample_correct=round(right, 4),
-            )
+        out.append(
+            {
+                "results": tuple(results),
+                "base_logprob": round(base.logprob / max(base.tokens, 1), 4),
+                "base_margin": round(first.margin, 4),
+                "base_entropy": round(first.entropy, 4),
+                "sample_agreement": round(agree, 4),
+                "sample_correct": round(right, 4),
+            }
         )
-    return records
+    return out
+
+
+def _likelihood_fields(example: Example, likelihoods: Sequence[Likelihood]) -> dict:
+    """A result's likelihood fields from the scores of :meth:`PromptSpec.answers_of` (choices, or the reference)."""
+    sums = tuple(round(x.logprob, 4) for x in likelihoods)
+    tokens = tuple(x.tokens for x in likelihoods)
+    at = example.answer_index if example.choices else 0
+    fields = {"answer_logprob": sums[at], "answer_tokens": tokens[at]}
+    return fields | ({"choice_logprobs": sums, "choice_tokens": tokens} if example.choices else {})
+
+
+def _by_likelihood(example: Example, prompt: PromptSpec, menu, scores, dense: MenuConfig) -> dict:
+    """An input's results and confidence fields under likelihood scoring (each program: the likeliest choice).
+
+    The base model's confidence is read from the full depth's distribution over the choices (their summed
+    likelihoods, softmaxed): its top-2 margin and entropy, the chosen choice's mean log-probability per token, and
+    the shares a sample drawn from that distribution at the menu's temperature would agree with the choice and be
+    right (expected values, not draws; with no samples 1 and the verdict, as under generation).
+    """
+    texts = prompt.answers_of(example)
+    results = []
+    for program, likelihoods in zip(menu, scores, strict=True):
+        fields = _likelihood_fields(example, likelihoods)
+        sums = np.array(fields["choice_logprobs"])
+        best, best_norm = best_choice(sums, texts, "sum"), best_choice(sums, texts, "norm")
+        results.append(
+            MenuResult(
+                program.text,
+                best == example.answer_index,
+                LETTERS[best],
+                len(program),
+                float(sums[best]),
+                fields["choice_tokens"][best],
+                **fields,
+                correct_norm=best_norm == example.answer_index,
+                prediction_norm=LETTERS[best_norm],
+            )  # fmt: skip
+        )
+    base = results[0]
+    sums = np.array(base.choice_logprobs)
+    probs = _softmax(sums)
+    top = np.sort(probs)[::-1]
+    best = int(np.argmax(sums))
+    drawn = _softmax(sums / dense.temperature) if dense.samples else None
+    return {
+        "results": tuple(results),
+        "base_logprob": round(base.logprob / max(base.tokens, 1), 4),
+        "base_margin": round(float(top[0] - (top[1] if len(top) > 1 else 0.0)), 4),
+        "base_entropy": round(float(-(probs * np.log(np.clip(probs, 1e-30, None))).sum()), 4),
+        "sample_agreement": round(float(drawn[best]), 4) if drawn is not None else 1.0,
+        "sample_correct": round(float(drawn[example.answer_index]), 4) if drawn is not None else float(base.correct),
+    }
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    e = np.exp(x - x.max())
+    return e / e.sum()
 
 
 def level_batches(examples: Sequence[Example], size: int) -> list[list[Example]]:
@@ -219,7 +302,7 @@ class MenuLabeler:
     @cached_property
     def prompt(self) -> PromptSpec:
         """The prompt of these settings (recorded in ``settings.json``)."""
-        return self.config.prompt_spec(self.tasks)
+        return self.config.prompt_spec(self.tasks, "cloze" if self.dense.scoring == "likelihood" else "qa")
 
     def prepare(self, out_dir: Path, restart_on_change: bool = False) -> None:
         """Resolve the menu, create ``out_dir`` for these settings (or check that what it holds was made with them)
@@ -230,7 +313,9 @@ class MenuLabeler:
         """
         out_dir, dense = Path(out_dir), self.dense
         depth = self.backbone.depth if self.backbone is not None else model_depth(self.model)
-        self.menu = resolve_menu(dense.menu, depth, self.config.search.max_visits, self.prompt, dense.discovery)
+        # An auto menu's discovery searched with generation: the prompt of these settings that generates.
+        searched = self.config.prompt_spec(self.tasks) if self.prompt.format == "cloze" else self.prompt
+        self.menu = resolve_menu(dense.menu, depth, self.config.search.max_visits, searched, dense.discovery)
         name = menu_id(self.menu)
         settings = {
             "schema": SCHEMA,
@@ -241,6 +326,8 @@ class MenuLabeler:
                 "max_new_tokens": self.config.max_new_tokens,
                 "samples": dense.samples,
                 "temperature": dense.temperature,
+                "scoring": dense.scoring,
+                "likelihoods": LIKELIHOODS,
             },
             "prompt": self.prompt.to_dict(),
             "menu": {"id": name, "programs": [p.text for p in self.menu]},

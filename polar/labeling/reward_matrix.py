@@ -28,7 +28,19 @@ from polar.labeling.folder import (
 )
 from polar.tasks.files import read_examples
 
-__all__ = ["export", "export_part", "write_matrix"]
+__all__ = ["LIKELIHOOD_COLUMNS", "export", "export_part", "write_matrix"]
+
+# The likelihood fields of a result (:class:`~polar.labeling.folder.MenuResult`), columns of ``rewards.parquet``
+# where recorded: the reference answer's summed log-likelihood and tokens, each choice's (lists), and the
+# length-normalised rule's answer under likelihood scoring.
+LIKELIHOOD_COLUMNS = (
+    "answer_logprob",
+    "answer_tokens",
+    "choice_logprobs",
+    "choice_tokens",
+    "correct_norm",
+    "prediction_norm",
+)
 
 
 def export(merged: str | Path, records: Sequence[MenuRecord] | None = None) -> tuple[Path, Path]:
@@ -55,6 +67,7 @@ def export(merged: str | Path, records: Sequence[MenuRecord] | None = None) -> t
                 "logprob": x.logprob,
                 "tokens": x.tokens,
             }
+            | {name: getattr(x, name) for name in LIKELIHOOD_COLUMNS if getattr(x, name) is not None}
             for r in records
             for x in r.results
         ]

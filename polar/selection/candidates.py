@@ -6,6 +6,7 @@ The candidates (names are the rows of every table):
   program within the margin on train; B3 a confidence gate per feature, its threshold tuned on validation;
 - M1 gain models (:mod:`polar.selection.gain_model`), logistic and boosted, over several feature sets, in
   accuracy mode and (on features that cost no layer) efficiency mode, each threshold or price tuned on validation;
+  in accuracy mode also ``dense``, fitted to the log-likelihood gain where the matrices record likelihoods;
 - M2 the PoLar network scored over the menu (:mod:`polar.selection.menu_network`), one checkpoint per mode.
 
 Features that need the model (hidden states, question embeddings) come from a :class:`FeatureCache`, which keeps
@@ -45,7 +46,7 @@ from polar.selection.policies import (
 from polar.settings import SelectConfig
 from polar.tasks.prompts import PromptSpec
 
-__all__ = ["ACCURACY_SETS", "FREE_SETS", "KINDS", "Candidates", "FeatureCache"]
+__all__ = ["ACCURACY_SETS", "FREE_SETS", "KINDS", "M2_DENSE_NAME", "M2_NAME", "Candidates", "FeatureCache"]
 
 # M1's feature sets; ``{free}`` is the number of leading layers every menu program shares (free to read).
 ACCURACY_SETS = (
@@ -59,7 +60,9 @@ ACCURACY_SETS = (
 )
 FREE_SETS = (("level",), ("level", "hidden:{free}"), ("level", "question"))  # efficiency mode: no extra pass
 KINDS = ("logistic", "boosted")
+DENSE = "dense"  # accuracy mode only, on matrices with likelihoods
 M2_NAME = "M2 {mode} PoLar network over the menu"
+M2_DENSE_NAME = "M2 {mode} PoLar network over the menu, likelihood target"
 
 
 class FeatureCache:
@@ -119,6 +122,8 @@ class Candidates:
         self.tuned: dict[str, float] = {}
         self.skipped: dict[str, str] = {}  # candidates that could not be fitted on this train split, and why
         self.m2: MenuNetwork | None = None
+        self.m2_dense: MenuNetwork | None = None
+        self.dense = config.dense and train.answer_logprob is not None and validation.answer_logprob is not None
         if len(train.programs) < 2:  # nothing to choose between: only the static and gated baselines apply
             self.skipped["M1"] = self.skipped["M2"] = "the menu holds only the full depth"
             return
@@ -133,6 +138,10 @@ class Candidates:
         except ValueError as err:  # e.g. no training input has both a right and a wrong program
             self.m2 = None
             self.skipped["M2"] = str(err)
+        if self.dense:
+            dense = MenuNetwork(config.m2, train.programs, train.depth, self.embedder.dim)
+            args = (train, *self.vectors(train), validation, *self.vectors(validation), config.margin)
+            self.m2_dense = dense.fit(*args, target="likelihood")
 
     def _feature_sets(self, sets: tuple[tuple[str, ...], ...]) -> list[tuple[str, ...]]:
         """The sets with ``{free}`` filled in; sets that read hidden states are dropped when no layer is free."""
@@ -145,8 +154,9 @@ class Candidates:
 
     def _fit_m1(self, train: Matrix, validation: Matrix) -> None:
         for mode, sets in (("accuracy", ACCURACY_SETS), ("efficiency", FREE_SETS)):
+            dense = (DENSE,) if mode == "accuracy" and self.dense else ()
             for names in self._feature_sets(sets):
-                for kind in KINDS:
+                for kind in (*KINDS, *dense):
                     key = f"M1 {mode} {kind} [{'+'.join(names)}]"
                     try:
                         model = GainModel(kind).fit(train, self._features(train, names))
@@ -188,11 +198,12 @@ class Candidates:
             pick = choose_gain if mode == "accuracy" else choose_cheap
             out[key] = pick(matrix, model.proba(f), self.tuned[key], f.passes, key)
             self.overhead_ms[key] = 1000 * (time.perf_counter() - start) / max(len(matrix.ids), 1)
-        for mode in ("accuracy", "efficiency") if self.m2 is not None else ():
-            key = M2_NAME.format(mode=mode)
-            start = time.perf_counter()
-            out[key] = self.m2.select(matrix, *self.vectors(matrix), mode, key)
-            self.overhead_ms[key] = 1000 * (time.perf_counter() - start) / max(len(matrix.ids), 1)
+        for network, name in ((self.m2, M2_NAME), (self.m2_dense, M2_DENSE_NAME)):
+            for mode in ("accuracy", "efficiency") if network is not None else ():
+                key = name.format(mode=mode)
+                start = time.perf_counter()
+                out[key] = network.select(matrix, *self.vectors(matrix), mode, key)
+                self.overhead_ms[key] = 1000 * (time.perf_counter() - start) / max(len(matrix.ids), 1)
         return out
 
     def frozen(self, matrix: Matrix) -> dict:
@@ -208,13 +219,18 @@ class Candidates:
                 k: {"mode": m, "features": list(n), "kind": model.kind, "tuned": self.tuned[k]}
                 for k, (m, n, model) in self.models.items()
             },
-            "m2": None
-            if self.m2 is None
-            else {
-                "config": self.m2.config.to_dict(),
-                "tuned": self.m2.tuned,
-                "checkpoints": self.m2.best,
-                "history": self.m2.history,
-            },
+            "m2": _network_record(self.m2),
+            "m2_dense": _network_record(self.m2_dense),
             "skipped": self.skipped,
         }
+
+
+def _network_record(network: MenuNetwork | None) -> dict | None:
+    if network is None:
+        return None
+    return {
+        "config": network.config.to_dict(),
+        "tuned": network.tuned,
+        "checkpoints": network.best,
+        "history": network.history,
+    }

@@ -1,7 +1,10 @@
 """M1: a learned per-input choice over a menu, from features the model gives before it answers.
 
 A :class:`GainModel` estimates, for every input and every program of the menu, the chance that the program
-answers it right, from the input's features; a program's *gain* is that chance minus the full depth's. The
+answers it right, from the input's features; a program's *gain* is that chance minus the full depth's. Its
+``dense`` kind learns from the likelihood instead of the 0/1 verdict: the gain in the reference answer's (for
+multiple choice the right choice's) summed log-likelihood over the full depth, which every input carries for
+every program, not only the few whose verdict differs. The
 choice rules are :mod:`polar.selection.policies`' (accuracy mode: :func:`~polar.selection.policies.choose_gain`;
 efficiency mode: :func:`~polar.selection.policies.choose_cheap`).
 
@@ -30,7 +33,7 @@ import numpy as np
 import torch
 from sklearn.decomposition import PCA
 from sklearn.ensemble import HistGradientBoostingClassifier
-from sklearn.linear_model import LogisticRegression
+from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
@@ -151,7 +154,9 @@ class GainModel:
     """P(program j answers input i right) from the input's features, for every program of a menu.
 
     ``kind="logistic"``: one L2 logistic regression per program on standardised features; ``"boosted"``: one
-    gradient-boosted tree model over (features, program), which can learn which inputs a program suits.
+    gradient-boosted tree model over (features, program), which can learn which inputs a program suits;
+    ``"dense"``: one ridge regression per program of the log-likelihood gain over the full depth (its estimates are
+    gains in nats, not chances: only the accuracy mode's threshold, tuned on validation, reads them).
     Wide blocks (hidden states, embeddings) are compressed to ``components`` dimensions by PCA fitted on the
     training split.
     """
@@ -194,6 +199,13 @@ class GainModel:
                     continue
                 model = make_pipeline(StandardScaler(), LogisticRegression(C=self.c, max_iter=2000))
                 self._models.append(model.fit(x, y))
+        elif self.kind == "dense":
+            if train.answer_logprob is None:
+                raise ValueError("a dense gain model needs the answer's likelihoods (label with this polar's menus)")
+            gain = train.answer_logprob - train.answer_logprob[:, :1]
+            self._models = [0.0] + [
+                make_pipeline(StandardScaler(), Ridge(alpha=1.0 / self.c)).fit(x, gain[:, j]) for j in range(1, m)
+            ]
         elif self.kind == "boosted":
             rows = np.concatenate([np.repeat(x, m, 0), np.tile(np.arange(m), len(x))[:, None]], 1)
             model = HistGradientBoostingClassifier(
@@ -206,7 +218,7 @@ class GainModel:
             )
             self._models = [model.fit(rows, train.correct.reshape(-1))]
         else:
-            raise ValueError(f"no gain model {self.kind!r}: logistic or boosted")
+            raise ValueError(f"no gain model {self.kind!r}: logistic, boosted or dense")
         self.m = m
         return self
 
@@ -217,7 +229,9 @@ class GainModel:
             rows = np.concatenate([np.repeat(x, self.m, 0), np.tile(np.arange(self.m), len(x))[:, None]], 1)
             return self._models[0].predict_proba(rows)[:, 1].reshape(len(x), self.m)
         cols = [
-            np.full(len(x), model) if isinstance(model, float) else model.predict_proba(x)[:, 1]
+            np.full(len(x), model)
+            if isinstance(model, float)
+            else (model.predict(x) if self.kind == "dense" else model.predict_proba(x)[:, 1])
             for model in self._models
         ]
         return np.stack(cols, 1)

@@ -34,7 +34,13 @@ from polar.selection.matrix import Matrix
 from polar.selection.policies import choose_cheap, choose_gain, right_answers, static, tune_price, tune_threshold
 from polar.settings import MenuNetworkConfig
 
-__all__ = ["MenuNetwork", "embed_each", "menu_loss"]
+__all__ = ["TARGETS", "MenuNetwork", "embed_each", "menu_loss", "soft_menu_loss"]
+
+# What M2 is fitted to: ``verdict``, the right programs of each row (the 0/1 reward); ``likelihood``, a soft target
+# over the menu from each program's gain in the reference answer's log-likelihood over the full depth (a softmax
+# at temperature LIKELIHOOD_TAU nats), which every row carries.
+TARGETS = ("verdict", "likelihood")
+LIKELIHOOD_TAU = 1.0
 
 
 def embed_each(questions: Sequence[str], embedder) -> tuple[torch.Tensor, torch.Tensor]:
@@ -57,6 +63,24 @@ def menu_loss(scores: torch.Tensor, correct: torch.Tensor, usable: torch.Tensor)
     s = scores.masked_fill(~usable, -math.inf)
     right = s.masked_fill(~correct, -math.inf)
     return (torch.logsumexp(s, 1) - torch.logsumexp(right, 1)).mean()
+
+
+def soft_menu_loss(scores: torch.Tensor, target: torch.Tensor, usable: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of the menu softmax against a target distribution over the usable programs, averaged over rows.
+
+    Args:
+        scores: (B, M) log-probabilities of the menu's programs; target: (B, M), rows summing to 1 over ``usable``.
+    """
+    s = torch.log_softmax(scores.masked_fill(~usable, -math.inf), 1)
+    return -(target * s.masked_fill(~usable, 0.0)).sum(1).mean()
+
+
+def likelihood_target(matrix: Matrix, usable: torch.Tensor) -> torch.Tensor:
+    """(n, M) the softmax over the usable programs of their log-likelihood gains over the full depth."""
+    if matrix.answer_logprob is None:
+        raise ValueError("a likelihood target needs the answer's likelihoods (label with this polar's menus)")
+    gain = torch.from_numpy(matrix.answer_logprob - matrix.answer_logprob[:, :1]).float() / LIKELIHOOD_TAU
+    return torch.softmax(gain.masked_fill(~usable, -math.inf), 1)
 
 
 @dataclass
@@ -106,17 +130,32 @@ class MenuNetwork:
         return torch.cat(out).double().numpy()
 
     def fit(
-        self, train: Matrix, x: torch.Tensor, mask: torch.Tensor, validation: Matrix, xv, mv, margin: float
+        self,
+        train: Matrix,
+        x: torch.Tensor,
+        mask: torch.Tensor,
+        validation: Matrix,
+        xv,
+        mv,
+        margin: float,
+        target: str = "verdict",
     ) -> MenuNetwork:
-        """Train on ``train`` (its question vectors ``x``, ``mask``), choosing checkpoints on ``validation``;
-        efficiency mode keeps validation pass@1 within ``margin`` of base greedy."""
+        """Train on ``train`` (its question vectors ``x``, ``mask``) towards ``target`` (:data:`TARGETS`), choosing
+        checkpoints on ``validation`` by accuracy either way; efficiency mode keeps validation pass@1 within
+        ``margin`` of base greedy."""
         if tuple(train.programs) != self.programs or tuple(validation.programs) != self.programs:
             raise ValueError("the matrices were labeled with another menu than the network's")
+        if target not in TARGETS:
+            raise ValueError(f"M2's target must be one of {TARGETS}, got {target!r}")
         c = self.config
         correct = torch.from_numpy(train.correct.copy())
         usable = self.usable
-        informative = (correct & usable).any(1) & (~correct & usable).any(1)
-        rows = informative.nonzero()[:, 0]
+        if target == "likelihood":  # every row says something: the gains differ even where the verdicts agree
+            soft = likelihood_target(train, usable)
+            rows = torch.arange(len(correct))
+        else:
+            informative = (correct & usable).any(1) & (~correct & usable).any(1)
+            rows = informative.nonzero()[:, 0]
         if len(rows) == 0:
             raise ValueError("no training input has both a right and a wrong menu program: nothing to learn")
         gen = torch.Generator().manual_seed(c.m2_seed)
@@ -133,7 +172,11 @@ class MenuNetwork:
             self.net.train()
             idx = rows[torch.randint(len(rows), (min(c.m2_batch, len(rows)),), generator=gen)]
             b, o = self.net(x[idx], mask[idx])
-            loss = menu_loss(program_logprob(b, o, self.boundaries, self.ops), correct[idx], usable)
+            scores = program_logprob(b, o, self.boundaries, self.ops)
+            if target == "likelihood":
+                loss = soft_menu_loss(scores, soft[idx], usable)
+            else:
+                loss = menu_loss(scores, correct[idx], usable)
             optim.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(self.net.parameters(), 1.0)

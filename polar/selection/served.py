@@ -26,7 +26,6 @@ from polar.selection.matrix import Matrix
 from polar.selection.policies import BASE
 from polar.selection.selector import Selector
 from polar.stats import MethodScore, markdown_table, score_outcomes
-from polar.tasks.answers import grade
 from polar.tasks.files import read_examples
 
 __all__ = ["evaluate_selection"]
@@ -58,7 +57,9 @@ def evaluate_selection(
     backbone = backbone or load(model or frozen["model"], device=device)
     if backbone.depth != matrix.depth:
         raise ValueError(f"the study's menus are for {matrix.depth} layers; {backbone.spec} has {backbone.depth}")
-    runner = _Runner(Answerer(backbone, _prompt(frozen), frozen["max_new_tokens"]), examples, matrix)
+    rule = frozen.get("rule", {}).get("rule", "sum")
+    matrix = matrix.with_rule(rule)
+    runner = _Runner(Answerer(backbone, _prompt(frozen), frozen["max_new_tokens"], rule), examples, matrix)
     scores = {k: MethodScore.from_dict(v) for k, v in tested["scores"].items()}
     served, versions = {}, {}
     for role, name in {"baseline": BASE, **frozen["winners"]}.items():
@@ -130,10 +131,9 @@ class _Runner:
     def run(self, programs: list[Program]) -> tuple[np.ndarray, int]:
         """Whether each input's program answers it, and on how many the answer equals the matrix's."""
         todo = [i for i, p in enumerate(programs) if (i, p.text) not in self.done]
-        gens = self.answerer.run_each([self.examples[i] for i in todo], [programs[i] for i in todo], desc="served")
-        for i, g in zip(todo, gens, strict=True):
-            e = self.examples[i]
-            self.done[i, programs[i].text] = grade(g.text, e.answer, e.answer_kind)
+        answers = self.answerer.answer_each([self.examples[i] for i in todo], [programs[i] for i in todo], "served")
+        for i, answer in zip(todo, answers, strict=True):
+            self.done[i, programs[i].text] = answer
         said = [self.done[i, p.text] for i, p in enumerate(programs)]
         column = {text: j for j, text in enumerate(self.matrix.programs)}
         agree = 0
@@ -170,7 +170,7 @@ def _version_metrics(row: MethodScore, runner: _Runner, frozen: dict, tasks, pro
         "pass_at_k": {"predictor": [row.pass1]},
         "prompt": _prompt(frozen).id,
         "answer_kinds": sorted({e.answer_kind for e in examples}),
-        "config": {"max_new_tokens": frozen["max_new_tokens"]},
+        "config": {"max_new_tokens": frozen["max_new_tokens"], "rule": frozen.get("rule", {}).get("rule", "sum")},
         "method": row.method.removesuffix(" (served)"),
     }
 
@@ -183,7 +183,8 @@ def _shortgpt(backbone, runner: _Runner, frozen: dict, budget: float) -> dict[st
     depth = runner.matrix.depth
     tasks = Path(read_settings(frozen["train"]["folders"][0])["tasks"])
     seen = read_examples(tasks)
-    calibration = [runner.answerer.encode(e.question, e.level) for e in seen[:: max(1, len(seen) // 64)]]
+    prompt = runner.answerer.prompt
+    calibration = [runner.answerer.encode(prompt.question_of(e), e.level) for e in seen[:: max(1, len(seen) // 64)]]
     n_remove = max(1, round(depth * (1 - min(budget, 1.0))))
     program = shortgpt_program(block_influence(backbone, calibration), n_remove)
     right, _ = runner.run([program] * len(runner.examples))

@@ -27,7 +27,7 @@ import pandas as pd
 
 from polar.hashing import sha256_file
 from polar.labeling.folder import INPUTS, REWARDS, read_settings
-from polar.selection.candidates import M2_NAME, Candidates, FeatureCache
+from polar.selection.candidates import M2_DENSE_NAME, M2_NAME, Candidates, FeatureCache
 from polar.selection.files import CHOICES, FROZEN, ORACLE, TEST
 from polar.selection.matrix import Matrix, check_disjoint
 from polar.selection.policies import BASE, Selection, oracle, score, winners
@@ -36,7 +36,7 @@ from polar.settings import SelectConfig
 from polar.stats import MethodScore, detectable_difference
 from polar.tasks.prompts import PromptSpec
 
-__all__ = ["StudyResult", "select", "verdict"]
+__all__ = ["StudyResult", "choose_rule", "select", "verdict"]
 
 
 @dataclass(frozen=True)
@@ -100,6 +100,8 @@ def _freeze(
     tr, va = _load(train), Matrix.load(validation)
     tr.same_menu(va)
     check_disjoint(train=tr, validation=va)
+    rule = choose_rule(va)
+    tr, va = tr.with_rule(rule["rule"]), va.with_rule(rule["rule"])
     settings = read_settings(validation)
     if settings.get("kind") != "menu":
         raise ValueError(f"{validation} is not a menu folder (label it with `polar label --menu`)")
@@ -124,6 +126,8 @@ def _freeze(
         "menu": settings["menu"]["id"],
         "prompt": prompt.id,
         "max_new_tokens": int(settings["config"]["max_new_tokens"]),
+        "scoring": settings["config"].get("scoring", "generate"),
+        "rule": rule,
         "config": config.to_dict(),
         "candidates": len(val_scores),
         "choices": candidates.frozen(va),
@@ -160,9 +164,14 @@ def _servable(candidates: Candidates, name: str, programs: tuple[str, ...], meta
     if name == "B2 best program per level":
         chosen = {level: programs[j] for level, j in c.b2.items()}
         return SelectorSpec("per_level", name, depth, programs=chosen, meta=meta), None
-    if name == M2_NAME.format(mode="accuracy") and c.m2 is not None and c.m2.tuned.get("accuracy") is not None:
-        network_meta = meta | {"embedder": c.config.m2.m2_embedder, "method": "menu"}
-        return SelectorSpec("network", name, depth, meta=network_meta), c.m2.predictor("accuracy", network_meta)
+    for network, pattern in ((c.m2, M2_NAME), (c.m2_dense, M2_DENSE_NAME)):
+        if (
+            name == pattern.format(mode="accuracy")
+            and network is not None
+            and network.tuned.get("accuracy") is not None
+        ):
+            network_meta = meta | {"embedder": c.config.m2.m2_embedder, "method": "menu"}
+            return SelectorSpec("network", name, depth, meta=network_meta), network.predictor("accuracy", network_meta)
     return None
 
 
@@ -191,7 +200,7 @@ def _test_once(
     out_dir: Path,
 ) -> tuple[dict[str, MethodScore], str]:
     """Every frozen candidate scored on the test matrix, read here for the first time; the scores and the summary."""
-    te = Matrix.load(test)
+    te = Matrix.load(test).with_rule(frozen["rule"]["rule"])
     tr.same_menu(te)
     check_disjoint(train=tr, validation=va, test=te)
     selections: dict[str, Selection] = candidates.select(te)
@@ -204,6 +213,12 @@ def _test_once(
     ]
     pd.DataFrame(rows).to_parquet(out_dir / CHOICES, index=False)
     line = verdict(frozen["winners"], validation_scores, scores)
+    if len(frozen["rule"]["validation_base_right"]) > 1:
+        right = frozen["rule"]["validation_base_right"]
+        line = (
+            f"Answer rule: {frozen['rule']['rule']} (fixed on validation: the full depth right on "
+            f"{right['sum']} summed, {right['norm']} length-normalised of {frozen['rule']['inputs']}). {line}"
+        )
     _write_json(
         out_dir / TEST,
         {
@@ -212,11 +227,20 @@ def _test_once(
             "winners": frozen["winners"],
             "overhead_ms": candidates.overhead_ms,  # choice per input; model features: feature_ms
             "feature_ms": candidates.cache.extraction_ms,
+            "fix_rates": te.fix_rates(candidates.samples),  # per try: a menu program against a base sample
             "scores": {name: s.to_dict() for name, s in scores.items()},
             "summary": line,
         },
     )
     return scores, line
+
+
+def choose_rule(validation: Matrix) -> dict:
+    """The answer rule of a menu scored by likelihood, fixed on validation before anything is fitted: the rule under
+    which the full depth answers more validation inputs right (ties: the summed one). A generation menu has one."""
+    right = {rule: int(validation.with_rule(rule).correct[:, 0].sum()) for rule in validation.rules}
+    best = max(validation.rules, key=lambda r: (right[r], r == "sum"))
+    return {"rule": best, "validation_base_right": right, "inputs": len(validation.ids)}
 
 
 def verdict(winners_: dict[str, str], validation: dict[str, MethodScore], test: dict[str, MethodScore]) -> str:
@@ -240,6 +264,14 @@ def verdict(winners_: dict[str, str], validation: dict[str, MethodScore], test: 
             f"{100 * validation[BASE].pass1:.1f}%, {v.layers_ratio:.2f} D); on {n} test inputs it {said}: "
             f"{100 * t.pass1:.1f}% against {100 * test[BASE].pass1:.1f}%, {100 * t.diff:+.1f} points "
             f"(95% CI {100 * lo:+.1f} to {100 * hi:+.1f}), McNemar p = {t.p_vs_base:.3g}, at {t.layers_ratio:.2f} D."
+        )
+    dense = [name for name in validation if " dense " in name or name.endswith("likelihood target")]
+    if dense:  # whether learning from the likelihood, not the 0/1 verdict, changes what test says
+        best = max(dense, key=lambda k: (validation[k].pass1, -validation[k].layers_ratio))
+        t, v = test[best], validation[best]
+        parts.append(
+            f"Fitted to the likelihood gain, the best on validation ({best}, {100 * v.pass1:.1f}%) scores "
+            f"{100 * t.pass1:.1f}% on test, {100 * t.diff:+.1f} points, McNemar p = {t.p_vs_base:.3g}."
         )
     accuracy = test[winners_["accuracy"]]
     discordance = accuracy.discordance or max(s.discordance for s in test.values() if s.method != ORACLE)

@@ -16,13 +16,13 @@ from pathlib import Path
 from typing import Any
 
 from polar.tasks.answers import format_number, gsm8k_reference, math_reference, normalize_number
-from polar.tasks.schema import ANSWER_KINDS, BadRecord, Example
+from polar.tasks.schema import ANSWER_KINDS, LETTERS, BadRecord, Example, options_block
 
 __all__ = ["BENCHMARKS", "BenchmarkSpec", "Fields", "load_benchmark", "records_from_rows"]
 
 # Local file suffix -> the `datasets` packaged builder that reads it.
 _BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
-_LETTERS = "ABCDEFGHIJ"
+_LETTERS = LETTERS
 NO_LEVEL = "all"  # the level of records that carry none
 
 
@@ -44,6 +44,7 @@ class Normalised:
     question: str
     answer: str
     level: str
+    choices: tuple[str, ...] = ()  # multiple choice: the options, labelled A, B, ... in order
 
 
 @dataclass(frozen=True)
@@ -96,9 +97,18 @@ def _numeric_answer(raw: object, what: str) -> str:
     return format_number(value)
 
 
-def _with_options(question: str, options: list[tuple[str, str]]) -> str:
-    """The question followed by one "A. text" line per option."""
-    return question + "\n" + "\n".join(f"{label}. {text}" for label, text in options)
+def _multiple_choice(stem: str, options: list[tuple[str, str]], answer: str, level: str) -> Normalised:
+    """A question of ``options`` ((label, text) in order) whose right one is labelled ``answer``: relabelled A, B, ...
+    in order (ARC writes 1-4 for some), the question followed by one "A. text" line per option."""
+    labels = [label for label, _ in options]
+    if answer not in labels:
+        raise _BadRow(f"answer {answer} is not one of the choices {''.join(labels)}")
+    if len(set(labels)) != len(labels):
+        raise _BadRow(f"choice labels repeat: {''.join(labels)}")
+    texts = tuple(text for _, text in options)
+    if any(not text for text in texts):
+        raise _BadRow("an empty choice")
+    return Normalised(stem + options_block(texts), LETTERS[labels.index(answer)], level, texts)
 
 
 def _letter(label: object) -> str:
@@ -158,7 +168,7 @@ def _mmlu_pro(row: dict, split: str) -> Normalised | None:
     if _LETTERS.index(answer) >= len(options):
         raise _BadRow(f"answer {answer} but only {len(options)} options")
     labelled = [(_LETTERS[i], str(text).strip()) for i, text in enumerate(options)]
-    return Normalised(_with_options(_text(row, "question"), labelled), answer, str(row.get("src") or split))
+    return _multiple_choice(_text(row, "question"), labelled, answer, str(row.get("src") or split))
 
 
 def _arc(row: dict, split: str) -> Normalised:
@@ -179,10 +189,7 @@ def _arc(row: dict, split: str) -> Normalised:
     if len(pairs) < 2:
         raise _BadRow("fewer than two choices")
     options = [(_letter(label), str(text or "").strip()) for label, text in pairs]
-    answer = _letter(_text(row, "answerKey"))
-    if answer not in {label for label, _ in options}:
-        raise _BadRow(f"answerKey {answer} is not one of the choices")
-    return Normalised(_with_options(stem, options), answer, split)
+    return _multiple_choice(stem, options, _letter(_text(row, "answerKey")), split)
 
 
 BENCHMARKS: dict[str, BenchmarkSpec] = {
@@ -195,6 +202,8 @@ BENCHMARKS: dict[str, BenchmarkSpec] = {
         BenchmarkSpec("math500", "math", _math, "MATH-500 subset (problem/solution/answer/level)"),
         BenchmarkSpec("mmlu-pro-math", "choice", _mmlu_pro, "MMLU-Pro math, up to ten options A-J"),
         BenchmarkSpec("arc", "choice", _arc, "AI2 ARC (challenge or easy), labels 1-4 mapped to A-D"),
+        BenchmarkSpec("arc-easy", "choice", _arc, "AI2 ARC-Easy (as arc, its own task name and ids)"),
+        BenchmarkSpec("arc-challenge", "choice", _arc, "AI2 ARC-Challenge (as arc, its own task name and ids)"),
     )
 }
 
@@ -278,6 +287,7 @@ def records_from_rows(
                 level=norm.level,
                 source=f"{source}#{index}",
                 answer_kind=spec.answer_kind,
+                choices=norm.choices,
             )
         )
     return examples, bad

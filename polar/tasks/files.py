@@ -50,5 +50,7 @@ def write_examples(path: Path, examples: list[Example]) -> None:
     """Examples as one Parquet file (written whole, then moved into place)."""
     tmp = path.with_name(f".{path.name}.tmp")
     columns = list(Example.__dataclass_fields__)
+    if not any(e.choices for e in examples):  # files without multiple choice keep the columns they always had
+        columns.remove("choices")
     pd.DataFrame([e.to_dict() for e in examples], columns=columns).to_parquet(tmp, index=False)
     tmp.replace(path)

@@ -4,11 +4,17 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 
-__all__ = ["ANSWER_KINDS", "BadRecord", "Example"]
+__all__ = ["ANSWER_KINDS", "LETTERS", "BadRecord", "Example", "options_block"]
 
 # How an answer is compared: a number (integers, decimals, fractions, commas, units), a MATH-style
 # expression (\boxed{}, LaTeX), or a multiple-choice letter.
 ANSWER_KINDS = ("number", "math", "choice")
+LETTERS = "ABCDEFGHIJ"  # the labels of a multiple-choice question's options, in order
+
+
+def options_block(choices: tuple[str, ...] | list[str]) -> str:
+    """The lines a multiple-choice question's text ends with: ``"\\nA. text\\nB. text..."``."""
+    return "\n" + "\n".join(f"{LETTERS[i]}. {text}" for i, text in enumerate(choices))
 
 
 @dataclass(frozen=True)
@@ -22,18 +28,38 @@ class Example:
     level: str  # difficulty level or split ("1".."5", "test", "Level 3")
     source: str  # where it came from: file path or hub id, and the record index
     answer_kind: str = "number"  # one of ANSWER_KINDS
+    # A multiple-choice question's option texts, labelled A, B, ... in this order (``question`` ends with them as
+    # :func:`options_block` writes them; ``answer`` is the right one's letter). Empty for other questions.
+    choices: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.answer_kind not in ANSWER_KINDS:
             raise ValueError(f"answer_kind must be one of {ANSWER_KINDS}, got {self.answer_kind!r}")
+        if self.choices and self.answer not in LETTERS[: len(self.choices)]:
+            raise ValueError(
+                f"{self.id}: answer {self.answer!r} is not one of the {len(self.choices)} choices' letters"
+            )
+
+    @property
+    def stem(self) -> str:
+        """The question without its options (what a choice's likelihood is scored after, as in cloze prompts)."""
+        block = options_block(self.choices) if self.choices else ""
+        return self.question[: -len(block)] if block and self.question.endswith(block) else self.question
+
+    @property
+    def answer_index(self) -> int:
+        """The right choice's position in ``choices``."""
+        return LETTERS.index(self.answer)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return asdict(self) | {"choices": list(self.choices)}
 
     @classmethod
     def from_dict(cls, row: dict) -> Example:
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: ("" if row[k] is None else str(row[k])) for k in names if k in row})
+        names = {f.name for f in fields(cls)} - {"choices"}
+        values = {k: ("" if row[k] is None else str(row[k])) for k in names if k in row}
+        choices = row.get("choices")
+        return cls(**values, choices=tuple(str(c) for c in choices) if choices is not None else ())
 
 
 @dataclass(frozen=True)

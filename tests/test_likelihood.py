@@ -1,0 +1,72 @@
+"""Continuations scored in one grid equal each prompt and continuation scored alone, on every architecture."""
+
+import pytest
+from tiny import ARCHS, DEPTH, prompt, tiny_model
+
+from polar.executor import Executor
+from polar.likelihood import score_grid
+from polar.programs import Program
+
+PROGRAMS = [Program.identity(DEPTH), Program.parse("0-2,4-5"), Program.parse("0-3,2-5"), Program.parse("0-5,5")]
+
+
+@pytest.fixture(scope="module", params=ARCHS)
+def executor(request):
+    return Executor(tiny_model(request.param))
+
+
+def _prompts():
+    shared = prompt(0, 14)  # the few-shot block
+    return [shared + prompt(s, n) for s, n in ((1, 3), (2, 6), (3, 1), (4, 4))]  # questions of several lengths
+
+
+def _continuations():
+    """Per prompt: choices of one to five tokens (one prompt with a single one, as a reference answer is)."""
+    return [
+        [prompt(10, 1), prompt(11, 3), prompt(12, 5)],
+        [prompt(13, 2)],
+        [prompt(14, 4), prompt(15, 1), prompt(16, 2), prompt(17, 3)],
+        [prompt(18, 3), prompt(19, 3)],
+    ]
+
+
+def _alone(executor, prompts, conts):
+    return [
+        [[executor.score([ids], [c], [program])[0].logprob for c in cs] for program in PROGRAMS]
+        for ids, cs in zip(prompts, conts, strict=True)
+    ]
+
+
+def test_every_score_is_its_prompt_and_continuation_alone(executor):
+    prompts, conts = _prompts(), _continuations()
+    grid = score_grid(executor, prompts, conts, PROGRAMS)
+    alone = _alone(executor, prompts, conts)
+    for i, row in enumerate(grid):
+        assert len(row) == len(PROGRAMS)
+        for j, cells in enumerate(row):
+            assert [c.tokens for c in cells] == [len(c) for c in conts[i]]
+            assert [c.logprob for c in cells] == pytest.approx(alone[i][j], abs=1e-4), (i, PROGRAMS[j].text)
+
+
+def test_prompts_without_a_common_prefix_and_small_batches(executor, monkeypatch):
+    import polar.likelihood
+
+    monkeypatch.setattr(polar.likelihood, "ROWS_PER_BATCH", 2)  # level 3 in several batches
+    prompts, conts = [prompt(5, 6), prompt(6, 9)], [[prompt(20, 2), prompt(21, 4), prompt(22, 3)], [prompt(23, 2)]]
+    grid = score_grid(executor, prompts, conts, PROGRAMS[:2])
+    alone = [
+        [[executor.score([ids], [c], [p])[0].logprob for c in cs] for p in PROGRAMS[:2]]
+        for ids, cs in zip(prompts, conts, strict=True)
+    ]
+    assert [[[c.logprob for c in cells] for cells in row] for row in grid] == [
+        [pytest.approx(x, abs=1e-4) for x in row] for row in alone
+    ]
+
+
+def test_bad_continuations_are_refused(executor):
+    with pytest.raises(ValueError, match="at least one continuation"):
+        score_grid(executor, _prompts()[:1], [[]], PROGRAMS)
+    with pytest.raises(ValueError, match="at least one token"):
+        score_grid(executor, _prompts()[:1], [[[]]], PROGRAMS)
+    with pytest.raises(ValueError, match="continuation lists"):
+        score_grid(executor, _prompts()[:2], [[[1]]], PROGRAMS)
