@@ -116,6 +116,26 @@ def bench_model(name: str, menu_file: str, data: Path, inputs: int, programs: in
     }
 
 
+# The study the issue asks for, per (model, task): inputs x programs of the committed multiple-choice menus.
+STUDY_INPUTS, STUDY_PROGRAMS = 1000 + 300 + 500, 24
+SIZES = {"1B": 1.0e9, "3B": 3.0e9, "8B": 8.0e9}
+
+
+def projection(row: dict) -> dict:
+    """Hours of one study's menu labeling at 1B, 3B and 8B parameters on this machine, from ``row``'s measured
+    programs/s, assuming the cost of a program grows with the parameters (CPU inference here is compute-bound:
+    cost per token ~ 2 x parameters FLOPs) and everything else stays as measured."""
+    cells = STUDY_INPUTS * STUDY_PROGRAMS
+    out = {}
+    for size, params in SIZES.items():
+        slower = params / row["parameters"]
+        out[size] = {
+            mode: round(cells / (row["arc_easy"][f"{mode}_programs_per_s"] / slower) / 3600, 1)
+            for mode in ("generate", "likelihood")
+        }
+    return {"cells": cells, "hours": out, "rule": "hours = inputs x programs / (programs/s x measured params / P)"}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data", help="the benchmark files")
@@ -129,6 +149,8 @@ def main() -> None:
     rows = [
         bench_model(m, MODELS[m], args.data, args.inputs, args.programs, args.repeats, args.device) for m in args.models
     ]
+    for row in rows:
+        row["projection"] = projection(row)
     result = {
         "command": "python bench/bench_likelihood.py "
         + " ".join(
