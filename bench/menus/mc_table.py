@@ -1,0 +1,73 @@
+"""One table across every (model, task) study: base greedy, each mode's winner on test, the oracle, the per-try fix
+rates of a menu program and of a base-model sample, and what the dense-reward selectors did.
+
+Reads ``frozen.json`` and ``test.json`` of each study folder given (``bench/menus/mc_study.sh`` copies them into
+``bench/evaluation/menu-MODEL-TASK/``) and prints a Markdown table; descriptive only (it chooses nothing).
+
+    .venv/bin/python bench/menus/mc_table.py bench/evaluation/menu-*-arc-easy
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from polar.stats import MethodScore
+
+BASE = "B0 base greedy"
+
+
+def _row(folder: Path) -> str:
+    frozen = json.loads((folder / "frozen.json").read_text())
+    tested = json.loads((folder / "test.json").read_text())
+    scores = {k: MethodScore.from_dict(v) for k, v in tested["scores"].items()}
+    validation = {k: MethodScore.from_dict(v) for k, v in frozen["validation_scores"].items()}
+    base = scores[BASE]
+
+    def said(name: str) -> str:
+        t = scores[name]
+        if name == BASE:
+            return "B0 (none better on validation)"
+        lo, hi = t.diff_ci95
+        return (
+            f"{100 * t.pass1:.1f}% ({100 * t.diff:+.1f}, {100 * lo:+.1f} to {100 * hi:+.1f}, p = {t.p_vs_base:.2g}) "
+            f"at {t.layers_ratio:.2f} D"
+        )
+
+    dense = [k for k in validation if " dense " in k or k.endswith("likelihood target")]
+    best_dense = max(dense, key=lambda k: (validation[k].pass1, -validation[k].layers_ratio)) if dense else None
+    fix = tested.get("fix_rates", {})
+    sample = fix.get("base_sample")
+    rule = frozen.get("rule", {}).get("rule", "sum")
+    oracle = next(v for k, v in scores.items() if k.startswith("oracle"))
+    cells = [
+        frozen["model"].rsplit("/", 1)[-1],
+        folder.name.removeprefix("menu-"),
+        f"{frozen.get('scoring', 'generate')}, {rule}",
+        str(base.inputs),
+        f"{100 * base.pass1:.1f}%",
+        said(frozen["winners"]["accuracy"]),
+        said(frozen["winners"]["efficiency"]),
+        said(best_dense) if best_dense else "-",
+        f"{100 * oracle.pass1:.1f}%",
+        f"{100 * fix.get('menu_program', 0):.1f}% / " + ("-" if sample is None else f"{100 * sample:.1f}%"),
+    ]
+    return "| " + " | ".join(cells) + " |"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("folders", nargs="+", type=Path)
+    args = parser.parse_args()
+    print(
+        "| model | study | scoring, rule | n | base | accuracy winner (diff, 95% CI, McNemar p) | efficiency winner | "
+        "best dense-reward selector | oracle | fix rate per try: program / sample |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for folder in args.folders:
+        print(_row(folder))
+
+
+if __name__ == "__main__":
+    main()
