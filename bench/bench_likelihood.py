@@ -140,7 +140,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data", help="the benchmark files")
     parser.add_argument("--models", nargs="+", default=list(MODELS))
-    parser.add_argument("--inputs", type=int, default=16)
+    parser.add_argument("--inputs", type=int, default=8)
     parser.add_argument("--programs", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cpu")

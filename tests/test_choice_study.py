@@ -102,3 +102,13 @@ def test_the_likelihood_target_is_a_softmax_of_the_gains():
     assert target[1].tolist() == pytest.approx([0.5, 0.5, 0.0])
     scores = torch.log(target.clamp_min(1e-9))
     assert soft_menu_loss(scores, target, usable) <= soft_menu_loss(scores.flip(1), target, usable)
+
+
+def test_the_stem_of_a_question_text():
+    from polar.tasks.schema import Example, options_block, stem_of
+
+    e = Example("t/1", "Which one?\nA. not this" + options_block(("x", "y. z", "w")), "B", "t", "all", "s", "choice",
+                ("x", "y. z", "w"))  # fmt: skip
+    assert stem_of(e.question) == e.stem == "Which one?\nA. not this"
+    assert stem_of("What is 2 + 2?") == "What is 2 + 2?"
+    assert stem_of("Pick one\nA. only a line") == "Pick one\nA. only a line"  # not a whole options block

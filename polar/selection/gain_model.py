@@ -40,6 +40,7 @@ from sklearn.preprocessing import StandardScaler
 from polar.programs import Program
 from polar.selection.matrix import Matrix
 from polar.tasks.prompts import PromptSpec
+from polar.tasks.schema import stem_of
 
 __all__ = [
     "FEATURES",
@@ -71,12 +72,15 @@ def hidden_features(
     backbone, prompt: PromptSpec, questions: Sequence[str], levels: Sequence[str], layers: int, batch: int = 16
 ) -> np.ndarray:
     """(n, 2C) hidden states after the first ``layers`` layers of the full depth, before the final norm: the
-    prompt's last token, then the mean over the question's tokens (those after the level's few-shot prefix)."""
+    prompt's last token, then the mean over the question's tokens (those after the level's few-shot prefix).
+    Under a cloze prompt the question is asked without its options, as the menu asked it."""
     tok, executor = backbone.tokenizer, backbone.executor
     if not 0 < layers <= executor.depth:
         raise ValueError(f"hidden:{layers}: the model has {executor.depth} layers; write hidden:N with 0 < N <= D")
     plan = executor.plan([list(range(layers))])
     shared_by_level = {level: prompt.encode("", level, tok) for level in set(levels)}  # the few-shot part
+    if prompt.format == "cloze":  # the prompt the menu ran: the question without its options
+        questions = [stem_of(q) for q in questions]
     out = []
     for i in range(0, len(questions), batch):
         prompts, spans = [], []

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 
-__all__ = ["ANSWER_KINDS", "LETTERS", "BadRecord", "Example", "options_block"]
+__all__ = ["ANSWER_KINDS", "LETTERS", "BadRecord", "Example", "options_block", "stem_of"]
 
 # How an answer is compared: a number (integers, decimals, fractions, commas, units), a MATH-style
 # expression (\boxed{}, LaTeX), or a multiple-choice letter.
@@ -15,6 +15,18 @@ LETTERS = "ABCDEFGHIJ"  # the labels of a multiple-choice question's options, in
 def options_block(choices: tuple[str, ...] | list[str]) -> str:
     """The lines a multiple-choice question's text ends with: ``"\\nA. text\\nB. text..."``."""
     return "\n" + "\n".join(f"{LETTERS[i]}. {text}" for i, text in enumerate(choices))
+
+
+def stem_of(question: str) -> str:
+    """A multiple-choice question's text without the options block :func:`options_block` ended it with (where only
+    the text is at hand, e.g. a reward matrix's inputs); any other question as it is."""
+    at = question.rfind("\nA. ")
+    if at < 0:
+        return question
+    lines = question[at + 1 :].split("\n")
+    if len(lines) < 2 or any(not line.startswith(f"{LETTERS[i]}. ") for i, line in enumerate(lines[: len(LETTERS)])):
+        return question
+    return question[:at] if len(lines) <= len(LETTERS) else question
 
 
 @dataclass(frozen=True)
