@@ -1,23 +1,16 @@
 """Continuations scored in one grid equal each prompt and continuation scored alone, on every architecture."""
 
 import pytest
-from tiny import ARCHS, DEPTH, prompt, tiny_model
+from test_grid import PROGRAMS, _prompts  # the grid's programs and prompts sharing a few-shot block
+from tiny import ARCHS, prompt, tiny_model
 
 from polar.executor import Executor
 from polar.likelihood import score_grid
-from polar.programs import Program
-
-PROGRAMS = [Program.identity(DEPTH), Program.parse("0-2,4-5"), Program.parse("0-3,2-5"), Program.parse("0-5,5")]
 
 
 @pytest.fixture(scope="module", params=ARCHS)
 def executor(request):
     return Executor(tiny_model(request.param))
-
-
-def _prompts():
-    shared = prompt(0, 14)  # the few-shot block
-    return [shared + prompt(s, n) for s, n in ((1, 3), (2, 6), (3, 1), (4, 4))]  # questions of several lengths
 
 
 def _continuations():
