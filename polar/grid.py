@@ -25,9 +25,9 @@ import torch
 
 from polar.decoding import CHECK_EVERY, DecodeState, Sampling, compact, decode_step, finish, next_token, record
 from polar.hf import SLIDING
-from polar.likelihood import Likelihood, score_grid
+from polar.likelihood import Likelihood, check_continuations, score_suffixes, suffix_layout
 from polar.plan import Plan
-from polar.prefix import common_prefix, prefill_nodes, prefill_suffixes
+from polar.prefix import common_prefix, prefill_nodes, prefill_suffixes, suffix_nodes
 from polar.programs import Program
 
 __all__ = ["COMPACT_AT", "GridRow", "Samples", "common_prefix", "generate_grid"]
@@ -78,7 +78,8 @@ def generate_grid(
     generator, so they do not depend on the other rows.
 
     With ``continuations`` (per prompt, token ids of texts such as its reference answer), each greedy row also gets
-    their teacher-forced log-likelihoods (:func:`polar.likelihood.score_grid`, from the same prefix states).
+    their teacher-forced log-likelihoods (as :func:`polar.likelihood.score_grid` scores them), from the same prefix
+    and question states: only the continuations' own tokens run again.
 
     Suffixes of different lengths are left-padded after the prefix. A sliding-window layer measures its window
     in cache positions, which a padding gap would stretch, so models with one run each suffix length apart,
@@ -91,43 +92,57 @@ def generate_grid(
     if p:  # the prefix once per program (each distinct prefix of layer visits once)
         prefix = torch.tensor([list(prompts[0][:p])], device=device)
         _, nodes = prefill_nodes(dec, prefix, torch.ones_like(prefix), menu)
-    within = max(len(x) for x in prompts) + max_new_tokens - 1 < (dec.sliding_window or 0)  # windows hide nothing
+    if continuations is not None:
+        check_continuations(prompts, continuations)
+    longest = max(len(x) for x in prompts)
+    within = longest + max_new_tokens - 1 < (dec.sliding_window or 0)  # windows hide nothing
+    if continuations is not None:
+        within = within and longest + max(len(c) for conts in continuations for c in conts) <= (dec.sliding_window or 0)
+    by_length = SLIDING in menu.kinds and not within
     groups: dict[int, list[int]] = {}
     for i, x in enumerate(prompts):
-        groups.setdefault(len(x) - p if SLIDING in menu.kinds and not within else 0, []).append(i)
+        groups.setdefault(len(x) - p if by_length else 0, []).append(i)
     out: list[list[GridRow]] = [[] for _ in prompts]
     for members in groups.values():
         drawn = None if samples is None else replace(samples, seeds=[samples.seeds[i] for i in members])
         suffixes = [prompts[i][p:] for i in members]
-        rows = _suffixes(executor, menu, nodes, p, suffixes, max_new_tokens, stop_token_ids, drawn)
+        conts = None if continuations is None else [continuations[i] for i in members]
+        rows = _suffixes(executor, menu, nodes, p, suffixes, max_new_tokens, stop_token_ids, drawn, conts, by_length)
         for i, row in zip(members, rows, strict=True):
             out[i] = row
-    if continuations is not None:
-        scores = score_grid(executor, prompts, continuations, programs, nodes)
-        for i, per_program in enumerate(scores):
-            for j, likelihoods in enumerate(per_program):
-                out[i][j] = replace(out[i][j], likelihoods=tuple(likelihoods))
     return out
 
 
 def _suffixes(
-    executor, menu, nodes, p: int, suffixes, max_new_tokens: int, stop_token_ids, samples: Samples | None
+    executor,
+    menu,
+    nodes,
+    p: int,
+    suffixes,
+    max_new_tokens: int,
+    stop_token_ids,
+    samples: Samples | None,
+    continuations=None,
+    by_length: bool = False,
 ) -> list[list[GridRow]]:
     """The rows of ``suffixes`` (after the ``p`` prefix tokens whose keys and values per node are ``nodes``)
-    under every program, then their samples; each node of the programs' trie runs once for all suffixes."""
+    under every program, then their samples; each node of the programs' trie runs once for all suffixes. With
+    ``continuations``, the greedy rows' likelihoods of them, from the same states."""
     dec, device = executor.decoder, executor.device
     n, m = len(suffixes), len(menu.programs)
     k = samples.count if samples else 0
     owners = [(i, j) for i in range(n) for j in range(m)] + [(i, 0) for i in range(n) for _ in range(k)]
-    ids, suffix_mask = executor.pad_left([list(x) for x in suffixes])  # (n, S)
+    ids, own, positions = suffix_layout(executor, p, suffixes)  # (n, S), (n, p + S), (n, S)
     s = ids.shape[1]
     capacity = p + s + max_new_tokens - 1
     plan = Plan.build([menu.programs[j] for _, j in owners], menu.layer_kinds, device)
-    own = torch.ones((n, p + s), dtype=torch.bool, device=device)
-    own[:, p:] = suffix_mask.bool()
-    positions = (p + suffix_mask.long().cumsum(-1) - 1).clamp(min=p)  # (n, S): the prefix's positions go on
     pool = executor.slot_pool
-    hidden, cache = prefill_suffixes(dec, nodes, ids, own, positions, menu, plan, owners, capacity, pool)  # (r, C)
+    states = suffix_nodes(dec, nodes, ids, own, positions, menu)  # each node once, for the rows and the scores
+    hidden, cache = prefill_suffixes(dec, nodes, ids, own, positions, menu, plan, owners, capacity, pool, states)
+    scored = None
+    if continuations is not None:
+        scored = score_suffixes(executor, menu, nodes, own, positions, states, continuations, by_length)
+    del states  # the rows' caches hold what decoding needs
     r = len(owners)
     suffix_of = torch.tensor([i for i, _ in owners], device=device)
     mask = torch.zeros((r, capacity), dtype=torch.bool, device=device)
@@ -178,7 +193,8 @@ def _suffixes(
     for row, (i, j) in enumerate(owners):  # each suffix's program rows, then its samples, in row order
         first = row < n * m and j == 0
         margin, entropy = (margins[i], entropies[i]) if first else (None, None)
-        out[i].append(GridRow(tokens[row], executor.decode(tokens[row]), logprobs[row], margin, entropy))
+        likelihoods = tuple(scored[i][j]) if scored is not None and row < n * m else ()
+        out[i].append(GridRow(tokens[row], executor.decode(tokens[row]), logprobs[row], margin, entropy, likelihoods))
     return out
 
 

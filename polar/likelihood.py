@@ -27,7 +27,16 @@ from polar.hf import SLIDING
 from polar.prefix import Prefix, common_prefix, prefill_nodes, suffix_nodes
 from polar.programs import Program
 
-__all__ = ["ROWS_PER_BATCH", "RULES", "Likelihood", "best_choice", "score_grid"]
+__all__ = [
+    "ROWS_PER_BATCH",
+    "RULES",
+    "Likelihood",
+    "best_choice",
+    "check_continuations",
+    "score_grid",
+    "score_suffixes",
+    "suffix_layout",
+]
 
 # How a multiple-choice answer is read from the choices' likelihoods: ``sum`` the highest summed log-likelihood,
 # ``norm`` the highest per character of the choice's text (lm-evaluation-harness's acc_norm).
@@ -80,10 +89,7 @@ def score_grid(
     Raises:
         ValueError: a prompt without continuations, or an empty continuation.
     """
-    if len(continuations) != len(prompts):
-        raise ValueError(f"{len(continuations)} continuation lists for {len(prompts)} prompts")
-    if any(not conts for conts in continuations) or any(not c for conts in continuations for c in conts):
-        raise ValueError("every prompt needs at least one continuation, and a continuation at least one token")
+    check_continuations(prompts, continuations)
     dec, device = executor.decoder, executor.device
     menu = executor.plan(programs)
     p = common_prefix(prompts)
@@ -104,16 +110,40 @@ def score_grid(
     return out
 
 
+def check_continuations(prompts: Sequence[Sequence[int]], continuations: Sequence[Sequence[Sequence[int]]]) -> None:
+    """Raise ValueError unless every prompt has continuations, each of at least one token."""
+    if len(continuations) != len(prompts):
+        raise ValueError(f"{len(continuations)} continuation lists for {len(prompts)} prompts")
+    if any(not conts for conts in continuations) or any(not c for conts in continuations for c in conts):
+        raise ValueError("every prompt needs at least one continuation, and a continuation at least one token")
+
+
 def _group(executor, menu, nodes, p: int, suffixes, continuations, by_length: bool) -> list[list[list[Likelihood]]]:
     """Levels 2 and 3 for the prompt ``suffixes`` (after ``p`` shared prefix tokens, whose states are ``nodes``)."""
-    dec, device = executor.decoder, executor.device
-    n, programs = len(suffixes), [q.layers for q in menu.programs]
-    ids, suffix_mask = executor.pad_left([list(x) for x in suffixes])  # (n, S)
-    s = ids.shape[1]
-    own = torch.ones((n, p + s), dtype=torch.bool, device=device)
+    ids, own, positions = suffix_layout(executor, p, suffixes)
+    states = suffix_nodes(executor.decoder, nodes, ids, own, positions, menu)  # level 2
+    return score_suffixes(executor, menu, nodes, own, positions, states, continuations, by_length)
+
+
+def suffix_layout(executor, p: int, suffixes) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The ``suffixes`` left-padded (n, S), the mask over prefix and suffixes (n, p + S) and the suffix tokens'
+    positions (n, S), continuing from the ``p`` prefix tokens."""
+    ids, suffix_mask = executor.pad_left([list(x) for x in suffixes])
+    own = torch.ones((ids.shape[0], p + ids.shape[1]), dtype=torch.bool, device=ids.device)
     own[:, p:] = suffix_mask.bool()
     positions = (p + suffix_mask.long().cumsum(-1) - 1).clamp(min=p)
-    finals, index, keys, values = suffix_nodes(dec, nodes, ids, own, positions, menu)  # level 2
+    return ids, own, positions
+
+
+def score_suffixes(
+    executor, menu, nodes, own, positions, states, continuations, by_length: bool
+) -> list[list[list[Likelihood]]]:
+    """``out[i][j][c]`` from the suffixes' states per node (``states``: :func:`polar.prefix.suffix_nodes` over the
+    layout of :func:`suffix_layout`), as a generation grid already has them: each continuation's first token from
+    its prompt's last position, the others in level 3 (rows of one length together if ``by_length``)."""
+    dec = executor.decoder
+    finals, index, keys, values = states
+    programs = [q.layers for q in menu.programs]
     logprob = {(i, c, j): 0.0 for i, conts in enumerate(continuations) for c in range(len(conts))
                for j in range(len(programs))}  # fmt: skip
     for j, q in enumerate(programs):  # each continuation's first token, from the prompt's last position
@@ -128,21 +158,21 @@ def _group(executor, menu, nodes, p: int, suffixes, continuations, by_length: bo
     for rows in batches.values():
         for start in range(0, len(rows), ROWS_PER_BATCH):
             part = rows[start : start + ROWS_PER_BATCH]
-            _continue(dec, menu, nodes, own, positions[:, -1], index, keys, values, continuations, part, logprob)
+            _continue(executor, menu, nodes, own, positions[:, -1], index, keys, values, continuations, part, logprob)
     return [
         [[Likelihood(logprob[i, c, j], len(cont)) for c, cont in enumerate(conts)] for j in range(len(programs))]
         for i, conts in enumerate(continuations)
     ]
 
 
-def _continue(dec, menu, nodes, own, last, index, keys, values, continuations, rows, logprob) -> None:
+def _continue(executor, menu, nodes, own, last, index, keys, values, continuations, rows, logprob) -> None:
     """Level 3: the tokens after the first of the continuations ``rows`` ((prompt, continuation) pairs), each after
     its prompt's keys and values per node; adds their log-probabilities into ``logprob``."""
-    device = own.device
+    dec, device = executor.decoder, own.device
     n = own.shape[0]
     owner = torch.tensor([i for i, _ in rows], device=device)
     conts = [continuations[i][c] for i, c in rows]
-    ids, mask = _pad_left([cont[:-1] for cont in conts], device)  # (r, L): each token predicts the next
+    ids, mask = executor.pad_left([cont[:-1] for cont in conts])  # (r, L): each token predicts the next
     state_mask = torch.cat([own[owner], mask.bool()], dim=1)
     positions = last[owner, None] + mask.cumsum(-1)  # the prompt's last position, then on
     prefix = {}
@@ -176,13 +206,3 @@ def _continue(dec, menu, nodes, own, last, index, keys, values, continuations, r
 def _log_softmax(dec, hidden: torch.Tensor) -> torch.Tensor:
     """(b, C) hidden states -> (b, V) log-probabilities of the next token."""
     return torch.log_softmax(dec.logits(hidden[:, None])[:, 0], dim=-1)
-
-
-def _pad_left(seqs: Sequence[Sequence[int]], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(x) for x in seqs)
-    ids = torch.zeros((len(seqs), width), dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for r, x in enumerate(seqs):
-        ids[r, width - len(x) :] = torch.tensor(list(x), dtype=torch.long)
-        mask[r, width - len(x) :] = 1
-    return ids.to(device), mask.to(device)

@@ -20,6 +20,8 @@ __all__ = ["PrefixStore", "common_prefix", "prefill_nodes", "prefill_shared", "p
 
 Prefix = tuple[int, ...]
 State = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # hidden (1, T, C), keys and values (1, heads, T, d)
+# suffixes' states (:func:`suffix_nodes`): hidden states after each program, each node's index, keys and values
+Suffixes = tuple[dict[Prefix, torch.Tensor], dict[Prefix, int], torch.Tensor, torch.Tensor]
 
 
 def common_prefix(prompts: Sequence[Sequence[int]]) -> int:
@@ -135,6 +137,7 @@ def prefill_suffixes(
     owners: Sequence[tuple[int, int]],
     capacity: int,
     pool: SlotPool | None = None,
+    states: Suffixes | None = None,
 ) -> tuple[torch.Tensor, ProgramCache]:
     """Run ``n`` prompt suffixes ``ids`` (n, S) after a shared prefix under every program of ``menu``.
 
@@ -146,12 +149,13 @@ def prefill_suffixes(
 
     Returns the last position's hidden states (rows, C), from which each row's first new token is picked, and
     the rows' per-visit cache laid out as ``rows`` expects: static slots of ``capacity`` positions, written in
-    place (taken from ``pool`` if given).
+    place (taken from ``pool`` if given). ``states``: the suffixes' states per node when the caller already has
+    them (:func:`suffix_nodes` of the same arguments).
     """
     n, m, s = ids.shape[0], len(menu.programs), ids.shape[1]
     p = mask.shape[1] - s
     programs = [q.layers for q in menu.programs]
-    finals, nodes, suffix_keys, suffix_values = suffix_nodes(dec, prefix, ids, mask, positions, menu)
+    finals, nodes, suffix_keys, suffix_values = states or suffix_nodes(dec, prefix, ids, mask, positions, menu)
     by_owner = torch.stack([finals[q] for q in programs], dim=1).reshape(n * m, -1)  # (suffix i, program j): i * m + j
     last = by_owner[torch.tensor([i * m + j for i, j in owners], device=by_owner.device)]  # (rows, C)
     parts = [(suffix_keys, None), (suffix_values, None)]  # per key / value: the suffixes', the prefix's per node
@@ -180,7 +184,7 @@ def suffix_nodes(
     positions: torch.Tensor,
     menu: Plan,
     last: bool = True,
-) -> tuple[dict[Prefix, torch.Tensor], dict[Prefix, int], torch.Tensor, torch.Tensor]:
+) -> Suffixes:
     """Walk the trie of ``menu``'s programs over the suffixes ``ids`` (n, S), each node once for all of them.
 
     ``prefix`` holds each node's keys and values of the tokens before the suffixes: (1, heads, P, d) shared by

@@ -218,9 +218,9 @@ def matrix_suites(splits: Sequence[MenuSplit]) -> dict[str, list]:
     for s in splits:
         n, programs = len(s.inputs), s.programs
         typed = s.reward_columns()
-        choices = [c for c in CHOICE_COLUMNS if c in s.rewards] if "choice_logprobs" in s.rewards else []
-        if s.scoring == "likelihood":
-            choices = list(CHOICE_COLUMNS)  # required: the choices are the answers
+        # each choice's likelihood: required under likelihood scoring (the choices are the answers), and under
+        # generation both columns or neither (multiple choice records them, other tasks have no choices)
+        choices = list(CHOICE_COLUMNS) if s.scoring == "likelihood" or "choice_logprobs" in s.rewards else []
         not_null = [
             "id",
             "program",

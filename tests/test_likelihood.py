@@ -4,7 +4,9 @@ import pytest
 from test_grid import PROGRAMS, _prompts  # the grid's programs and prompts sharing a few-shot block
 from tiny import ARCHS, prompt, tiny_model
 
+from polar.decoding import Sampling
 from polar.executor import Executor
+from polar.grid import Samples, generate_grid
 from polar.likelihood import score_grid
 
 
@@ -39,6 +41,22 @@ def test_every_score_is_its_prompt_and_continuation_alone(executor):
         for j, cells in enumerate(row):
             assert [c.tokens for c in cells] == [len(c) for c in conts[i]]
             assert [c.logprob for c in cells] == pytest.approx(alone[i][j], abs=1e-4), (i, PROGRAMS[j].text)
+
+
+def test_a_generation_grid_scores_from_its_own_question_states(executor):
+    """Continuations given to a generation grid get the scores alone, and leave its rows and samples unchanged."""
+    prompts, conts = _prompts(), _continuations()
+    samples = Samples(2, Sampling(temperature=1.5), [3, 4, 5, 6])
+    plain = generate_grid(executor, prompts, PROGRAMS, 6, [7, 11], samples)
+    grid = generate_grid(executor, prompts, PROGRAMS, 6, [7, 11], samples, continuations=conts)
+    alone = _alone(executor, prompts, conts)
+    for i, row in enumerate(grid):
+        assert [c.tokens for c in row] == [c.tokens for c in plain[i]]
+        assert all(not c.likelihoods for c in row[len(PROGRAMS) :])  # samples are not scored
+        for j, cell in enumerate(row[: len(PROGRAMS)]):
+            assert [x.logprob for x in cell.likelihoods] == pytest.approx(alone[i][j], abs=1e-4), (i, j)
+    with pytest.raises(ValueError, match="at least one token"):
+        generate_grid(executor, prompts[:1], PROGRAMS, 6, continuations=[[[]]])
 
 
 def test_prompts_without_a_common_prefix_and_small_batches(executor, monkeypatch):

@@ -2,9 +2,13 @@
 rates of a menu program and of a base-model sample, and what the dense-reward selectors did.
 
 Reads ``frozen.json`` and ``test.json`` of each study folder given (``bench/menus/mc_study.sh`` copies them into
-``bench/evaluation/menu-MODEL-TASK/``) and prints a Markdown table; descriptive only (it chooses nothing).
+``bench/evaluation/menu-MODEL-TASK/``) and prints a Markdown table; descriptive only (it chooses nothing). The
+arithmetic studies predate the per-try fix rates in ``test.json``: give their test matrix after ``=`` and the
+rates are computed from it (:meth:`polar.selection.matrix.Matrix.fix_rates`, the stage's own).
 
-    .venv/bin/python bench/menus/mc_table.py bench/evaluation/menu-*-arc-easy
+    .venv/bin/python bench/menus/mc_table.py bench/evaluation/menu-*-arc-* \
+        bench/evaluation/menu-smollm2-135m-train1000=bench/menus/smollm2-135m/test \
+        bench/evaluation/menu-gemma3-270m=bench/menus/gemma3-270m/test
 """
 
 from __future__ import annotations
@@ -13,16 +17,24 @@ import argparse
 import json
 from pathlib import Path
 
+from polar.selection.matrix import Matrix
 from polar.stats import MethodScore
 
 BASE = "B0 base greedy"
 
 
-def _row(folder: Path) -> str:
+def _score(data: dict) -> MethodScore:
+    """A score as any study wrote it (the first ones named pass@1 ``pass@1``)."""
+    return MethodScore.from_dict({"pass1": data.get("pass@1")} | data)
+
+
+def _row(study: str) -> str:
+    folder, _, matrix = study.partition("=")
+    folder = Path(folder)
     frozen = json.loads((folder / "frozen.json").read_text())
     tested = json.loads((folder / "test.json").read_text())
-    scores = {k: MethodScore.from_dict(v) for k, v in tested["scores"].items()}
-    validation = {k: MethodScore.from_dict(v) for k, v in frozen["validation_scores"].items()}
+    scores = {k: _score(v) for k, v in tested["scores"].items()}
+    validation = {k: _score(v) for k, v in frozen["validation_scores"].items()}
     base = scores[BASE]
 
     def said(name: str) -> str:
@@ -37,14 +49,19 @@ def _row(folder: Path) -> str:
 
     dense = [k for k in validation if " dense " in k or k.endswith("likelihood target")]
     best_dense = max(dense, key=lambda k: (validation[k].pass1, -validation[k].layers_ratio)) if dense else None
-    fix = tested.get("fix_rates", {})
+    fix = tested.get("fix_rates")
+    if fix is None and matrix:
+        settings = json.loads((Path(matrix) / "settings.json").read_text())
+        fix = Matrix.load(matrix).fix_rates(int(settings["config"]["samples"]))
+    fix = fix or {}
+    model = frozen.get("model") or (json.loads((Path(matrix) / "settings.json").read_text())["model"] if matrix else "")
     sample = fix.get("base_sample")
     rule = frozen.get("rule", {}).get("rule", "sum")
     oracle = next(v for k, v in scores.items() if k.startswith("oracle"))
     cells = [
-        frozen["model"].rsplit("/", 1)[-1],
+        model.rsplit("/", 1)[-1],
         folder.name.removeprefix("menu-"),
-        f"{frozen.get('scoring', 'generate')}, {rule}",
+        "likelihood, " + rule if frozen.get("scoring") == "likelihood" else "generate (graded answer)",
         str(base.inputs),
         f"{100 * base.pass1:.1f}%",
         said(frozen["winners"]["accuracy"]),
@@ -58,7 +75,7 @@ def _row(folder: Path) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("folders", nargs="+", type=Path)
+    parser.add_argument("folders", nargs="+", help="study folders, each optionally =its test matrix folder")
     args = parser.parse_args()
     print(
         "| model | study | scoring, rule | n | base | accuracy winner (diff, 95% CI, McNemar p) | efficiency winner | "
