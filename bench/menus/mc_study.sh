@@ -7,8 +7,9 @@
 # Usage: bash bench/menus/mc_study.sh MODEL TASK [DATA]
 #   MODEL: smollm2-135m, gemma3-270m, or any model folder / hub id (its menu file: bench/menus/<name>-TASK/menu.txt)
 #   TASK:  arc-easy, arc-challenge or mmlu-pro-math; DATA: the benchmark files (default ../shared/data)
-# Train can be labeled in shards apart (POLAR_SHARD=K/N labels every N-th input from K; run each, then once more
-# without it to merge).
+# POLAR_JOBS=N labels with N runs at once (one thread each: on 2 cores, POLAR_JOBS=2). Train can also be labeled
+# in shards apart, e.g. across machines or days (POLAR_SHARD=K/N labels every N-th input from K and stops; run
+# each, then once more without it to merge).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 model=$1
@@ -28,12 +29,27 @@ case $task in
               --source "$data/mmlu-pro/test_math_1351.jsonl" --validation 300 --test 500 --out "$tasks" ;;
   *) echo "unknown task $task: arc-easy, arc-challenge or mmlu-pro-math" >&2; exit 2 ;;
 esac
+label() {  # label SPLIT [SHARD]: one split, or every N-th input of it from K (K/N)
+  local shard=()
+  if [[ -n ${2:-} ]]; then shard=(--shard "$2"); fi
+  polar label --menu "$bench/menu.txt" --scoring likelihood --model "$model" --tasks "$tasks/$1.parquet" \
+    --out "$menus/$1" "${shard[@]}"
+}
+jobs=${POLAR_JOBS:-1}
+if [[ -n ${POLAR_SHARD:-} ]]; then  # a train shard alone: merge later
+  label train "$POLAR_SHARD"
+  exit 0
+fi
+if ((jobs > 1)); then
+  # POLAR_JOBS labeling runs at once, one thread each, over a queue: validation, test, train in eighths (each a
+  # shard of its own file, so runs never write the same records); the merge below labels nothing twice.
+  export model tasks menus bench
+  export -f label
+  { echo validation; echo test; for k in 0 1 2 3 4 5 6 7; do echo "train $k/8"; done; } |
+    OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 xargs -P "$jobs" -L 1 bash -c 'label "$@"' _
+fi
 for split in validation test train; do
-  shard=()
-  if [[ $split == train && -n ${POLAR_SHARD:-} ]]; then shard=(--shard "$POLAR_SHARD"); fi
-  polar label --menu "$bench/menu.txt" --scoring likelihood --model "$model" --tasks "$tasks/$split.parquet" \
-    --out "$menus/$split" "${shard[@]}"
-  if [[ ${#shard[@]} -gt 0 ]]; then exit 0; fi  # a shard alone: merge later
+  label "$split"  # everything, or what the runs above left (a run resumes from any run's records)
   mkdir -p "$bench/$split"
   cp "$menus/$split"/{rewards.parquet,inputs.parquet,settings.json,manifest.json} "$bench/$split/"
 done
