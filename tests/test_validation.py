@@ -347,6 +347,15 @@ def _drop_identity(folders):
     rewards[~((rewards["id"] == "test/3") & (rewards["program"] == "0-9"))].to_parquet(path, index=False)
 
 
+def _half_choices(folders):
+    import pandas as pd
+
+    path = folders["train"] / "rewards.parquet"
+    rewards = pd.read_parquet(path)
+    rewards["choice_logprobs"] = [[-1.0, -2.0]] * len(rewards)  # the choices' sums without their token counts
+    rewards.to_parquet(path, index=False)
+
+
 def _share_question(folders):
     shutil.rmtree(folders["validation"])
     questions = ["What is 3 +  5?", *_questions("validation", 4)[1:]]  # train's "What is 3 + 5?", spaced anew
@@ -367,9 +376,10 @@ def _other_menu(folders):
             r"test-inputs\.identity_rows: expect_column_values_to_be_in_set \(\{'identity_rows': 0, 'id': 'test/3'\}",
         ),
         (_share_question, r"question 'What is 3 \+  5\?' is in validation and in train"),
+        (_half_choices, r"train-rewards: expect_table_columns_to_match_set"),
         (_other_menu, r"splits\.menu: expect_column_values_to_be_in_set \(\{'menu': 'menu-2-\w+', 'split': 'test'\}"),
     ],
-    ids=["duplicate-row", "no-identity-row", "shared-question", "other-menu"],
+    ids=["duplicate-row", "no-identity-row", "shared-question", "half-choices", "other-menu"],
 )
 def test_a_spoilt_menu_chain_fails_and_names_the_problem(chain, tmp_path, spoil, what):
     from polar.validation import validate_menus
