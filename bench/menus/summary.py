@@ -14,7 +14,7 @@ import argparse
 import json
 from pathlib import Path
 
-from polar.selection import Matrix
+from polar.selection.matrix import Matrix
 from polar.stats import pass_at_k, wilson
 
 
