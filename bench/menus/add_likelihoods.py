@@ -31,9 +31,10 @@ from polar.tasks.schema import Example
 PART = "likelihoods.jsonl"
 
 
-def _examples(inputs: pd.DataFrame, task: str) -> list[Example]:
+def _examples(inputs: pd.DataFrame) -> list[Example]:
+    """The matrix's inputs as the prompt spec encodes them (the task is the id's first part, as ingest names it)."""
     return [
-        Example(id=r.id, question=r.question, answer=str(r.answer), task=task, level=str(r.level), source="")
+        Example(r.id, r.question, str(r.answer), r.id.split("/", 1)[0], str(r.level), source="")
         for r in inputs.itertuples()
     ]
 
@@ -53,10 +54,9 @@ def add_likelihoods(source: Path, model: str, out: Path, grid_inputs: int = 16, 
         raise SystemExit(f"{source}: settings.json's prompt is {spec.id}, the manifest says {manifest['prompt']}")
     programs = [Program.parse(t) for t in settings["menu"]["programs"]]
     backbone = load(model, device=device)
-    if backbone.depth != programs[0].layers[-1] + 1:
+    if programs[0] != Program.identity(backbone.depth):
         raise SystemExit(f"{model} has {backbone.depth} layers; {source} was labeled on {settings['model']}")
-    task = str(manifest.get("task") or Path(settings["tasks"]).parent.name)
-    examples = _examples(inputs, task)
+    examples = _examples(inputs)
     out.mkdir(parents=True, exist_ok=True)
     part = out / PART
     done = {json.loads(line)["id"] for line in part.read_text().splitlines()} if part.exists() else set()

@@ -49,12 +49,12 @@ def _row(study: str) -> str:
 
     dense = [k for k in validation if " dense " in k or k.endswith("likelihood target")]
     best_dense = max(dense, key=lambda k: (validation[k].pass1, -validation[k].layers_ratio)) if dense else None
+    settings = json.loads((Path(matrix) / "settings.json").read_text()) if matrix else {}
     fix = tested.get("fix_rates")
     if fix is None and matrix:
-        settings = json.loads((Path(matrix) / "settings.json").read_text())
         fix = Matrix.load(matrix).fix_rates(int(settings["config"]["samples"]))
     fix = fix or {}
-    model = frozen.get("model") or (json.loads((Path(matrix) / "settings.json").read_text())["model"] if matrix else "")
+    model = frozen.get("model") or settings.get("model", "")
     sample = fix.get("base_sample")
     rule = frozen.get("rule", {}).get("rule", "sum")
     oracle = next(v for k, v in scores.items() if k.startswith("oracle"))
