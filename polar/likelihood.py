@@ -18,7 +18,7 @@ every score equal to :meth:`polar.executor.Executor.score` of the prompt and con
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -175,13 +175,7 @@ def _continue(executor, menu, nodes, own, last, index, keys, values, continuatio
     ids, mask = executor.pad_left([cont[:-1] for cont in conts])  # (r, L): each token predicts the next
     state_mask = torch.cat([own[owner], mask.bool()], dim=1)
     positions = last[owner, None] + mask.cumsum(-1)  # the prompt's last position, then on
-    prefix = {}
-    for pre, at in index.items():
-        k, v = keys[at * n + owner], values[at * n + owner]  # the prompt's own, (r, heads, S, d)
-        if nodes:
-            k = torch.cat([nodes[pre][0].expand(len(rows), -1, -1, -1), k], dim=2)
-            v = torch.cat([nodes[pre][1].expand(len(rows), -1, -1, -1), v], dim=2)
-        prefix[pre] = (k, v)
+    prefix = _PromptStates(index, keys, values, owner, n, nodes)
     hidden, _, _, _ = suffix_nodes(dec, prefix, ids, state_mask, positions, menu, last=False)
     width = ids.shape[1]
     where = [(r, width - len(cont) + 1 + t, cont[t + 1]) for r, cont in enumerate(conts) for t in range(len(cont) - 1)]
@@ -201,6 +195,30 @@ def _continue(executor, menu, nodes, own, last, index, keys, values, continuatio
         for (r, _, _), value in zip(where, logp, strict=True):
             i, c = rows[r]
             logprob[i, c, j] += value
+
+
+class _PromptStates(Mapping):
+    """Each node's keys and values of the prompts before the continuations ``owner`` (r,): the shared prefix's, if
+    any, then the prompt's own, (r, heads, P + S, d). Built when the trie walk reaches the node and dropped after:
+    holding every node's at once costs nodes x r x (P + S) positions (gigabytes for long few-shot prompts)."""
+
+    def __init__(self, index, keys, values, owner, n: int, nodes) -> None:
+        self._index, self._keys, self._values, self._owner, self._n, self._nodes = index, keys, values, owner, n, nodes
+
+    def __getitem__(self, pre: Prefix) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = self._index[pre] * self._n + self._owner
+        k, v = self._keys[rows], self._values[rows]  # the prompt's own, (r, heads, S, d)
+        if self._nodes:
+            shared_k, shared_v = self._nodes[pre]
+            k = torch.cat([shared_k.expand(len(rows), -1, -1, -1), k], dim=2)
+            v = torch.cat([shared_v.expand(len(rows), -1, -1, -1), v], dim=2)
+        return k, v
+
+    def __iter__(self):
+        return iter(self._index)
+
+    def __len__(self) -> int:
+        return len(self._index)
 
 
 def _log_softmax(dec, hidden: torch.Tensor) -> torch.Tensor:

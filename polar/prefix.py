@@ -9,7 +9,7 @@ programs in rounds, and each new program then costs only the visits after its lo
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 
@@ -178,7 +178,7 @@ def prefill_suffixes(
 
 def suffix_nodes(
     dec: Decoder,
-    prefix: dict[Prefix, tuple[torch.Tensor, torch.Tensor]] | None,
+    prefix: Mapping[Prefix, tuple[torch.Tensor, torch.Tensor]] | None,
     ids: torch.Tensor,
     mask: torch.Tensor,
     positions: torch.Tensor,
@@ -198,6 +198,7 @@ def suffix_nodes(
     embedded = dec.embed(ids)  # (n, S, C)
     past = ProgramCache.from_states([next(iter(prefix.values()))]) if prefix else None  # its length, for masks
     masks = dec.masks(embedded, mask, past, positions, menu.kinds)
+    del past  # it held a node's prefix states for their length alone
     rope = dec.position_embeddings(embedded, positions, menu.kinds)
     p = mask.shape[1] - ids.shape[1]
     programs = [q.layers for q in menu.programs]
@@ -216,10 +217,12 @@ def suffix_nodes(
             x = torch.cat([hidden[pre[:-1]] for pre in prefixes])  # (g * n, S, C)
             tmp = ProgramCache(1)
             if prefix:
+                states = [prefix[pre] for pre in prefixes]  # each node's once (a mapping may build them on access)
                 tmp.layers[0].update(
-                    torch.cat([prefix[pre][0].expand(n, -1, -1, -1) for pre in prefixes]),
-                    torch.cat([prefix[pre][1].expand(n, -1, -1, -1) for pre in prefixes]),
+                    torch.cat([k.expand(n, -1, -1, -1) for k, _ in states]),
+                    torch.cat([v.expand(n, -1, -1, -1) for _, v in states]),
                 )
+                del states
             cos, sin = rope[kind]
             y = dec.run_layer(layer, x, _tile(masks[kind], g), (_tile(cos, g), _tile(sin, g)), _tile(positions, g), tmp)
             k, v = tmp.layers[0].keys[:, :, p:], tmp.layers[0].values[:, :, p:]  # the suffixes' own

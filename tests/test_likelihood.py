@@ -81,3 +81,42 @@ def test_bad_continuations_are_refused(executor):
         score_grid(executor, _prompts()[:1], [[[]]], PROGRAMS)
     with pytest.raises(ValueError, match="continuation lists"):
         score_grid(executor, _prompts()[:2], [[[1]]], PROGRAMS)
+
+
+def test_level_three_holds_one_layers_prompt_states_at_a_time(executor, monkeypatch):
+    """Each node's prompt states for the continuations are built when the trie walk reaches the node and dropped
+    after it: never every node's at once (nodes x rows x prompt positions: gigabytes for long few-shot prompts)."""
+    import weakref
+    from collections import Counter
+
+    import polar.likelihood
+
+    built, live, peak = [], set(), [0]
+    original = polar.likelihood._PromptStates.__getitem__
+
+    def tracked(self, pre):
+        keys, values = original(self, pre)
+        token = object()
+        live.add(id(token))
+        weakref.finalize(keys, live.discard, id(token))
+        built.append(pre)
+        peak[0] = max(peak[0], len(live))
+        return keys, values
+
+    monkeypatch.setattr(polar.likelihood._PromptStates, "__getitem__", tracked)
+    prompts, conts = _prompts(), _continuations()
+    grid = score_grid(executor, prompts, conts, PROGRAMS)
+    nodes = {q.layers[: j + 1] for q in PROGRAMS for j in range(len(q.layers))}
+    widest = max(  # the most nodes one layer visit runs together: the same step, the same layer
+        sum(1 for pre in nodes if len(pre) == j + 1 and pre[-1] == layer)
+        for j in range(max(len(q.layers) for q in PROGRAMS))
+        for layer in range(executor.depth)
+    )
+    counts, first = Counter(built), built[0]  # per level-3 batch: every node once, the first again (its length)
+    batches = counts[first] // 2
+    assert set(counts) == nodes and batches >= 1
+    assert counts == Counter({pre: 2 * batches if pre == first else batches for pre in nodes})
+    assert 1 <= peak[0] <= widest < len(nodes)
+    assert [[[c.logprob for c in cells] for cells in row] for row in grid] == [
+        [[pytest.approx(x, abs=1e-4) for x in cells] for cells in row] for row in _alone(executor, prompts, conts)
+    ]

@@ -46,7 +46,8 @@ if ((jobs > 1)); then
   export model tasks menus bench
   export -f label
   { echo validation; echo test; for k in 0 1 2 3 4 5 6 7; do echo "train $k/8"; done; } |
-    OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 xargs -P "$jobs" -L 1 bash -c 'label "$@"' _
+    OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 xargs -P "$jobs" -L 1 bash -c 'label "$@"' _ ||
+      echo "a labeling run stopped early (its error is above); labeling what it left, one run at a time" >&2
 fi
 for split in validation test train; do
   label "$split"  # everything, or what the runs above left (a run resumes from any run's records)
