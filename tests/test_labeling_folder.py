@@ -24,7 +24,7 @@ from polar.labeling.folder import (
     record_header,
     write_manifest,
 )
-from polar.labeling.reward_matrix import export_part
+from polar.labeling.reward_matrix import export_part, join_parts, write_matrix
 from polar.tasks.files import write_examples
 from polar.tasks.schema import Example
 
@@ -127,3 +127,28 @@ def test_a_finished_shard_exports_alone_as_a_reward_matrix(tmp_path):
     assert list(rewards["id"]) == ["t/0", "t/0", "t/2", "t/2", "t/4", "t/4"]
     assert list(pd.read_parquet(tmp_path / "part" / INPUTS)["base_correct"]) == [True, False, True]
     assert read_settings(tmp_path / "part") == {"kind": "menu"} and not (tmp_path / "part" / MENU).exists()
+
+
+def test_parts_join_into_the_matrix_labeling_the_split_whole_writes(tmp_path):
+    examples = [Example(f"t/{i}", f"q{i}", "1", "t", "1", "tests") for i in range(5)]
+    tasks = tmp_path / "train.parquet"
+    write_examples(tasks, examples)
+    records = [_menu_record(i, correct=i % 2 == 0) for i in range(5)]
+    whole = tmp_path / "whole"
+    check_settings(whole, {"kind": "menu", "model": "m"})
+    write_matrix(whole, {"model": "m", "tasks": str(tasks)}, records)  # what a whole run's merge writes
+    out = tmp_path / "menu"
+    check_settings(out, {"kind": "menu", "model": "m"})
+    writer = ShardWriter(out, "0")
+    for r in reversed(records):  # labeled in any order
+        writer.write(r, 1.0)
+    writer.close()
+    parts = [export_part(out, tasks, (k, 2), tmp_path / f"part{k}").parent for k in (1, 0)]
+    manifest = join_parts(parts, tasks, tmp_path / "joined")
+    for name in (REWARDS, INPUTS):
+        pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "joined" / name), pd.read_parquet(whole / name))
+    assert manifest.read_text() == (whole / "manifest.json").read_text()
+    with pytest.raises(ValueError, match=r"the parts hold 3 of the 5 inputs of .* \(2 missing, first t/1\)"):
+        join_parts(parts[1:], tasks, tmp_path / "half")
+    with pytest.raises(ValueError, match="parts share 3 inputs"):
+        join_parts([parts[1], parts[1]], tasks, tmp_path / "twice")

@@ -4,12 +4,14 @@ A menu folder (:mod:`polar.labeling.menu`) keeps its records in ``menu.jsonl``; 
 reward matrix (:class:`polar.selection.matrix.Matrix`): ``rewards.parquet``, one row per input and program
 (correct, prediction, layers, log-probability, tokens), and ``inputs.parquet``, one row per input (question,
 answer, depth and the base model's confidence). :func:`write_matrix` writes both with the folder's manifest;
-:func:`export_part` does so for one finished shard ``K/N`` of a folder whose other shards are still running.
+:func:`export_part` does so for one finished shard ``K/N`` of a folder whose other shards are still running, and
+:func:`join_parts` joins every shard's part back into the split's matrix, row for row what labeling it whole writes.
 The file names and the manifest are the folder format's (:mod:`polar.labeling.folder`).
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,6 +20,7 @@ import pandas as pd
 
 from polar.labeling.folder import (
     INPUTS,
+    MANIFEST,
     MENU,
     REWARDS,
     SETTINGS,
@@ -28,7 +31,7 @@ from polar.labeling.folder import (
 )
 from polar.tasks.files import read_examples
 
-__all__ = ["LIKELIHOOD_COLUMNS", "export", "export_part", "write_matrix"]
+__all__ = ["LIKELIHOOD_COLUMNS", "export", "export_part", "join_parts", "write_matrix"]
 
 # The likelihood fields of a result (:class:`~polar.labeling.folder.MenuResult`), columns of ``rewards.parquet``
 # where recorded: the reference answer's summed log-likelihood and tokens, each choice's (lists), and the
@@ -147,3 +150,62 @@ def export_part(out_dir: str | Path, tasks: str | Path, shard: tuple[int, int], 
     dest.mkdir(parents=True, exist_ok=True)
     shutil.copy(Path(out_dir) / SETTINGS, dest / SETTINGS)
     return write_matrix(dest, {"tasks": str(tasks), "shard": f"{k}/{n}"}, [records[i] for i in ids])
+
+
+def join_parts(parts: Sequence[str | Path], tasks: str | Path, dest: str | Path) -> Path:
+    """Join the exported parts of one split (:func:`export_part`: the shards ``K/N`` for every ``K``) into its matrix.
+
+    The rows come in the task file's order, the order labeling the split whole writes them in, so a study reads the
+    same matrix whether the split was labeled at once or in parts on different days or machines.
+
+    Args:
+        parts: the part folders, in any order.
+        tasks: the task file the split was labeled from.
+        dest: the folder to write the split's matrix in (made when missing).
+
+    Returns:
+        The matrix's manifest.
+
+    Raises:
+        ValueError: the parts were labeled with different settings, menus or prompts, share inputs, or together
+            miss some of the task file's.
+    """
+    if not parts:
+        raise ValueError(f"no parts to join for {tasks}: export each shard first (bench/menus/export_part.py)")
+    folders = [Path(p) for p in parts]
+    manifests = [json.loads((f / MANIFEST).read_text()) for f in folders]
+    settings = [(f / SETTINGS).read_text() for f in folders]
+    for f, m, s in zip(folders[1:], manifests[1:], settings[1:], strict=True):
+        if s != settings[0] or (m["menu"], m["prompt"]) != (manifests[0]["menu"], manifests[0]["prompt"]):
+            raise ValueError(
+                f"{f} was labeled with other settings, menu or prompt than {folders[0]}: label every part alike"
+            )
+    inputs = pd.concat([pd.read_parquet(f / INPUTS) for f in folders], ignore_index=True)
+    rewards = pd.concat([pd.read_parquet(f / REWARDS) for f in folders], ignore_index=True)
+    ids = [e.id for e in read_examples(tasks)]
+    twice = inputs["id"][inputs["id"].duplicated()].tolist()
+    if twice:
+        raise ValueError(f"parts share {len(twice)} inputs (first {twice[0]}): join one part per shard of one N")
+    missing = sorted(set(ids) - set(inputs["id"]))
+    if missing or len(inputs) != len(ids):
+        raise ValueError(
+            f"the parts hold {len(inputs)} of the {len(ids)} inputs of {tasks} ({len(missing)} missing, first "
+            f"{missing[0] if missing else '-'}): label and export the missing shards"
+        )
+    order = {i: n for n, i in enumerate(ids)}
+
+    def by_input(frame: pd.DataFrame) -> pd.DataFrame:  # stable: each input's programs keep the menu's order
+        return frame.sort_values("id", key=lambda c: c.map(order), kind="stable").reset_index(drop=True)
+
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    by_input(rewards).to_parquet(dest / REWARDS, index=False)
+    inputs = by_input(inputs)
+    inputs.to_parquet(dest / INPUTS, index=False)
+    (dest / SETTINGS).write_text(settings[0])
+    head = {"model": json.loads(settings[0]).get("model"), "tasks": str(tasks), "inputs": len(inputs)}
+    about = {"menu": manifests[0]["menu"], "prompt": manifests[0]["prompt"]}
+    manifest = {**head, **about, "base_correct": int(inputs["base_correct"].sum())}
+    path = dest / MANIFEST
+    path.write_text(json.dumps(manifest, indent=2) + "\n")
+    return path
