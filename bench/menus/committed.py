@@ -55,9 +55,10 @@ def mismatch(folder: Path, tasks: Path, menu: Path, model: str, shard: tuple[int
     if shard is not None:
         ids = ids[shard[0] :: shard[1]]
     if sorted(matrix.ids) != sorted(ids):
-        return f"{folder}: holds {len(matrix.ids)} inputs, not the {len(ids)} of {tasks}" + (
-            f" shard {shard[0]}/{shard[1]}" if shard else ""
-        )
+        which = f"{tasks}" + (f" shard {shard[0]}/{shard[1]}" if shard else "")
+        if len(matrix.ids) == len(ids):
+            return f"{folder}: holds other inputs than the {len(ids)} of {which}"
+        return f"{folder}: holds {len(matrix.ids)} inputs, not the {len(ids)} of {which}"
     return ""
 
 
