@@ -1,15 +1,15 @@
 """bench/menus/committed.py: a study skips a split only when its committed matrix is what labeling it would make."""
 
-import hashlib
 import importlib.util
 from pathlib import Path
 
-import pandas as pd
+import pytest
 from test_labeling_folder import _menu_record
 
 from polar.labeling.folder import check_settings
 from polar.labeling.reward_matrix import write_matrix
 from polar.tasks.files import write_examples
+from polar.tasks.prompts import PromptSpec
 from polar.tasks.schema import Example
 
 _spec = importlib.util.spec_from_file_location(
@@ -23,14 +23,13 @@ def _study(tmp_path: Path, n: int = 4) -> tuple[Path, Path, Path]:
     tasks = tmp_path / "tasks" / "train.parquet"
     tasks.parent.mkdir()
     write_examples(tasks, [Example(f"t/{i}", f"q{i}", "1", "t", "1", "tests") for i in range(n)])
-    pd.DataFrame({"question": ["s"], "answer": ["1"]}).to_parquet(tasks.parent / "shots.parquet")
-    digest = hashlib.sha256((tasks.parent / "shots.parquet").read_bytes()).hexdigest()[:12]
+    shots = tasks.parent / "shots.parquet"
+    write_examples(shots, [Example(f"s/{i}", f"s{i}", "2", "t", "1", "tests") for i in range(2)])
+    prompt = PromptSpec.from_pool(shots, "plain", 1).to_dict()  # the prompt labeling builds from the shots
     menu = tmp_path / "menu.txt"
     menu.write_text("# two programs\n1-5\n")
     folder = tmp_path / "train"
-    check_settings(
-        folder, {"kind": "menu", "model": "models/m", "prompt": {"source": f"shots.parquet sha256:{digest}"}}
-    )
+    check_settings(folder, {"kind": "menu", "model": "models/m", "prompt": prompt})
     write_matrix(folder, {"model": "models/m", "tasks": str(tasks)}, [_menu_record(i) for i in range(n)])
     return folder, tasks, menu
 
@@ -50,8 +49,8 @@ def test_anything_else_says_what_differs(tmp_path):
     too_deep.write_text("0-29\n")  # a menu for another model: its programs do not fit this one
     assert "not labeled with" in committed.mismatch(folder, tasks, too_deep, "models/m", None)
     assert "holds 4 inputs, not the 2 of" in committed.mismatch(folder, tasks, menu, "models/m", (0, 2))
-    pd.DataFrame({"question": ["other shots"], "answer": ["2"]}).to_parquet(tasks.parent / "shots.parquet")
-    assert "prompt's shots are not" in committed.mismatch(folder, tasks, menu, "models/m", None)
+    write_examples(tasks.parent / "shots.parquet", [Example("s/0", "other shots", "2", "t", "1", "tests")])
+    assert "other shots" in committed.mismatch(folder, tasks, menu, "models/m", None)
     assert committed.mismatch(tmp_path / "nowhere", tasks, menu, "models/m", None).endswith("no matrix")
 
 
@@ -61,3 +60,10 @@ def test_a_shard_is_committed_for_its_own_inputs_only(tmp_path):
     assert committed.mismatch(folder, tasks, menu, "models/m", (0, 2)) == ""
     assert "holds other inputs than the 2 of" in committed.mismatch(folder, tasks, menu, "models/m", (1, 2))
     assert "holds 2 inputs, not the 4 of" in committed.mismatch(folder, tasks, menu, "models/m", None)
+
+
+def test_a_shard_is_written_k_of_n():
+    assert committed.parse_shard("1/4") == (1, 4)
+    for bad in ("4/4", "1", "a/2", "1/-2"):
+        with pytest.raises(ValueError, match="write K/N with K < N"):
+            committed.parse_shard(bad)

@@ -3,8 +3,8 @@
 A study's splits can be labeled in different sessions or on different machines, and only the exported matrices
 under ``bench/menus/`` travel. This checks a matrix folder (``rewards.parquet``, ``inputs.parquet``,
 ``settings.json``) against what labeling it again would make: the same model, the same menu (the menu file's
-programs, the full depth first), the same prompt shots (by the shots file's hash) and exactly the task file's
-inputs (or those of shard ``K/N``). Exit status 0 when it does; 1, with the reason on stderr, when it does not
+programs, the full depth first), the same prompt (the one labeling builds from the task folder's shots file,
+:meth:`polar.tasks.prompts.PromptSpec.from_pool`) and exactly the task file's inputs (or those of shard ``K/N``). Exit status 0 when it does; 1, with the reason on stderr, when it does not
 (missing, partial, or made with something else, which a study must not mix in).
 
     python bench/menus/committed.py bench/menus/gemma3-270m-mmlu-pro-math/validation \
@@ -15,7 +15,6 @@ inputs (or those of shard ``K/N``). Exit status 0 when it does; 1, with the reas
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import sys
 from pathlib import Path
@@ -24,6 +23,7 @@ from polar.labeling.menu import resolve_menu
 from polar.programs import Program
 from polar.selection.matrix import Matrix
 from polar.tasks.files import read_examples
+from polar.tasks.prompts import PromptSpec
 
 MAX_VISITS = 64  # the menu file's own programs are what is compared: no bound on loops here
 
@@ -46,11 +46,14 @@ def mismatch(folder: Path, tasks: Path, menu: Path, model: str, shard: tuple[int
         return f"{folder}: not labeled with {menu} ({err})"
     if matrix.programs != wanted:
         return f"{folder}: labeled with another menu than {menu}"
+    if "prompt" not in settings:
+        return f"{folder}: its settings record no prompt"
+    stored = PromptSpec.from_dict(settings["prompt"])
     shots = tasks.parent / "shots.parquet"
-    if shots.exists():
-        digest = hashlib.sha256(shots.read_bytes()).hexdigest()[:12]
-        if not settings.get("prompt", {}).get("source", "").endswith(digest):
-            return f"{folder}: its prompt's shots are not {shots} (sha256:{digest})"
+    if stored.shots and shots.exists():
+        fresh = PromptSpec.from_pool(shots, stored.style, stored.shots, stored.format)
+        if fresh.id != stored.id:
+            return f"{folder}: its prompt {stored.id} is not the one {shots} makes ({fresh.id}): other shots"
     ids = [e.id for e in read_examples(tasks)]
     if shard is not None:
         ids = ids[shard[0] :: shard[1]]
@@ -62,6 +65,14 @@ def mismatch(folder: Path, tasks: Path, menu: Path, model: str, shard: tuple[int
     return ""
 
 
+def parse_shard(text: str) -> tuple[int, int]:
+    """``K/N`` (shard ``K`` of ``N``, every ``N``-th input from ``K``) as ``(K, N)``."""
+    k, sep, n = text.partition("/")
+    if not sep or not k.isdigit() or not n.isdigit() or not int(k) < int(n):
+        raise ValueError(f"shard {text!r}: write K/N with K < N, e.g. 0/2")
+    return int(k), int(n)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("folder", type=Path, help="the committed matrix folder")
@@ -70,12 +81,10 @@ def main() -> None:
     ap.add_argument("--model", required=True, help="the model, as the study names it")
     ap.add_argument("--shard", help="K/N: only every N-th input from K")
     args = ap.parse_args()
-    shard = None
-    if args.shard:
-        k, sep, n = args.shard.partition("/")
-        if not sep or not k.isdigit() or not n.isdigit() or not int(k) < int(n):
-            raise SystemExit(f"--shard {args.shard!r}: write K/N with K < N, e.g. 0/2")
-        shard = (int(k), int(n))
+    try:
+        shard = parse_shard(args.shard) if args.shard else None
+    except ValueError as err:
+        raise SystemExit(f"--{err}") from None
     why = mismatch(args.folder, args.tasks, args.menu, args.model, shard)
     if why:
         print(why, file=sys.stderr)

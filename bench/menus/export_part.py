@@ -14,6 +14,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from committed import parse_shard  # beside this file
+
 from polar.labeling.reward_matrix import export_part
 
 
@@ -24,11 +26,8 @@ def main() -> None:
     ap.add_argument("--shard", required=True, help="K/N")
     ap.add_argument("--to", required=True, help="destination folder")
     args = ap.parse_args()
-    k, sep, n = args.shard.partition("/")
-    if not sep or not k.isdigit() or not n.isdigit():
-        raise SystemExit(f"--shard {args.shard!r}: write K/N, e.g. 0/2")
     try:
-        manifest = export_part(args.labels, args.tasks, (int(k), int(n)), args.to)
+        manifest = export_part(args.labels, args.tasks, parse_shard(args.shard), args.to)
     except (ValueError, FileNotFoundError) as err:
         raise SystemExit(str(err)) from None
     inputs, right = (json.loads(manifest.read_text())[key] for key in ("inputs", "base_correct"))
