@@ -50,7 +50,7 @@ def test_anything_else_says_what_differs(tmp_path):
     assert "not labeled with" in committed.mismatch(folder, tasks, too_deep, "models/m", None)
     assert "holds 4 inputs, not the 2 of" in committed.mismatch(folder, tasks, menu, "models/m", (0, 2))
     write_examples(tasks.parent / "shots.parquet", [Example("s/0", "other shots", "2", "t", "1", "tests")])
-    assert "other shots" in committed.mismatch(folder, tasks, menu, "models/m", None)
+    assert "is not the one" in committed.mismatch(folder, tasks, menu, "models/m", None)
     assert committed.mismatch(tmp_path / "nowhere", tasks, menu, "models/m", None).endswith("no matrix")
 
 

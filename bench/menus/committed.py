@@ -4,8 +4,9 @@ A study's splits can be labeled in different sessions or on different machines, 
 under ``bench/menus/`` travel. This checks a matrix folder (``rewards.parquet``, ``inputs.parquet``,
 ``settings.json``) against what labeling it again would make: the same model, the same menu (the menu file's
 programs, the full depth first), the same prompt (the one labeling builds from the task folder's shots file,
-:meth:`polar.tasks.prompts.PromptSpec.from_pool`) and exactly the task file's inputs (or those of shard ``K/N``). Exit status 0 when it does; 1, with the reason on stderr, when it does not
-(missing, partial, or made with something else, which a study must not mix in).
+:meth:`polar.tasks.prompts.PromptSpec.from_pool`) and exactly the task file's inputs (or those of shard ``K/N``).
+Exit status 0 when it does; 1, with the reason on stderr, when it does not (missing, partial, or made with
+something else, which a study must not mix in).
 
     python bench/menus/committed.py bench/menus/gemma3-270m-mmlu-pro-math/validation \
         --tasks data/mc/mmlu-pro-math/validation.parquet --menu bench/menus/gemma3-270m-mmlu-pro-math/menu.txt \
