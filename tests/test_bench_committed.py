@@ -3,7 +3,6 @@
 import importlib.util
 from pathlib import Path
 
-import pytest
 from test_labeling_folder import _menu_record
 
 from polar.labeling.folder import check_settings
@@ -60,10 +59,3 @@ def test_a_shard_is_committed_for_its_own_inputs_only(tmp_path):
     assert committed.mismatch(folder, tasks, menu, "models/m", (0, 2)) == ""
     assert "holds other inputs than the 2 of" in committed.mismatch(folder, tasks, menu, "models/m", (1, 2))
     assert "holds 2 inputs, not the 4 of" in committed.mismatch(folder, tasks, menu, "models/m", None)
-
-
-def test_a_shard_is_written_k_of_n():
-    assert committed.parse_shard("1/4") == (1, 4)
-    for bad in ("4/4", "1", "a/2", "1/-2"):
-        with pytest.raises(ValueError, match="write K/N with K < N"):
-            committed.parse_shard(bad)

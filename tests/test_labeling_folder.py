@@ -18,6 +18,7 @@ from polar.labeling.folder import (
     ShardWriter,
     check_settings,
     merge_shards,
+    parse_shard,
     read_labels,
     read_records,
     read_settings,
@@ -96,7 +97,7 @@ def test_menu_records_round_trip_and_broken_results_name_the_line(tmp_path):
 
 def test_a_manifest_counts_the_inputs_and_the_base_models_right_answers(tmp_path):
     records = [LabelRecord.from_dict(label_record(i, base_correct=i < 2)) for i in range(3)]
-    path = write_manifest(tmp_path, {"model": "m", "tasks": "t"}, records, {"prompt": "p"})
+    path = write_manifest(tmp_path, {"model": "m", "tasks": "t"}, [r.base_correct for r in records], {"prompt": "p"})
     assert (
         path.read_text()
         == json.dumps({"model": "m", "tasks": "t", "inputs": 3, "prompt": "p", "base_correct": 2}, indent=2) + "\n"
@@ -152,3 +153,10 @@ def test_parts_join_into_the_matrix_labeling_the_split_whole_writes(tmp_path):
         join_parts(parts[1:], tasks, tmp_path / "half")
     with pytest.raises(ValueError, match="parts share 3 inputs"):
         join_parts([parts[1], parts[1]], tasks, tmp_path / "twice")
+
+
+def test_a_shard_is_written_k_of_n():
+    assert parse_shard("1/4") == (1, 4)
+    for bad in ("4/4", "1", "a/2", "1/-2", "0/0"):
+        with pytest.raises(ValueError, match=r"write K/N with 0 <= K < N"):
+            parse_shard(bad)

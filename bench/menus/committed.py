@@ -20,6 +20,7 @@ import json
 import sys
 from pathlib import Path
 
+from polar.labeling.folder import parse_shard
 from polar.labeling.menu import resolve_menu
 from polar.programs import Program
 from polar.selection.matrix import Matrix
@@ -66,14 +67,6 @@ def mismatch(folder: Path, tasks: Path, menu: Path, model: str, shard: tuple[int
     return ""
 
 
-def parse_shard(text: str) -> tuple[int, int]:
-    """``K/N`` (shard ``K`` of ``N``, every ``N``-th input from ``K``) as ``(K, N)``."""
-    k, sep, n = text.partition("/")
-    if not sep or not k.isdigit() or not n.isdigit() or not int(k) < int(n):
-        raise ValueError(f"shard {text!r}: write K/N with K < N, e.g. 0/2")
-    return int(k), int(n)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("folder", type=Path, help="the committed matrix folder")
@@ -85,7 +78,7 @@ def main() -> None:
     try:
         shard = parse_shard(args.shard) if args.shard else None
     except ValueError as err:
-        raise SystemExit(f"--{err}") from None
+        raise SystemExit(str(err)) from None
     why = mismatch(args.folder, args.tasks, args.menu, args.model, shard)
     if why:
         print(why, file=sys.stderr)

@@ -3,7 +3,7 @@
 A split labeled as shards ``K/N`` (``polar label --menu ... --shard K/N``) is merged only when every shard is
 done. This writes the finished shard ``K`` of ``N`` on its own, ``rewards.parquet``, ``inputs.parquet``,
 ``settings.json`` and ``manifest.json`` in DEST (:func:`polar.labeling.reward_matrix.export_part`), so that it
-can be committed and joined with the other parts later (:meth:`polar.selection.matrix.Matrix.concat`).
+can be committed and joined with the other parts later (:func:`polar.labeling.reward_matrix.join_parts`).
 
     python bench/menus/export_part.py data/scale/menu/smollm2-135m/train data/scale/tasks/train.parquet \
         --shard 0/2 --to bench/menus/smollm2-135m/train-0of2
@@ -14,8 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from committed import parse_shard  # beside this file
-
+from polar.labeling.folder import parse_shard
 from polar.labeling.reward_matrix import export_part
 
 

@@ -82,15 +82,18 @@ def label_cmd(
 
     With --menu, every program of a menu runs on every input instead of a search (a reward matrix: menu.jsonl, rewards.parquet, inputs.parquet). With --pool, the inputs are split into shards labeled by the pool's workers (one GPU each) and merged here when all are done, for either kind.
     """
-    if where.pool:  # said before the model code loads (seconds)
-        from flows.api import require_prefect
+    from polar.labeling.folder import parse_shard
 
-        try:
-            if shard:
-                raise ValueError("--shard and --pool do not mix: --pool makes the shards itself (--shards N)")
+    try:  # said before the model code loads (seconds)
+        if where.pool and shard:
+            raise ValueError("--shard and --pool do not mix: --pool makes the shards itself (--shards N)")
+        k_of_n = parse_shard(shard) if shard else None
+        if where.pool:
+            from flows.api import require_prefect
+
             require_prefect(f"--pool {where.pool}")
-        except (ValueError, ConnectionError) as err:
-            fail(str(err))
+    except (ValueError, ConnectionError) as err:
+        fail(str(err))
     from polar.backbone import ModelSpecError, model_slug
     from polar.hf import UnsupportedModelError
     from polar.labeling.run import labeler_for, run_labeling
@@ -107,7 +110,7 @@ def label_cmd(
             )
         else:
             examples = read_examples(tasks)[:limit]
-            merged = run_labeling(labeler, examples, out, _shard(shard), worker, restart_on_change=restart_on_change)
+            merged = run_labeling(labeler, examples, out, k_of_n, worker, restart_on_change=restart_on_change)
     except (ValueError, FileNotFoundError, ModelSpecError, UnsupportedModelError, ConnectionError) as err:
         fail(str(err))
     except RuntimeError as err:  # shard runs on the pool failed; what they labeled is kept
@@ -116,16 +119,6 @@ def label_cmd(
         console.print(f"shard {shard} done; other shards still label into {out} (the last one merges)")
     else:
         console.print(f"labels: {merged}")
-
-
-def _shard(text: str | None) -> tuple[int, int] | None:
-    """``--shard K/N`` as ``(K, N)``; None without one."""
-    if not text:
-        return None
-    k, sep, n = text.partition("/")
-    if not sep or not k.isdigit() or not n.isdigit():
-        raise ValueError(f"--shard {text!r}: write K/N, e.g. 0/4")
-    return int(k), int(n)
 
 
 @app.command(name="validate")

@@ -48,9 +48,11 @@ __all__ = [
     "Record",
     "ShardWriter",
     "check_settings",
+    "check_shard",
     "label_prompt",
     "labels_prompt",
     "merge_shards",
+    "parse_shard",
     "read_labels",
     "read_records",
     "read_settings",
@@ -330,6 +332,30 @@ def read_timings(labels_dir: str | Path) -> dict[str, float]:
 
 
 # ---------------------------------------------------------------------------------------------- shards
+def parse_shard(text: str) -> tuple[int, int]:
+    """``K/N`` as ``(K, N)``: shard ``K`` of ``N`` labels every ``N``-th input from the ``K``-th (``--shard``).
+
+    Raises:
+        ValueError: ``text`` is not ``K/N`` with ``0 <= K < N``.
+    """
+    k, sep, n = text.partition("/")
+    if not sep or not k.isdigit() or not n.isdigit():
+        raise ValueError(f"shard {text!r}: write K/N with 0 <= K < N, e.g. 0/4")
+    return check_shard((int(k), int(n)))
+
+
+def check_shard(shard: tuple[int, int]) -> tuple[int, int]:
+    """``shard`` itself when it is ``(K, N)`` with ``0 <= K < N``.
+
+    Raises:
+        ValueError: it is not.
+    """
+    k, n = shard
+    if not 0 <= k < n:
+        raise ValueError(f"shard {k}/{n}: write K/N with 0 <= K < N, e.g. 0/4")
+    return shard
+
+
 def _repair(shard: Path) -> None:
     """Drop a torn last line (a kill mid-write) so that the shard holds whole records only."""
     data = shard.read_bytes()
@@ -436,19 +462,19 @@ def check_settings(out_dir: Path, settings: dict, restart_on_change: bool = Fals
 
 
 # ------------------------------------------------------------------------------------------- manifests
-def write_manifest(out_dir: str | Path, head: dict, records: Sequence[Record], about: dict) -> Path:
+def write_manifest(out_dir: str | Path, head: dict, base_correct: Sequence[bool], about: dict) -> Path:
     """Write ``manifest.json``: ``head``, the number of inputs, ``about``, and on how many the base model was right.
 
     Args:
-        out_dir: the label folder (or an exported part of one).
+        out_dir: the label folder (or an exported part of one, or a joined matrix).
         head: the first keys (the model and the task file, or the part's task file and shard).
-        records: the folder's records, one per input.
+        base_correct: whether the base model was right, one per input (the records' ``base_correct``).
         about: what they were labeled with (the settings or the menu, and the prompt's id).
 
     Returns:
         The manifest's path.
     """
-    manifest = {**head, "inputs": len(records), **about, "base_correct": sum(r.base_correct for r in records)}
+    manifest = {**head, "inputs": len(base_correct), **about, "base_correct": int(sum(base_correct))}
     path = Path(out_dir) / MANIFEST
     path.write_text(json.dumps(manifest, indent=2) + "\n")
     return path

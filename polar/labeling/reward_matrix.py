@@ -25,6 +25,7 @@ from polar.labeling.folder import (
     REWARDS,
     SETTINGS,
     MenuRecord,
+    check_shard,
     read_labels,
     read_records,
     write_manifest,
@@ -113,7 +114,7 @@ def write_matrix(dest: str | Path, head: dict, records: Sequence[MenuRecord]) ->
     export(Path(dest) / MENU, records)
     first = records[0] if records else None
     about = {"menu": first.menu if first else None, "prompt": first.prompt if first else None}
-    return write_manifest(dest, head, records, about)
+    return write_manifest(dest, head, [r.base_correct for r in records], about)
 
 
 def export_part(out_dir: str | Path, tasks: str | Path, shard: tuple[int, int], dest: str | Path) -> Path:
@@ -135,9 +136,7 @@ def export_part(out_dir: str | Path, tasks: str | Path, shard: tuple[int, int], 
     Raises:
         ValueError: the shard is not labeled to the end, or ``(K, N)`` is not a shard.
     """
-    k, n = shard
-    if not 0 <= k < n:
-        raise ValueError(f"shard {k}/{n}: write K/N with 0 <= K < N")
+    k, n = check_shard(shard)
     ids = [e.id for e in read_examples(tasks)][k::n]
     records = {r.id: r for r in read_records(out_dir, MenuRecord)}
     missing = [i for i in ids if i not in records]
@@ -203,9 +202,6 @@ def join_parts(parts: Sequence[str | Path], tasks: str | Path, dest: str | Path)
     inputs = by_input(inputs)
     inputs.to_parquet(dest / INPUTS, index=False)
     (dest / SETTINGS).write_text(settings[0])
-    head = {"model": json.loads(settings[0]).get("model"), "tasks": str(tasks), "inputs": len(inputs)}
+    head = {"model": json.loads(settings[0]).get("model"), "tasks": str(tasks)}
     about = {"menu": manifests[0]["menu"], "prompt": manifests[0]["prompt"]}
-    manifest = {**head, **about, "base_correct": int(inputs["base_correct"].sum())}
-    path = dest / MANIFEST
-    path.write_text(json.dumps(manifest, indent=2) + "\n")
-    return path
+    return write_manifest(dest, head, inputs["base_correct"].tolist(), about)

@@ -22,7 +22,7 @@ from typing import Protocol
 from tqdm import tqdm
 
 from polar.backbone import Backbone
-from polar.labeling.folder import Record, ShardWriter, read_records, worker_lock
+from polar.labeling.folder import Record, ShardWriter, check_shard, read_records, worker_lock
 from polar.labeling.menu import MenuLabeler
 from polar.labeling.search import SearchLabeler
 from polar.settings import LabelConfig, MenuConfig
@@ -113,8 +113,8 @@ def run_labeling(
     Returns:
         The merged file, or None when other shards still have inputs to label (or not ``merge``).
     """
-    if shard is not None and not 0 <= shard[0] < shard[1]:
-        raise ValueError(f"shard {shard[0]}/{shard[1]}: write K/N with 0 <= K < N")
+    if shard is not None:
+        check_shard(shard)
     ids = [e.id for e in examples]
     if len(set(ids)) != len(ids):
         raise ValueError(f"{labeler.tasks}: duplicate example ids; re-run `polar ingest`")

@@ -148,7 +148,6 @@ class SearchLabeler:
         """Merge the shards of ``out_dir`` into ``labels.jsonl`` (in the order of ``ids``) and write the manifest."""
         merged = merge_shards(out_dir, ids)
         head = {"model": self.model, "tasks": str(self.tasks)}
-        write_manifest(
-            out_dir, head, read_labels(merged), {"config": self._result_settings(), "prompt": self.prompt.id}
-        )
+        verdicts = [r.base_correct for r in read_labels(merged)]
+        write_manifest(out_dir, head, verdicts, {"config": self._result_settings(), "prompt": self.prompt.id})
         return merged
