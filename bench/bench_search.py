@@ -22,6 +22,7 @@ import torch
 
 from polar.backbone import load
 from polar.ingest import synthetic_shots
+from polar.labeling.folder import LabelRecord
 from polar.labeling.menu import level_batches, run_menu
 from polar.labeling.search import label_one
 from polar.programs import Program
@@ -32,6 +33,34 @@ from polar.tasks.prompts import PROMPT_STYLES, PromptSpec, answer_line, stop_tok
 
 
 def main() -> None:
+    args = _arguments()
+    backbone = load(args.model, device=args.device)
+    spec = PromptSpec.from_examples(synthetic_shots(), args.prompt, 3, "synthetic shots")
+    config = LabelConfig(
+        prompt=args.prompt,
+        max_new_tokens=args.max_new_tokens,
+        search=SearchConfig(simulations=args.simulations, batch=args.batch),
+    )
+    executor = backbone.executor
+    executor.generate([[1, 2, 3]], [f"0-{executor.depth - 1}"], 2)  # warm-up
+    mcts, first = mcts_bench(backbone, spec, config, args)
+    menu = [Program.parse(p) for p in dict.fromkeys(ev.program for ev in first.evaluated)][: args.menu_size]
+    results = {
+        "model": args.model,
+        "device": str(backbone.model.device),
+        "threads": torch.get_num_threads(),
+        "simulations": args.simulations,
+        "batch": args.batch,
+        "mcts": mcts,
+        "menu": menu_bench(backbone, spec, config, menu, args),
+    }
+    print(json.dumps(results, indent=2))
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+
+
+def _arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--device", default="auto")
@@ -47,17 +76,13 @@ def main() -> None:
         "--grid-inputs", type=int, default=MenuConfig.grid_inputs, help="menu: inputs of a level run together"
     )
     parser.add_argument("--out", default=None)
-    args = parser.parse_args()
+    return parser.parse_args()
 
-    backbone = load(args.model, device=args.device)
+
+def mcts_bench(backbone, spec: PromptSpec, config: LabelConfig, args) -> tuple[dict, LabelRecord]:
+    """The search of one input per level against the baseline loop over the programs it evaluated; with the
+    first input's record, whose programs make the menu."""
     executor, stops = backbone.executor, stop_token_ids(backbone.tokenizer)
-    spec = PromptSpec.from_examples(synthetic_shots(), args.prompt, 3, "synthetic shots")
-    config = LabelConfig(
-        prompt=args.prompt,
-        max_new_tokens=args.max_new_tokens,
-        search=SearchConfig(simulations=args.simulations, batch=args.batch),
-    )
-    executor.generate([[1, 2, 3]], [f"0-{executor.depth - 1}"], 2)  # warm-up
     ours_s = base_s = 0.0
     programs = agree = 0
     per_input, first = [], None
@@ -102,20 +127,7 @@ def main() -> None:
         "speedup": base_s / ours_s,
         "per_input": per_input,
     }
-    menu = [Program.parse(p) for p in dict.fromkeys(ev.program for ev in first.evaluated)][: args.menu_size]
-    results = {
-        "model": args.model,
-        "device": str(backbone.model.device),
-        "threads": torch.get_num_threads(),
-        "simulations": args.simulations,
-        "batch": args.batch,
-        "mcts": mcts,
-        "menu": menu_bench(backbone, spec, config, menu, args),
-    }
-    print(json.dumps(results, indent=2))
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+    return mcts, first
 
 
 def menu_bench(backbone, spec: PromptSpec, config: LabelConfig, menu: list, args) -> dict:

@@ -133,36 +133,62 @@ def _suffixes(
     k = samples.count if samples else 0
     owners = [(i, j) for i in range(n) for j in range(m)] + [(i, 0) for i in range(n) for _ in range(k)]
     ids, own, positions = suffix_layout(executor, p, suffixes)  # (n, S), (n, p + S), (n, S)
-    s = ids.shape[1]
-    capacity = p + s + max_new_tokens - 1
+    capacity = p + ids.shape[1] + max_new_tokens - 1
     plan = Plan.build([menu.programs[j] for _, j in owners], menu.layer_kinds, device)
-    pool = executor.slot_pool
     states = suffix_nodes(dec, nodes, ids, own, positions, menu)  # each node once, for the rows and the scores
-    hidden, cache = prefill_suffixes(dec, nodes, ids, own, positions, menu, plan, owners, capacity, pool, states)
+    hidden, cache = prefill_suffixes(
+        dec, nodes, ids, own, positions, menu, plan, owners, capacity, executor.slot_pool, states
+    )
     scored = None
     if continuations is not None:
         scored = score_suffixes(executor, menu, nodes, own, positions, states, continuations, by_length)
     del states  # the rows' caches hold what decoding needs
-    r = len(owners)
-    suffix_of = torch.tensor([i for i, _ in owners], device=device)
+    state = _start(plan, cache, ids, own, [i for i, _ in owners], p, capacity, max_new_tokens)
+    draws = _Draws(samples, n * m, device) if k else None
+    firsts = torch.arange(0, n * m, m, device=device)  # each suffix's row under the first program
+    stops = torch.tensor(sorted(executor.eos_token_ids | set(stop_token_ids)) or [-1], device=device)
+    tokens, logprobs, (margins, entropies) = _decode(executor, hidden, state, firsts, draws, stops, max_new_tokens)
+    out: list[list[GridRow]] = [[] for _ in range(n)]
+    for row, (i, j) in enumerate(owners):  # each suffix's program rows, then its samples, in row order
+        first = row < n * m and j == 0
+        margin, entropy = (margins[i], entropies[i]) if first else (None, None)
+        likelihoods = tuple(scored[i][j]) if scored is not None and row < n * m else ()
+        out[i].append(GridRow(tokens[row], executor.decode(tokens[row]), logprobs[row], margin, entropy, likelihoods))
+    return out
+
+
+def _start(
+    plan: Plan, cache, ids, own, suffix_of: list[int], p: int, capacity: int, max_new_tokens: int
+) -> DecodeState:
+    """The decoding state of rows whose suffixes are ``suffix_of``, just prefilled: each row attends to the
+    prefix and its suffix's real tokens (``own``, (n, p + S)) and goes on from its suffix's last token."""
+    device = ids.device
+    r, s = len(suffix_of), ids.shape[1]
+    of = torch.tensor(suffix_of, device=device)
     mask = torch.zeros((r, capacity), dtype=torch.bool, device=device)
-    mask[:, : p + s] = own[suffix_of]
+    mask[:, : p + s] = own[of]
     lengths = mask[:, p : p + s].long().sum(-1)  # (r,) real suffix tokens
-    state = DecodeState(
+    return DecodeState(
         plan=plan,
         cache=cache,
         mask=mask,
         positions=p + lengths,
-        token=ids[suffix_of, -1],
+        token=ids[of, -1],
         done=torch.zeros(r, dtype=torch.bool, device=device),
         rows=torch.arange(r, device=device),
         tokens=torch.zeros((r, max_new_tokens), dtype=torch.long, device=device),
         length=p + s,
     )
-    draws = _Draws(samples, n * m, device) if k else None
-    firsts = torch.arange(0, n * m, m, device=device)  # each suffix's row under the first program
-    stops = torch.tensor(sorted(executor.eos_token_ids | set(stop_token_ids)) or [-1], device=device)
-    logprob = torch.zeros(r, device=device)
+
+
+def _decode(
+    executor, hidden, state: DecodeState, firsts, draws: _Draws | None, stops, max_new_tokens: int
+) -> tuple[list[list[int]], list[float], tuple[list[float], list[float]]]:
+    """Decode ``state``'s rows from their prefill's last ``hidden`` states, greedily except the ``draws``: each
+    row's new tokens (up to its stop) and their summed log-probability, and the margins and entropies of the
+    first new token's distribution of the rows ``firsts``. The rows' caches go back to the slot pool."""
+    dec, pool = executor.decoder, executor.slot_pool
+    logprob = torch.zeros(len(state.rows), device=state.rows.device)
     for t in range(max_new_tokens):
         if t:
             hidden = decode_step(dec, state)
@@ -173,7 +199,7 @@ def _suffixes(
         picked = dec.pick(hidden, torch.cat(keep) if keep else None)
         token, picked_logprob = picked.token, picked.logprob
         if t == 0:
-            margins, entropies = _confidence(picked.logits[:n])
+            confidence = _confidence(picked.logits[: len(firsts)])
         if drawn:
             draws.draw(drawn, picked.logits[len(picked.logits) - len(drawn.positions) :], token, picked_logprob)
         logprob.index_add_(0, state.rows, torch.where(state.done, 0.0, picked_logprob))  # rows done before add 0
@@ -188,14 +214,7 @@ def _suffixes(
                 state = kept
     pool.give(state.cache)
     tokens, _ = finish(state.tokens, state.steps, stops)
-    logprobs = logprob.tolist()
-    out: list[list[GridRow]] = [[] for _ in range(n)]
-    for row, (i, j) in enumerate(owners):  # each suffix's program rows, then its samples, in row order
-        first = row < n * m and j == 0
-        margin, entropy = (margins[i], entropies[i]) if first else (None, None)
-        likelihoods = tuple(scored[i][j]) if scored is not None and row < n * m else ()
-        out[i].append(GridRow(tokens[row], executor.decode(tokens[row]), logprobs[row], margin, entropy, likelihoods))
-    return out
+    return tokens, logprob.tolist(), confidence
 
 
 def _confidence(logits: torch.Tensor) -> tuple[list[float], list[float]]:
