@@ -85,6 +85,8 @@ def generate_grid(
     in cache positions, which a padding gap would stretch, so models with one run each suffix length apart,
     unless every row's cache fits in the window (the window then hides nothing and the gap changes nothing).
     """
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens={max_new_tokens}: a grid row needs at least one new token")
     dec, device = executor.decoder, executor.device
     menu = executor.plan(programs)
     p = common_prefix(prompts)

@@ -54,7 +54,7 @@ def test_program_without_compact_form_says_why():
         (["generate", "--model", "no-such-model", "hi"], "unknown model 'no-such-model'"),
         (["generate", "--model", "missing/dir/m.gguf", "hi"], "GGUF file not found"),
         (["label", "--pool", "gpu", "--shard", "0/2"], "--shard and --pool do not mix"),
-        (["label", "--shard", "4/4"], "shard 4/4: write K/N with 0 <= K < N"),
+        (["label", "--shard", "4/4"], "shard '4/4': write K/N with 0 <= K < N, e.g. 0/4 to 3/4"),
         (["label", "--shard", "1-4"], "shard '1-4': write K/N"),
     ],
 )

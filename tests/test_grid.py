@@ -54,6 +54,11 @@ def test_prompts_without_a_common_prefix(executor):
     assert common_prefix([[1, 2, 3], [1, 2, 3]]) == 2  # each prompt keeps a token of its own
 
 
+def test_a_grid_needs_a_new_token(executor):
+    with pytest.raises(ValueError, match="max_new_tokens=0: a grid row needs at least one new token"):
+        generate_grid(executor, _prompts(), PROGRAMS, 0)
+
+
 def test_samples_are_drawn_as_each_prompt_alone_draws_them(executor):
     """Sampled rows share the grid's batch, yet each prompt's draws are those of the prompt run alone."""
     prompts, sampling = _prompts(), Sampling(temperature=1.5)

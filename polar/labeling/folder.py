@@ -352,7 +352,8 @@ def check_shard(shard: tuple[int, int]) -> tuple[int, int]:
     """
     k, n = shard
     if not 0 <= k < n:
-        raise ValueError(f"shard {k}/{n}: write K/N with 0 <= K < N, e.g. 0/4")
+        example = f"0/{n} to {n - 1}/{n}" if n > 0 else "0/4"
+        raise ValueError(f"shard '{k}/{n}': write K/N with 0 <= K < N, e.g. {example}")
     return shard
 
 
