@@ -42,7 +42,7 @@ def main() -> None:
         search=SearchConfig(simulations=args.simulations, batch=args.batch),
     )
     executor = backbone.executor
-    executor.generate([[1, 2, 3]], [f"0-{executor.depth - 1}"], 2)  # warm-up
+    executor.generate([[1, 2, 3]], [Program.identity(executor.depth)], 2)  # warm-up
     mcts, first = mcts_bench(backbone, spec, config, args)
     menu = [Program.parse(p) for p in dict.fromkeys(ev.program for ev in first.evaluated)][: args.menu_size]
     results = {
