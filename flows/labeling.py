@@ -51,7 +51,7 @@ from flows.api import require_prefect
 from polar.backbone import check_spec
 from polar.labeling.folder import MENU_FILE, read_records
 from polar.labeling.run import Labeler, label, labeler_for
-from polar.settings import LabelConfig, MenuConfig
+from polar.settings import EngineConfig, LabelConfig, MenuConfig
 from polar.stack.client import check_store, store_url
 from polar.tasks.files import SHOTS_FILE, read_examples
 
@@ -74,6 +74,7 @@ def label_shard(
     menu: dict | None = None,
     store: str | None = None,
     refs: dict | None = None,
+    engine: dict | None = None,
 ) -> dict:
     """Label shard ``shard`` of ``shards`` of ``tasks`` into ``out`` (MCTS, or the dense ``menu`` settings);
     merges when it is the last to finish.
@@ -85,6 +86,7 @@ def label_shard(
 
     where = device if device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     settings, part = LabelConfig.from_dict(config), (shard, shards)
+    numerics = EngineConfig(**(engine or {}))
     after_write, merge, backbone = None, True, None
     if store:
         from polar.stack.transfer import Store, cache_dir
@@ -94,7 +96,7 @@ def label_shard(
         if "model" in refs:  # records name the model as the dispatcher does; the weights come from the cache
             from polar.backbone import load
 
-            backbone = load(str(remote.get(refs["model"])), device=device)
+            backbone = load(str(remote.get(refs["model"])), device, numerics.dtype, threads=numerics.threads)
             backbone.spec = model  # what the records say: the model as the dispatcher names it
         if "shots" in refs:
             settings = replace(settings, shots_from=str(remote.get(refs["shots"])))
@@ -121,6 +123,7 @@ def label_shard(
         limit=limit,
         device=device,
         backbone=backbone,
+        engine=numerics,
         shard=part,
         after_write=after_write,
         merge=merge,
@@ -231,6 +234,7 @@ def label_on_pool(
     restart_on_change: bool = False,
     poll: float = 3.0,
     dense: MenuConfig | None = None,
+    engine: EngineConfig | None = None,
 ) -> Path:
     """Label ``tasks_path`` into ``out_dir`` as ``shards`` flow runs on the work pool ``pool``; merge them.
 
@@ -255,9 +259,13 @@ def label_on_pool(
     model = str(Path(model).resolve()) if Path(model).exists() else model
     tasks_path, out_dir = Path(tasks_path).resolve(), Path(out_dir).resolve()
     ids = [e.id for e in read_examples(tasks_path)[:limit]]
-    labeler = labeler_for(config, dense or MenuConfig(), model, tasks_path, device)
+    engine = engine or EngineConfig()
+    # The folder records the numerics of ``device`` and ``engine``: a worker that would compute otherwise (another
+    # dtype, a GPU where --device says cpu) refuses its shard instead of mixing its labels in.
+    labeler = labeler_for(config, dense or MenuConfig(), model, tasks_path, device, engine=engine)
     labeler.prepare(out_dir, restart_on_change)  # once, before any worker writes (a menu is resolved here)
     common, remote = _dispatch_inputs(labeler, out_dir, config, dense, limit, device)
+    common["engine"] = engine.to_dict()
     with get_client(sync_client=True) as client:
         shards = shards or len(_require_workers(client, pool))
         submit, runs = _submit_missing(client, pool, common, shards, ids, labeler, out_dir)

@@ -32,12 +32,23 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 
 from flows.tracking import end_pipeline_run, log_stage, start_pipeline_run
-from polar.config import load, setting
+from polar.config import load, names, setting
 from polar.layout import Outputs
 from polar.registry import registry_status
 from polar.tracking import PARENT_ENV
 
-__all__ = ["CHAINS", "ROOT", "Chain", "base_models", "chain_of", "check_models", "pipeline", "project_root", "summary"]
+__all__ = [
+    "CHAINS",
+    "ROOT",
+    "Chain",
+    "base_models",
+    "chain_name",
+    "chain_of",
+    "check_models",
+    "pipeline",
+    "project_root",
+    "summary",
+]
 
 ROOT = Path(__file__).resolve().parents[1]
 # Each chain's per-model stages of dvc.yaml, in order.
@@ -61,24 +72,47 @@ CHAINS = {
 
 @dataclass(frozen=True)
 class Chain:
-    """Which chain of stages the pipeline runs per base model (params.yaml ``pipeline``)."""
+    """Which chain of stages each base model runs (params.yaml ``pipeline``): dvc.yaml's per-chain stages loop over
+    these lists, so that only the stages of a chain that runs exist (``dvc status`` has nothing else to report)."""
 
     SECTION: ClassVar[str] = "pipeline"
 
-    chain: str = setting(
-        "menu",
-        "menu: the selection study (dense menu matrices, every selector frozen on validation, the served winner or "
-        "the full depth as champion); network: MCTS labels and the PoLar network.",
+    menu: tuple[str, ...] = setting(
+        (),
+        "Base models that run the selection study (dense menu matrices, every selector frozen on validation, the "
+        "served winner or the full depth as champion).",
+        parse=names,
+    )
+    network: tuple[str, ...] = setting(
+        (), "Base models that run MCTS labels and the PoLar network trained on them.", parse=names
     )
 
     def __post_init__(self) -> None:
-        if self.chain not in CHAINS:
-            raise ValueError(f"pipeline.chain must be one of {', '.join(CHAINS)}, got {self.chain!r}")
+        both = sorted(set(self.menu) & set(self.network))
+        if both:
+            raise ValueError(
+                f"pipeline: {', '.join(both)} listed under both menu and network; give each model one chain"
+            )
+
+    def of(self, model: str) -> str:
+        """The chain ``model`` runs."""
+        for name in CHAINS:
+            if model in getattr(self, name):
+                return name
+        raise ValueError(
+            f"base model {model!r} runs no chain: add it to pipeline.menu (the selection study) or pipeline.network "
+            "in params.yaml"
+        )
 
 
-def chain_of(root: str | Path) -> tuple[str, ...]:
-    """The per-model stages params.yaml's ``pipeline.chain`` names."""
-    return CHAINS[load(Chain, Path(root) / "params.yaml").chain]
+def chain_name(root: str | Path, model: str) -> str:
+    """The chain (``menu`` or ``network``) that params.yaml's ``pipeline`` gives ``model``."""
+    return load(Chain, Path(root) / "params.yaml").of(model)
+
+
+def chain_of(root: str | Path, model: str) -> tuple[str, ...]:
+    """The per-model stages of the chain ``model`` runs."""
+    return CHAINS[chain_name(root, model)]
 
 
 def project_root(cwd: str | Path = ".") -> Path:
@@ -105,13 +139,19 @@ def check_models(root: str | Path, models: list[str] | None) -> None:
     unknown = sorted(set(models or []) - set(known))
     if unknown:
         raise ValueError(f"unknown base models {unknown}: params.yaml lists {known} (add one under base_models)")
+    chains = load(Chain, Path(root) / "params.yaml")
+    strays = sorted({*chains.menu, *chains.network} - set(known))
+    if strays:
+        raise ValueError(f"pipeline lists {strays}, which base_models does not: add them there, or take them out")
+    for model in models or known:
+        chains.of(model)  # each runs one chain
 
 
 def summary(root: Path, model: str) -> dict:
     """What the stages of params.yaml's chain wrote for ``model``: evaluation metrics, validation, registry (those
     that exist), and ``chain``."""
     out = Outputs(Path(root), model)
-    menu = chain_of(root) == CHAINS["menu"]
+    menu = chain_name(root, model) == "menu"
     evaluation = out.study_evaluation if menu else out.evaluation
     info = {"model": model, "chain": "menu" if menu else "network", "report": evaluation / "report.md"}
     for key, path in (
@@ -247,7 +287,7 @@ def pipeline(models: list[str] | None = None, cwd: str = str(ROOT), push_outputs
 
 def run_model(model: str, cwd: str) -> str:
     """One base model's chain, each stage's outputs logged to the pipeline's MLflow run; returns its outcome."""
-    for stage in chain_of(cwd):
+    for stage in chain_of(cwd, model):
         try:
             repro(f"{stage}@{model}", cwd)
         except StageFailed as err:

@@ -32,10 +32,14 @@ __all__ = [
     "ModelSpecError",
     "convert",
     "load",
+    "load_as_recorded",
     "model_depth",
     "model_slug",
     "models_dir",
+    "numerics",
+    "pin_threads",
     "resolve_device",
+    "resolve_dtype",
 ]
 
 
@@ -109,7 +113,8 @@ def resolve_device(device: str | None = None) -> torch.device:
     return torch.device(device)
 
 
-def _resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    """The torch dtype of a dtype setting on ``device`` (``auto``: bfloat16 on CUDA, float32 elsewhere)."""
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype in (None, "auto"):
@@ -134,6 +139,11 @@ class Backbone:
         return self.executor.depth
 
     @property
+    def numerics(self) -> dict:
+        """The dtype, device (and CPU threads) this model computes with now (:func:`numerics`)."""
+        return numerics(self.model.dtype, self.model.device)
+
+    @property
     def model_type(self) -> str:
         return self.model.config.model_type
 
@@ -156,6 +166,45 @@ class Backbone:
         return self.tokenizer(body)["input_ids"]
 
 
+def pin_threads(threads: int) -> None:
+    """Run this process's CPU arithmetic on exactly ``threads`` threads, and tell child processes the same.
+
+    A reduction's order follows the thread count, so the floats (and at times the greedy text) of one model on one
+    input change with it: a count read from the machine (torch's default, every core) would make labels depend on
+    where they were made. A fixed count gives the same bytes on an idle or a loaded machine.
+    """
+    torch.set_num_threads(threads)
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = str(threads)
+
+
+def numerics(
+    dtype: str | torch.dtype | None = "auto", device: str | torch.device | None = "auto", threads: int | None = None
+) -> dict:
+    """What decides a model's floats besides its weights and inputs: ``{"dtype", "device"[, "threads"]}``.
+
+    A label folder records it (``settings.json``); labels whose numerics differ are never mixed. The threads count
+    on a CPU only (``threads`` None: the process's current count).
+    """
+    dev = device if isinstance(device, torch.device) else resolve_device(device)
+    out = {"dtype": str(resolve_dtype(dtype, dev)).removeprefix("torch."), "device": dev.type}
+    if dev.type == "cpu":
+        out["threads"] = threads if threads is not None else torch.get_num_threads()
+    return out
+
+
+def load_as_recorded(
+    spec: str, recorded: dict | None, device: str | None = "auto", threads: int | None = None
+) -> Backbone:
+    """Load ``spec`` to compute as labels recorded it (:func:`numerics`): their dtype and, on a CPU, their threads.
+
+    What is served and evaluated is then what was labeled and chosen; ``recorded`` None (labels made before the
+    numerics were recorded: float32 on a CPU) loads with the defaults, on ``threads`` threads when given.
+    """
+    recorded = recorded or {}
+    return load(spec, device, recorded.get("dtype", "auto"), threads=recorded.get("threads", threads))
+
+
 # ------------------------------------------------------------------------------------------- loading
 def load(
     spec: str,
@@ -163,6 +212,7 @@ def load(
     dtype: str | torch.dtype | None = "auto",
     chat: bool | None = None,
     gguf_tip: bool = True,
+    threads: int | None = None,
 ) -> Backbone:
     """Load a base model.
 
@@ -174,13 +224,16 @@ def load(
         chat: force the prompt style; by default bundled models know theirs and others are chat models
             when their tokenizer has a chat template.
         gguf_tip: suggest ``polar convert`` after loading a GGUF file (slow to dequantize every time).
+        threads: pin the CPU's intra-op threads to this many (:func:`pin_threads`); None leaves them as they are.
 
     Raises:
         ModelSpecError: the spec names nothing loadable.
         UnsupportedModelError: the model's architecture is not supported by the executor.
     """
     dev = resolve_device(device)
-    torch_dtype = _resolve_dtype(dtype, dev)
+    torch_dtype = resolve_dtype(dtype, dev)
+    if threads is not None:
+        pin_threads(threads)
     if spec in BUNDLED:
         directory = ensure_converted(spec)
         source, kwargs = str(directory), {}

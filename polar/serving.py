@@ -29,13 +29,14 @@ from mlflow.pyfunc import PythonModel
 class PolarModel(PythonModel):
     def load_context(self, context) -> None:
         from polar.answering import Answerer
-        from polar.backbone import load
+        from polar.backbone import load_as_recorded
         from polar.selection.selector import Selector, artifact_meta
 
         config = context.model_config or {}
         folder = context.artifacts["predictor"]
         _, meta = artifact_meta(folder)
-        backbone = load(config.get("base_model") or meta["base_model"], device=config.get("device", "auto"))
+        spec = config.get("base_model") or meta["base_model"]
+        backbone = load_as_recorded(spec, meta.get("numerics"), config.get("device", "auto"))  # as it was evaluated
         self.selector = Selector.load(folder, backbone=backbone)
         rule = config.get("rule", "sum")
         self.answerer = Answerer(backbone, self.selector.prompt, int(config["max_new_tokens"]), rule)

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_EMBEDDER",
+    "DEFAULT_THREADS",
     "EFFICIENCY_MARGIN",
     "DECODERS",
     "METHODS",
@@ -34,6 +35,8 @@ __all__ = [
     "STAGE_SETTINGS",
     "TRAIN_SETTINGS",
     "TRAIN_SHARED",
+    "DTYPES",
+    "EngineConfig",
     "EvalConfig",
     "Gates",
     "IngestConfig",
@@ -55,6 +58,9 @@ DECODERS = ("search", "threshold")  # how the predictor's outputs become program
 METHODS = ("network", "menu")  # what `polar train` fits (polar/training/network.py, polar/training/menu.py)
 DEFAULT_EMBEDDER = "minilm"
 EFFICIENCY_MARGIN = 0.01  # efficiency mode: the most pass@1 a choice may lose against base greedy (1 point)
+
+DTYPES = ("auto", "float32", "bfloat16", "float16")  # auto: bfloat16 on CUDA, float32 on a CPU
+DEFAULT_THREADS = 2  # fixed, not "all cores": float results follow the thread count (see EngineConfig)
 
 SYNTHETIC_SIZES = {"train": 40, "validation": 10, "test": 20}  # questions per level unless given
 
@@ -114,6 +120,42 @@ class IngestConfig:
         if self.question_field is None:
             return None
         return Fields(self.question_field, self.answer_field, self.level_field, self.answer_kind)
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """How the base model computes (params.yaml ``engine``): its floating-point type and its CPU threads.
+
+    Both change the floats a model computes, and so its texts and verdicts: in bfloat16 a program's greedy text can
+    differ between a batch and a run alone, and on a CPU a reduction's order follows the intra-op thread count
+    (SmolLM2's logits at batch 1 differ in their last bits between 1 and 2 threads). So both are fixed settings,
+    never read from the machine: a label folder records them with the device (``settings.json``) and refuses to
+    resume, join or be compared with labels made otherwise; the same thread count on a loaded or an idle machine
+    gives the same bytes.
+    """
+
+    SECTION: ClassVar[str] = "engine"
+
+    dtype: str = setting(
+        "auto",
+        "Floating-point type of the base model: auto (bfloat16 on CUDA, float32 on a CPU), float32, bfloat16 or "
+        "float16. Recorded with every label; labels of two dtypes never mix.",
+    )
+    threads: int = setting(
+        DEFAULT_THREADS,
+        "CPU threads of the model's arithmetic (torch intra-op threads; children get OMP_NUM_THREADS). Fixed rather "
+        "than taken from the machine, because float results follow the thread count: raise it on a bigger machine, "
+        "and label again (it is part of a label folder's settings).",
+    )
+
+    def __post_init__(self) -> None:
+        if self.dtype not in DTYPES:
+            raise ValueError(f"engine dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        if self.threads < 1:
+            raise ValueError(f"engine threads must be at least 1, got {self.threads}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -452,10 +494,18 @@ class MenuConfig:
         "the expected shares of a choice drawn from the choices' likelihoods at the temperature, not draws).",
     )
     temperature: float = setting(0.7, "Sampling temperature of those samples.")
+    recheck: float = setting(
+        0.02,
+        "The numerical noise floor: this share of (input, program) rows, a fixed sample chosen by a hash of the "
+        "input's id and the program, is run again alone, outside its grid; the rows whose answer text or verdict "
+        "differ are counted (manifest.json) and reported beside the fix rates. 0: none.",
+    )
 
     def __post_init__(self) -> None:
         if self.scoring not in SCORINGS:
             raise ValueError(f"menu scoring must be one of {', '.join(SCORINGS)}, got {self.scoring!r}")
+        if not 0 <= self.recheck <= 1:
+            raise ValueError(f"menu recheck is a share of rows, between 0 and 1, got {self.recheck}")
 
     grid_inputs: int = setting(
         16,
@@ -494,6 +544,7 @@ STAGE_SETTINGS: dict[str, type] = {
     cls.SECTION: cls
     for cls in (
         IngestConfig,
+        EngineConfig,
         LabelConfig,
         PoolConfig,
         MenuConfig,

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from polar.labeling.folder import INPUTS, REWARDS, label_prompt, read_settings
+from polar.labeling.folder import INPUTS, REWARDS, describe_numerics, label_prompt, read_settings
 from polar.programs import Program, ProgramError
 from polar.tasks.splits import normalise
 
@@ -196,6 +196,7 @@ def matrix_tables(splits: Sequence[MenuSplit]) -> dict[str, pd.DataFrame]:
                 "menu": s.menu,
                 "prompt": s.prompt,
                 "model": s.settings.get("model"),
+                "numerics": describe_numerics(s.settings.get("engine")).removeprefix("in "),
                 "identity_first": full,
             }
         )
@@ -257,6 +258,10 @@ def matrix_suites(splits: Sequence[MenuSplit]) -> dict[str, list]:
         E.ExpectColumnValuesToBeInSet(column="menu", value_set=[first.menu]),
         E.ExpectColumnValuesToBeInSet(column="prompt", value_set=[first.prompt]),
         E.ExpectColumnValuesToBeInSet(column="model", value_set=[first.settings.get("model")]),
+        # one dtype, device and thread count: a split computed otherwise is not comparable
+        E.ExpectColumnValuesToBeInSet(
+            column="numerics", value_set=[describe_numerics(first.settings.get("engine")).removeprefix("in ")]
+        ),
         E.ExpectColumnValuesToBeInSet(column="identity_first", value_set=[True]),
     ]
     return suites

@@ -292,6 +292,6 @@ def test_code_deps_are_regenerated_in_place(tmp_path):
     assert "polar/validation.py" in missing_code_deps(body)
     assert write_code_deps(dvc_yaml, ROOT) == ["validate-menu"]
     body = yaml.safe_load(dvc_yaml.read_text())["stages"]["validate-menu"]["do"]
-    assert missing_code_deps(body) == [] and "data/menus/${key}/train" in body["deps"]
+    assert missing_code_deps(body) == [] and "data/menus/${item}/train" in body["deps"]
     assert "polar/tasks" in body["deps"]  # a package whose every file is reached is listed as its folder
     assert write_code_deps(dvc_yaml, ROOT) == []  # a second run changes nothing

@@ -122,6 +122,7 @@ def test_a_finished_shard_exports_alone_as_a_reward_matrix(tmp_path):
         "inputs": 3,
         "menu": "menu-2-abc",
         "prompt": "p",
+        "recheck": {"rows": 0, "texts_differ": 0, "verdicts_differ": 0},
         "base_correct": 2,
     }
     rewards = pd.read_parquet(tmp_path / "part" / REWARDS)

@@ -15,7 +15,16 @@ import typer
 from rich.table import Table
 
 from polar.cli.options import DeviceOpt, ModelOpt, app, configured, console, err_console, fail, name_value
-from polar.settings import EvalConfig, IngestConfig, LabelConfig, MenuConfig, PoolConfig, TrainConfig, ValidateConfig
+from polar.settings import (
+    EngineConfig,
+    EvalConfig,
+    IngestConfig,
+    LabelConfig,
+    MenuConfig,
+    PoolConfig,
+    TrainConfig,
+    ValidateConfig,
+)
 
 
 def _command() -> str:
@@ -52,7 +61,7 @@ def ingest(
 
 
 @app.command(name="label")
-@configured(config=LabelConfig, where=PoolConfig, dense=MenuConfig)
+@configured(config=LabelConfig, where=PoolConfig, dense=MenuConfig, engine=EngineConfig)
 def label_cmd(
     model: ModelOpt = "smollm2-135m",
     tasks: Annotated[str, typer.Option(help="Task file written by `polar ingest` (its train split).")] = (
@@ -77,6 +86,7 @@ def label_cmd(
     config: LabelConfig,
     where: PoolConfig,
     dense: MenuConfig,
+    engine: EngineConfig,
 ) -> None:
     """Search layer programs for every input of a task file. Resumable: run it again after a crash.
 
@@ -99,14 +109,24 @@ def label_cmd(
     from polar.labeling.run import labeler_for, run_labeling
     from polar.tasks.files import read_examples
 
-    labeler = labeler_for(config, dense, model, tasks, device)  # search, or a menu: chosen here once
+    labeler = labeler_for(config, dense, model, tasks, device, engine=engine)  # search, or a menu: chosen here once
     out = out or f"data/labels/{model_slug(model)}/{labeler.name}"
     try:
         if where.pool:
             from flows.labeling import label_on_pool
 
             merged = label_on_pool(
-                model, tasks, out, config, where.pool, where.shards, limit, device, restart_on_change, dense=dense
+                model,
+                tasks,
+                out,
+                config,
+                where.pool,
+                where.shards,
+                limit,
+                device,
+                restart_on_change,
+                dense=dense,
+                engine=engine,
             )
         else:
             examples = read_examples(tasks)[:limit]

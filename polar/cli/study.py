@@ -11,11 +11,11 @@ from typing import Annotated
 import typer
 
 from polar.cli.options import DeviceOpt, ModelOpt, app, configured, console, fail, scores_table
-from polar.settings import LabelConfig, MenuConfig, SelectConfig
+from polar.settings import EngineConfig, LabelConfig, MenuConfig, SelectConfig
 
 
 @app.command(name="menu")
-@configured(config=LabelConfig, dense=MenuConfig)
+@configured(config=LabelConfig, dense=MenuConfig, engine=EngineConfig)
 def menu_cmd(
     out: Annotated[str, typer.Option(help="The menu file to write (one program per line).")],
     discovery_out: Annotated[
@@ -32,6 +32,7 @@ def menu_cmd(
     *,
     config: LabelConfig,
     dense: MenuConfig,
+    engine: EngineConfig,
 ) -> None:
     """Make the menu every split is labeled with: search the first --discovery-inputs training inputs (MCTS),
     then write the full depth and the K programs valid on the most of them (--menu auto:K), or check a menu file.
@@ -41,7 +42,7 @@ def menu_cmd(
     from polar.labeling.discovery import make_menu
 
     try:
-        path, name = make_menu(model, tasks, discovery_out, out, config, dense, device, restart_on_change)
+        path, name = make_menu(model, tasks, discovery_out, out, config, dense, device, restart_on_change, engine)
     except (ValueError, FileNotFoundError, ModelSpecError, UnsupportedModelError) as err:
         fail(str(err))
     console.print(f"menu {name}: {path} (label every split with `polar label --menu {path}`)")

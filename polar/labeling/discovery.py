@@ -13,7 +13,7 @@ from pathlib import Path
 
 from polar.labeling.menu import menu_id, resolve_menu, write_menu
 from polar.labeling.run import label
-from polar.settings import LabelConfig, MenuConfig
+from polar.settings import EngineConfig, LabelConfig, MenuConfig
 
 __all__ = ["make_menu"]
 
@@ -27,12 +27,14 @@ def make_menu(
     dense: MenuConfig = MenuConfig(),
     device: str = "auto",
     restart_on_change: bool = False,
+    engine: EngineConfig | None = None,
 ) -> tuple[Path, str]:
     """Write the menu of ``dense.menu`` (``auto:K`` or a file) for ``model`` to ``out``.
 
     Args:
         tasks: the training split; its first ``dense.discovery_inputs`` inputs are searched for an auto menu.
         discovery_dir: the search's label folder (resumable: a killed run keeps the inputs it searched).
+        engine: the dtype and threads of the search (default: :class:`~polar.settings.EngineConfig`'s).
 
     Returns:
         The menu file and the menu's id.
@@ -52,6 +54,7 @@ def make_menu(
             config,
             limit=dense.discovery_inputs,
             device=device,
+            engine=engine,
             restart_on_change=restart_on_change,
         )
         discovery = str(discovery_dir)

@@ -21,8 +21,8 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, fields
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 from typing import TypeVar
 
@@ -47,7 +47,10 @@ __all__ = [
     "MenuResult",
     "Record",
     "ShardWriter",
+    "check_same_numerics",
+    "read_noise",
     "check_settings",
+    "describe_numerics",
     "check_shard",
     "label_prompt",
     "labels_prompt",
@@ -171,6 +174,8 @@ class MenuRecord:
     base_entropy: float  # entropy (nats) of the next-token distribution at the answer's first token
     sample_agreement: float  # share of sampled answers equal to the greedy one
     sample_correct: float  # share of sampled answers that are correct
+    # The rows of this input run again alone (MenuConfig.recheck): {"program", "same_text", "same_verdict"} each
+    recheck: tuple[dict, ...] = ()
     schema: int = SCHEMA
 
     @property
@@ -187,7 +192,7 @@ class MenuRecord:
     @classmethod
     def from_dict(cls, data: dict, where: str = "menu record") -> MenuRecord:
         """Parse a record; ``where`` (file:line) starts every error message."""
-        return _from_dict(cls, data, where, "menu", {"results": MenuResult})
+        return _from_dict(cls, data, where, "menu", {"results": MenuResult}, ("recheck",))
 
 
 Record = LabelRecord | MenuRecord
@@ -216,11 +221,12 @@ def _from_dict(
     """A ``cls`` record from its JSON form, its ``nested`` fields lists of those dataclasses, its ``tuples`` fields
     lists of plain values; ``where`` (file:line) starts every error message, which calls it a ``noun`` record."""
     _check_schema(data, where)
-    names = [f.name for f in fields(cls)]
-    missing = [n for n in names if n not in data]
+    names = [f.name for f in fields(cls) if f.name in data]
+    required = [f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING]
+    missing = [n for n in required if n not in data]
     if missing:
         raise ValueError(f"{where}: not a whole {noun} record (missing {', '.join(missing)})")
-    values = {n: data[n] for n in names} | {n: tuple(data[n]) for n in tuples}
+    values = {n: data[n] for n in names} | {n: tuple(data[n]) for n in tuples if n in data}
     for name, entry in nested.items():
         try:
             values[name] = tuple(entry(**e) for e in data[name])
@@ -453,6 +459,12 @@ def check_settings(out_dir: Path, settings: dict, restart_on_change: bool = Fals
             return
         if not restart_on_change:
             changed = sorted(k for k in settings.keys() | before.keys() if before.get(k) != settings.get(k))
+            if changed == ["engine"]:
+                raise ValueError(
+                    f"{out_dir} holds labels computed {describe_numerics(before.get('engine'))}; this run computes "
+                    f"{describe_numerics(settings.get('engine'))}: labels of two dtypes, devices or thread counts "
+                    "never mix. Give the folder's (--dtype, --threads, --device), or label into a new folder"
+                )
             raise ValueError(
                 f"{out_dir} holds labels made with other settings ({', '.join(changed)} differ); "
                 "label into a new folder, or delete this one to start over"
@@ -460,6 +472,55 @@ def check_settings(out_dir: Path, settings: dict, restart_on_change: bool = Fals
         for old in [*out_dir.glob("shard-*.jsonl"), *(out_dir / f for f in (MERGED, MENU, MANIFEST, TIMINGS))]:
             old.unlink(missing_ok=True)
     path.write_text(json.dumps(settings, indent=2) + "\n")
+
+
+def read_noise(folders: Iterable[str | Path]) -> dict | None:
+    """The numerical noise floor of menu folders, pooled: of their rows run again alone (``manifest.json``'s
+    ``recheck``), how many gave another text and another verdict; None when none of them recorded it."""
+    rows = texts = verdicts = 0
+    seen = False
+    for folder in folders:
+        path = Path(folder) / MANIFEST
+        check = json.loads(path.read_text()).get("recheck") if path.exists() else None
+        if check is not None:
+            seen = True
+            rows, texts, verdicts = (
+                rows + check["rows"],
+                texts + check["texts_differ"],
+                verdicts + check["verdicts_differ"],
+            )
+    if not seen:
+        return None
+    share = verdicts / rows if rows else None
+    return {"rows": rows, "texts_differ": texts, "verdicts_differ": verdicts, "verdict_flip_rate": share}
+
+
+def describe_numerics(engine: dict | None) -> str:
+    """``in float32 on cpu with 2 threads``: a label folder's recorded numerics, for messages."""
+    if not engine:
+        return "with unrecorded numerics (labeled before dtype and threads were recorded)"
+    threads = f" with {engine['threads']} thread{'s' * (engine['threads'] != 1)}" if "threads" in engine else ""
+    return f"in {engine['dtype']} on {engine['device']}{threads}"
+
+
+def check_same_numerics(folders: Mapping[str, str | Path]) -> dict | None:
+    """The one dtype, device and thread count that every label folder of ``folders`` (name -> folder) was made with.
+
+    Raises:
+        ValueError: two folders differ; the message names both and how each was computed.
+    """
+    first: tuple[str, dict | None] | None = None
+    for name, folder in folders.items():
+        engine = read_settings(folder).get("engine")
+        if first is None:
+            first = (name, engine)
+        elif engine != first[1]:
+            raise ValueError(
+                f"{first[0]} was labeled {describe_numerics(first[1])} and {name} {describe_numerics(engine)}: "
+                "labels of two dtypes, devices or thread counts never mix; label one again with the other's "
+                "--dtype, --threads and --device"
+            )
+    return first[1] if first else None
 
 
 # ------------------------------------------------------------------------------------------- manifests

@@ -28,7 +28,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from polar.backbone import Backbone, load, model_depth
+from polar.backbone import Backbone, load, model_depth, numerics
 from polar.decoding import Sampling
 from polar.grid import Samples, generate_grid
 from polar.labeling.folder import (
@@ -45,7 +45,7 @@ from polar.labeling.folder import (
 from polar.labeling.reward_matrix import write_matrix
 from polar.likelihood import Likelihood, best_choice, score_grid
 from polar.programs import Program, ProgramError
-from polar.settings import LabelConfig, MenuConfig
+from polar.settings import EngineConfig, LabelConfig, MenuConfig
 from polar.tasks.answers import grade
 from polar.tasks.prompts import PromptSpec, stop_token_ids
 from polar.tasks.schema import LETTERS, Example
@@ -172,10 +172,43 @@ def run_menu(
     else:
         rows = _generated(backbone, examples, prompts, continuations, menu, config, dense)
     head = {"menu": menu_name}
-    return [
-        MenuRecord(**record_header(e, backbone.spec, backbone.executor.depth, prompt.id), **head, **fields)
-        for e, fields in zip(examples, rows, strict=True)
+    checked = [
+        _recheck(backbone, e, x, tails, menu, row.pop("tokens", None), row["results"], dense, config)
+        for e, x, tails, row in zip(examples, prompts, continuations, rows, strict=True)
     ]
+    return [
+        MenuRecord(**record_header(e, backbone.spec, backbone.executor.depth, prompt.id), **head, **fields, recheck=c)
+        for e, fields, c in zip(examples, rows, checked, strict=True)
+    ]
+
+
+def rechecked(example_id: str, program: str, share: float) -> bool:
+    """Whether the row (``example_id``, ``program``) is in the noise-floor sample: a fixed share of all rows, chosen
+    by a hash of both, so that it does not depend on the batch, the shard or the order the inputs come in."""
+    digest = int(hashlib.sha256(f"{example_id}\n{program}".encode()).hexdigest()[:8], 16)
+    return digest < share * 0x100000000
+
+
+def _recheck(
+    backbone, example, prompt_ids, tails, menu, tokens, results, dense: MenuConfig, config: LabelConfig
+) -> tuple:
+    """The input's sampled rows run again alone (a grid of one prompt and one program): whether each gives the same
+    answer text (generation: the same tokens; likelihood: the same choice) and the same verdict as in its grid."""
+    out = []
+    for j, (program, result) in enumerate(zip(menu, results, strict=True)):
+        if not rechecked(example.id, program.text, dense.recheck):
+            continue
+        if dense.scoring == "likelihood":
+            sums = [x.logprob for x in score_grid(backbone.executor, [prompt_ids], [tails], [program])[0][0]]
+            best = int(np.argmax(sums))  # the summed rule, as ``results`` holds it
+            same_text, ok = LETTERS[best] == result.prediction, best == example.answer_index
+        else:
+            stops = stop_token_ids(backbone.tokenizer)
+            alone = generate_grid(backbone.executor, [prompt_ids], [program], config.max_new_tokens, stops)[0][0]
+            ok = grade(alone.text, example.answer, example.answer_kind)[1]
+            same_text = list(alone.tokens) == list(tokens[j])
+        out.append({"program": program.text, "same_text": bool(same_text), "same_verdict": bool(ok) == result.correct})
+    return tuple(out)
 
 
 def _generated(backbone, examples, prompts, continuations, menu, config, dense) -> list[dict]:
@@ -209,6 +242,7 @@ def _generated(backbone, examples, prompts, continuations, menu, config, dense) 
                 "base_entropy": round(first.entropy, 4),
                 "sample_agreement": round(agree, 4),
                 "sample_correct": round(right, 4),
+                "tokens": [cell.tokens for cell in row[: len(menu)]],  # for the recheck; not a record field
             }
         )
     return out
@@ -295,6 +329,7 @@ class MenuLabeler:
     dense: MenuConfig
     device: str = "auto"
     backbone: Backbone | None = None
+    engine: EngineConfig = field(default_factory=EngineConfig)  # dtype and threads, when the model is loaded here
     menu: list[Program] | None = field(default=None, init=False)  # resolved by prepare
     record_kind: ClassVar[type] = MenuRecord
     name: ClassVar[str] = "menu"  # the default label folder's name
@@ -331,10 +366,17 @@ class MenuLabeler:
             },
             "prompt": self.prompt.to_dict(),
             "menu": {"id": name, "programs": [p.text for p in self.menu]},
+            "engine": self.numerics(),
         }
         check_settings(out_dir, settings, restart_on_change)
         source = f" from {dense.discovery}" if dense.discovery else ""
         write_menu(out_dir / MENU_FILE, self.menu, f"{name}: {dense.menu}{source}")
+
+    def numerics(self) -> dict:
+        """The dtype, device and threads the labels are (to be) made with: part of the folder's settings."""
+        if self.backbone is not None:
+            return self.backbone.numerics
+        return numerics(self.engine.dtype, self.device, self.engine.threads)
 
     def label_batch(self, examples: Sequence[Example]) -> Iterator[tuple[MenuRecord, float]]:
         """Run the menu on ``examples``, one level's grid of ``grid_inputs`` at a time; yields each record with
@@ -342,7 +384,7 @@ class MenuLabeler:
         if self.menu is None:
             raise RuntimeError("MenuLabeler.label_batch before prepare: the menu is resolved by prepare(out_dir)")
         if self.backbone is None:
-            self.backbone = load(self.model, device=self.device)
+            self.backbone = load(self.model, self.device, self.engine.dtype, threads=self.engine.threads)
         name = menu_id(self.menu)
         for batch in level_batches(examples, self.dense.grid_inputs):
             start = time.perf_counter()

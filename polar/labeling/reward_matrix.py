@@ -25,6 +25,7 @@ from polar.labeling.folder import (
     REWARDS,
     SETTINGS,
     MenuRecord,
+    check_same_numerics,
     check_shard,
     read_labels,
     read_records,
@@ -114,6 +115,12 @@ def write_matrix(dest: str | Path, head: dict, records: Sequence[MenuRecord]) ->
     export(Path(dest) / MENU, records)
     first = records[0] if records else None
     about = {"menu": first.menu if first else None, "prompt": first.prompt if first else None}
+    checks = [c for r in records for c in r.recheck]
+    about["recheck"] = {  # the numerical noise floor: rows run again alone (MenuConfig.recheck)
+        "rows": len(checks),
+        "texts_differ": sum(not c["same_text"] for c in checks),
+        "verdicts_differ": sum(not c["same_verdict"] for c in checks),
+    }
     return write_manifest(dest, head, [r.base_correct for r in records], about)
 
 
@@ -174,6 +181,7 @@ def join_parts(parts: Sequence[str | Path], tasks: str | Path, dest: str | Path)
     folders = [Path(p) for p in parts]
     manifests = [json.loads((f / MANIFEST).read_text()) for f in folders]
     settings = [(f / SETTINGS).read_text() for f in folders]
+    check_same_numerics({str(f): f for f in folders})  # a bf16 part never joins an fp32 matrix
     for f, m, s in zip(folders[1:], manifests[1:], settings[1:], strict=True):
         if s != settings[0] or (m["menu"], m["prompt"]) != (manifests[0]["menu"], manifests[0]["prompt"]):
             raise ValueError(
@@ -204,4 +212,6 @@ def join_parts(parts: Sequence[str | Path], tasks: str | Path, dest: str | Path)
     (dest / SETTINGS).write_text(settings[0])
     head = {"model": json.loads(settings[0]).get("model"), "tasks": str(tasks)}
     about = {"menu": manifests[0]["menu"], "prompt": manifests[0]["prompt"]}
+    if all("recheck" in m for m in manifests):  # the parts' noise-floor rows, summed
+        about["recheck"] = {k: sum(m["recheck"][k] for m in manifests) for k in manifests[0]["recheck"]}
     return write_manifest(dest, head, inputs["base_correct"].tolist(), about)

@@ -25,7 +25,7 @@ from polar.backbone import Backbone
 from polar.labeling.folder import Record, ShardWriter, check_shard, read_records, worker_lock
 from polar.labeling.menu import MenuLabeler
 from polar.labeling.search import SearchLabeler
-from polar.settings import LabelConfig, MenuConfig
+from polar.settings import EngineConfig, LabelConfig, MenuConfig
 from polar.tasks.files import read_examples
 from polar.tasks.schema import Example
 
@@ -68,6 +68,7 @@ def labeler_for(
     tasks: str | Path,
     device: str = "auto",
     backbone: Backbone | None = None,
+    engine: EngineConfig | None = None,
 ) -> Labeler:
     """The labeler of these settings: the menu labeler when ``dense`` names a menu, else the search labeler.
 
@@ -77,14 +78,17 @@ def labeler_for(
         model: the base model's spec.
         tasks: the task file.
         device: where the model is loaded when it is needed.
-        backbone: the model already loaded (its ``spec`` is what the records name).
+        backbone: the model already loaded (its ``spec`` is what the records name, its dtype and device what the
+            folder's settings record).
+        engine: the dtype and threads the model is loaded with when it is not given (params.yaml ``engine``).
 
     Returns:
         A :class:`Labeler`.
     """
+    engine = engine or EngineConfig()
     if dense.menu:
-        return MenuLabeler(model, tasks, config, dense, device, backbone)
-    return SearchLabeler(model, tasks, config, device, backbone)
+        return MenuLabeler(model, tasks, config, dense, device, backbone, engine)
+    return SearchLabeler(model, tasks, config, device, backbone, engine)
 
 
 def run_labeling(
@@ -166,6 +170,7 @@ def label(
     worker: str = "0",
     device: str = "auto",
     backbone: Backbone | None = None,
+    engine: EngineConfig | None = None,
     restart_on_change: bool = False,
     shard: tuple[int, int] | None = None,
     after_write: Callable[[Path], None] | None = None,
@@ -181,11 +186,11 @@ def label(
         dense: the menu settings; None or an empty ``menu``: search.
         limit: label only the first ``limit`` inputs.
         worker, shard, after_write, merge, restart_on_change: as :func:`run_labeling` takes them.
-        device, backbone: as :func:`labeler_for` takes them.
+        device, backbone, engine: as :func:`labeler_for` takes them.
 
     Returns:
         The merged file, or None when other shards still have inputs to label (or not ``merge``).
     """
-    labeler = labeler_for(config or LabelConfig(), dense or MenuConfig(), model, tasks, device, backbone)
+    labeler = labeler_for(config or LabelConfig(), dense or MenuConfig(), model, tasks, device, backbone, engine)
     examples = read_examples(tasks)[:limit]
     return run_labeling(labeler, examples, out_dir, shard, worker, after_write, merge, restart_on_change)

@@ -18,7 +18,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import ClassVar
 
-from polar.backbone import Backbone, load
+from polar.backbone import Backbone, load, numerics
 from polar.labeling.folder import (
     SCHEMA,
     Evaluated,
@@ -32,7 +32,7 @@ from polar.labeling.folder import (
 from polar.prefix import PrefixStore
 from polar.programs import CompactProgram, Program, ProgramError
 from polar.search import Evaluation, search
-from polar.settings import LabelConfig
+from polar.settings import EngineConfig, LabelConfig
 from polar.tasks.answers import grade
 from polar.tasks.prompts import PromptSpec, stop_token_ids
 from polar.tasks.schema import Example
@@ -109,6 +109,7 @@ class SearchLabeler:
     config: LabelConfig = field(default_factory=LabelConfig)
     device: str = "auto"
     backbone: Backbone | None = None
+    engine: EngineConfig = field(default_factory=EngineConfig)  # dtype and threads, when the model is loaded here
     record_kind: ClassVar[type] = LabelRecord
 
     @property
@@ -133,13 +134,20 @@ class SearchLabeler:
             "tasks": str(self.tasks),
             "config": self._result_settings(),
             "prompt": self.prompt.to_dict(),
+            "engine": self.numerics(),
         }
         check_settings(Path(out_dir), settings, restart_on_change)
+
+    def numerics(self) -> dict:
+        """The dtype, device and threads the labels are (to be) made with: part of the folder's settings."""
+        if self.backbone is not None:
+            return self.backbone.numerics
+        return numerics(self.engine.dtype, self.device, self.engine.threads)
 
     def label_batch(self, examples: Sequence[Example]) -> Iterator[tuple[LabelRecord, float]]:
         """Search each of ``examples`` in turn; yields its record and search seconds as soon as it is done."""
         if self.backbone is None:
-            self.backbone = load(self.model, device=self.device)
+            self.backbone = load(self.model, self.device, self.engine.dtype, threads=self.engine.threads)
         stops = stop_token_ids(self.backbone.tokenizer)
         for example in examples:
             yield label_one(self.backbone, example, self.prompt, self.config, stops)

@@ -2,7 +2,9 @@
 
 The select stage's folder holds ``frozen.json`` (written before the test matrix is read), ``test.json`` (the one
 look at test, with the digest of ``frozen.json``) and ``choices.parquet`` (each candidate's program per test input);
-its selectors folder holds one servable selector per role. The evaluate stage's folder holds ``metrics.json`` and
+its selectors folder holds one servable selector per role. Wall-clock figures (each candidate's choice time, the
+model features' extraction time) go to ``timings.json`` beside them, which ``.dvcignore`` keeps out of the folder's
+hash: every other file is a pure function of the matrices and the settings. The evaluate stage's folder holds ``metrics.json`` and
 ``versions/<role>.json`` (each servable selector's served evaluation, in the registry's format).
 """
 
@@ -10,11 +12,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["CHOICES", "FROZEN", "ORACLE", "ROLES", "TEST", "VERSIONS", "served_programs"]
+__all__ = ["CHOICES", "FROZEN", "ORACLE", "ROLES", "TEST", "TIMINGS", "VERSIONS", "served_programs"]
 
 FROZEN = "frozen.json"
 TEST = "test.json"
 CHOICES = "choices.parquet"
+TIMINGS = "timings.json"  # seconds differ from run to run: in .dvcignore, never in a hashed output
 VERSIONS = "versions"
 ROLES = ("baseline", "accuracy", "efficiency")  # the full depth, and the two modes' winners
 ORACLE = "oracle (any menu program right; ceiling)"  # the ceiling's row in every table

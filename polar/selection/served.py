@@ -25,6 +25,7 @@ from polar.selection.files import CHOICES, FROZEN, ORACLE, TEST, VERSIONS, serve
 from polar.selection.matrix import Matrix
 from polar.selection.policies import BASE
 from polar.selection.selector import Selector
+from polar.settings import DEFAULT_THREADS
 from polar.stats import MethodScore, markdown_table, score_outcomes
 from polar.tasks.files import read_examples
 
@@ -48,13 +49,15 @@ def evaluate_selection(
         selectors_dir: its servable selector folders.
         tasks_path: the ingested test split the test matrix was labeled from (answers and levels).
     """
-    from polar.backbone import load
+    from polar.backbone import load_as_recorded
 
     selection_dir, out_dir = Path(selection_dir), Path(out_dir)
     frozen, tested = _read_study(selection_dir)
     matrix = Matrix.load(tested["test"]["folder"])
     examples = _examples(tasks_path, matrix)
-    backbone = backbone or load(model or frozen["model"], device=device)
+    backbone = backbone or load_as_recorded(
+        model or frozen["model"], frozen["meta"].get("numerics"), device, DEFAULT_THREADS
+    )
     if backbone.depth != matrix.depth:
         raise ValueError(f"the study's menus are for {matrix.depth} layers; {backbone.spec} has {backbone.depth}")
     rule = frozen.get("rule", {}).get("rule", "sum")
