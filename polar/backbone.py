@@ -12,6 +12,8 @@ import os
 import shutil
 import sys
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -38,6 +40,7 @@ __all__ = [
     "models_dir",
     "numerics",
     "pin_threads",
+    "pinned_threads",
     "resolve_device",
     "resolve_dtype",
 ]
@@ -176,6 +179,22 @@ def pin_threads(threads: int) -> None:
     torch.set_num_threads(threads)
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = str(threads)
+
+
+@contextmanager
+def pinned_threads(threads: int) -> Iterator[None]:
+    """:func:`pin_threads` for the length of a ``with`` block, then the process's threads as they were."""
+    before = torch.get_num_threads(), {v: os.environ.get(v) for v in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+    pin_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before[0])
+        for var, value in before[1].items():
+            if value is None:
+                os.environ.pop(var, None)
+            else:
+                os.environ[var] = value
 
 
 def numerics(

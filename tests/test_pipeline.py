@@ -30,6 +30,7 @@ def _repo(tmp: Path, **overrides) -> Path:
     params["label"].update(simulations=3, max_new_tokens=6, shots=1)
     params["menu"].update(menu="auto:3", discovery_inputs=2, samples=2)
     params["select"].update(m2_steps=20, m2_eval_every=10)
+    params["engine"].update(threads=1)  # its share of CI's 2 cores beside the other test worker
     params["train"].update(epochs=3)
     params["evaluate"].update(k=2)
     for section, values in overrides.items():

@@ -2,6 +2,7 @@
 the servable selectors written and choosing what the study chose; the registry's baseline champion and its gate."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -9,7 +10,7 @@ import pytest
 from conftest import TEST_PROMPT
 
 from polar.hashing import sha256_file
-from polar.selection.files import CHOICES, FROZEN, TEST
+from polar.selection.files import CHOICES, FROZEN, TEST, TIMINGS
 from polar.selection.selector import Selector
 from polar.selection.study import select
 from polar.settings import MenuNetworkConfig, SelectConfig
@@ -17,6 +18,8 @@ from polar.stats import detectable_difference, markdown_table, score_outcomes
 from polar.tasks.files import write_examples
 from polar.tasks.prompts import PromptSpec
 from polar.tasks.schema import Example
+
+ROOT = Path(__file__).resolve().parents[1]
 
 # The full depth, a program that skips layer 0 (so no layer is shared: no hidden-state feature needs a model),
 # and a shorter one. Level 1: the skip is right where the full depth mostly is not; level 2: the full depth wins.
@@ -32,7 +35,10 @@ def _correct(level: str, i: int) -> list[bool]:
     return [k < 6, k < 1, k < 1]
 
 
-def _menu(folder, split: str, n: int, questions=None, model: str = "tiny-model"):
+FP32 = {"dtype": "float32", "device": "cpu", "threads": 2}
+
+
+def _menu(folder, split: str, n: int, questions=None, model: str = "tiny-model", engine=FP32, recheck=None):
     """A menu folder as `polar label --menu` leaves it (the files the select stage reads), and its task file."""
     folder.mkdir(parents=True)
     levels = ["1" if i % 2 == 0 else "2" for i in range(n)]
@@ -70,8 +76,14 @@ def _menu(folder, split: str, n: int, questions=None, model: str = "tiny-model")
         "config": {"max_new_tokens": 8, "samples": 4, "temperature": 0.7},
         "prompt": PromptSpec.from_dict(TEST_PROMPT).to_dict(),
         "menu": {"id": "menu-3-test", "programs": PROGRAMS},
+        "engine": engine,
     }
     (folder / "settings.json").write_text(json.dumps(settings))
+    if recheck is not None:  # rows run again alone, and how many changed text and verdict
+        rows, texts, verdicts = recheck
+        (folder / "manifest.json").write_text(
+            json.dumps({"recheck": {"rows": rows, "texts_differ": texts, "verdicts_differ": verdicts}})
+        )
     examples = [Example(r["id"], r["question"], "7", "t", r["level"], "tests") for r in inputs]
     (folder.parent / "tasks").mkdir(exist_ok=True)
     write_examples(folder.parent / "tasks" / f"{split}.parquet", examples)
@@ -81,7 +93,8 @@ def _menu(folder, split: str, n: int, questions=None, model: str = "tiny-model")
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
     root = tmp_path_factory.mktemp("study")
-    train, val, test = (_menu(root / s, s, n) for s, n in (("train", 60), ("validation", 40), ("test", 30)))
+    sizes = (("train", 60, (4, 0, 0)), ("validation", 40, (3, 1, 0)), ("test", 30, (3, 1, 1)))
+    train, val, test = (_menu(root / s, s, n, recheck=r) for s, n, r in sizes)
     return root, select([train], val, test, root / "out", CONFIG, cache_dir=root / "features")
 
 
@@ -100,6 +113,34 @@ def test_every_candidate_is_frozen_on_validation_then_scored_once_on_test(study)
     choices = pd.read_parquet(out / CHOICES)
     assert len(choices) == 30 * (len(result.test) - 1)  # every candidate but the oracle, every test input
     assert "won on validation" in result.summary and "smallest gain this test detects" in result.summary
+    # The noise floor beside the fix rates, pooled over the splits' rechecked rows (1 verdict of 10 flipped).
+    assert tested["noise"] == {"rows": 10, "texts_differ": 2, "verdicts_differ": 1, "verdict_flip_rate": 0.1}
+    assert "numerical noise 10.0% (1 of 10 rows run again alone changed their verdict, 95% CI" in result.summary
+    assert "overhead_ms" not in tested and set(json.loads((out / TIMINGS).read_text())) == {"overhead_ms", "feature_ms"}
+
+
+def test_the_select_stage_run_twice_writes_the_same_bytes(tmp_path):
+    """Every output is a function of the matrices and the settings: wall-clock times live in timings.json only
+    (which .dvcignore keeps out of the folder's hash), so a second run rewrites every other file byte for byte."""
+    train, val, test = (_menu(tmp_path / s, s, n) for s, n in (("train", 40), ("validation", 20), ("test", 20)))
+    out = tmp_path / "out"
+    select([train], val, test, out, CONFIG, cache_dir=tmp_path / "features")
+    out.rename(tmp_path / "first")
+    select([train], val, test, out, CONFIG, cache_dir=tmp_path / "features")
+    files = sorted(p.relative_to(out) for p in out.rglob("*") if p.is_file())
+    assert {FROZEN, TEST, CHOICES, TIMINGS} <= {p.name for p in files}
+    differ = [str(p) for p in files if sha256_file(out / p) != sha256_file(tmp_path / "first" / p)]
+    assert differ == [TIMINGS]  # its seconds differ; nothing else may
+    assert TIMINGS in (ROOT / ".dvcignore").read_text().split()
+
+
+def test_splits_labeled_in_two_dtypes_are_refused(tmp_path):
+    train = _menu(tmp_path / "train", "train", 40)
+    val = _menu(tmp_path / "validation", "validation", 20, engine={"dtype": "bfloat16", "device": "cpu", "threads": 2})
+    with pytest.raises(ValueError, match=r"train .* was labeled in float32 on cpu with 2 threads and validation .* in "
+                       r"bfloat16 on cpu with 2 threads: labels of two dtypes"):  # fmt: skip
+        select([train], val, val, tmp_path / "out", CONFIG)
+    assert not (tmp_path / "out" / FROZEN).exists()
 
 
 def test_servable_selectors_choose_what_the_study_chose(study):

@@ -367,6 +367,12 @@ def _other_menu(folders):
     _menu_folder(folders["test"], "test", _questions("test", 6), programs=["0-9", "0-2,4-9"])
 
 
+def _other_dtype(folders):
+    path = folders["test"] / "settings.json"
+    settings = json.loads(path.read_text())
+    path.write_text(json.dumps({**settings, "engine": {"dtype": "bfloat16", "device": "cuda"}}))
+
+
 @pytest.mark.parametrize(
     ("spoil", "what"),
     [
@@ -378,8 +384,9 @@ def _other_menu(folders):
         (_share_question, r"question 'What is 3 \+  5\?' is in validation and in train"),
         (_half_choices, r"train-rewards: expect_table_columns_to_match_set"),
         (_other_menu, r"splits\.menu: expect_column_values_to_be_in_set \(\{'menu': 'menu-2-\w+', 'split': 'test'\}"),
+        (_other_dtype, r"splits\.numerics: expect_column_values_to_be_in_set \(\{'numerics': 'bfloat16 on cuda'"),
     ],
-    ids=["duplicate-row", "no-identity-row", "shared-question", "half-choices", "other-menu"],
+    ids=["duplicate-row", "no-identity-row", "shared-question", "half-choices", "other-menu", "other-dtype"],
 )
 def test_a_spoilt_menu_chain_fails_and_names_the_problem(chain, tmp_path, spoil, what):
     from polar.validation import validate_menus

@@ -459,7 +459,7 @@ def check_settings(out_dir: Path, settings: dict, restart_on_change: bool = Fals
             return
         if not restart_on_change:
             changed = sorted(k for k in settings.keys() | before.keys() if before.get(k) != settings.get(k))
-            if changed == ["engine"]:
+            if "engine" in changed:  # named first: a half type also brings its own settings (grid_inputs)
                 raise ValueError(
                     f"{out_dir} holds labels computed {describe_numerics(before.get('engine'))}; this run computes "
                     f"{describe_numerics(settings.get('engine'))}: labels of two dtypes, devices or thread counts "

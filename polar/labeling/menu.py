@@ -352,6 +352,10 @@ class MenuLabeler:
         searched = self.config.prompt_spec(self.tasks) if self.prompt.format == "cloze" else self.prompt
         self.menu = resolve_menu(dense.menu, depth, self.config.search.max_visits, searched, dense.discovery)
         name = menu_id(self.menu)
+        engine = self.numerics()
+        # In float32 a grid's composition changes no row (tested); in a half type it can, so it is then part of what
+        # the labels were made with. The recheck share decides which rows a record carries a recheck of.
+        grid = {} if engine["dtype"] == "float32" else {"grid_inputs": dense.grid_inputs}
         settings = {
             "schema": SCHEMA,
             "kind": "menu",
@@ -363,10 +367,12 @@ class MenuLabeler:
                 "temperature": dense.temperature,
                 "scoring": dense.scoring,
                 "likelihoods": LIKELIHOODS,
+                "recheck": dense.recheck,
+                **grid,
             },
             "prompt": self.prompt.to_dict(),
             "menu": {"id": name, "programs": [p.text for p in self.menu]},
-            "engine": self.numerics(),
+            "engine": engine,
         }
         check_settings(out_dir, settings, restart_on_change)
         source = f" from {dense.discovery}" if dense.discovery else ""

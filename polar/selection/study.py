@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from polar.backbone import pin_threads
+from polar.backbone import pinned_threads
 from polar.hashing import sha256_file
 from polar.labeling.folder import INPUTS, REWARDS, check_same_numerics, read_noise, read_settings
 from polar.selection.candidates import M2_DENSE_NAME, M2_NAME, Candidates, FeatureCache
@@ -34,7 +34,7 @@ from polar.selection.matrix import Matrix, check_disjoint
 from polar.selection.policies import BASE, Selection, oracle, score, winners
 from polar.selection.selector import Selector, SelectorSpec
 from polar.settings import DEFAULT_THREADS, SelectConfig
-from polar.stats import MethodScore, detectable_difference
+from polar.stats import MethodScore, detectable_difference, wilson
 from polar.tasks.prompts import PromptSpec
 
 __all__ = ["StudyResult", "choose_rule", "select", "verdict"]
@@ -85,23 +85,32 @@ def select(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     selectors_dir = Path(selectors_dir) if selectors_dir else out_dir / "selectors"
-    candidates, frozen, tr, va = _freeze(list(train), Path(validation), out_dir, config, model, cache_dir, device)
-    servable = _write_selectors(candidates, frozen, selectors_dir)
-    frozen["servable"] = servable
-    _write_json(out_dir / FROZEN, frozen)  # before the test matrix is read
-    validation_scores = {k: MethodScore.from_dict(v) for k, v in frozen["validation_scores"].items()}
-    scores, line = _test_once(candidates, frozen, validation_scores, tr, va, Path(test), out_dir)
+    # One dtype, device and thread count for every split; this stage's own arithmetic (the features it extracts,
+    # M2's training) runs on the labels' threads, so that its outputs do not depend on the machine's cores.
+    numerics = check_same_numerics({**{f"train {f}": f for f in train}, f"validation {validation}": validation})
+    with pinned_threads((numerics or {}).get("threads", DEFAULT_THREADS)):
+        candidates, frozen, tr, va = _freeze(
+            list(train), Path(validation), out_dir, config, model, cache_dir, device, numerics
+        )
+        servable = _write_selectors(candidates, frozen, selectors_dir)
+        frozen["servable"] = servable
+        _write_json(out_dir / FROZEN, frozen)  # before the test matrix is read
+        validation_scores = {k: MethodScore.from_dict(v) for k, v in frozen["validation_scores"].items()}
+        scores, line = _test_once(candidates, frozen, validation_scores, tr, va, Path(test), out_dir)
     return StudyResult(out_dir, frozen["winners"], validation_scores, scores, servable, line)
 
 
 def _freeze(
-    train: list, validation: Path, out_dir: Path, config: SelectConfig, model: str | None, cache_dir, device: str
+    train: list,
+    validation: Path,
+    out_dir: Path,
+    config: SelectConfig,
+    model: str | None,
+    cache_dir,
+    device: str,
+    numerics: dict | None,
 ) -> tuple[Candidates, dict, Matrix, Matrix]:
     """Every candidate fitted on ``train`` and tuned on ``validation``; the frozen record and both matrices."""
-    # One dtype, device and thread count for every split, and this stage's own arithmetic (the features it
-    # extracts, M2's training) on the labels' threads, so that its outputs do not depend on the machine's cores.
-    numerics = check_same_numerics({**{f"train {f}": f for f in train}, f"validation {validation}": validation})
-    pin_threads((numerics or {}).get("threads", DEFAULT_THREADS))
     tr, va = _load(train), Matrix.load(validation)
     tr.same_menu(va)
     check_disjoint(train=tr, validation=va)
@@ -256,9 +265,10 @@ def fix_rate_line(fix: dict, noise: dict | None) -> str:
     said = f"Fix rate per try: program {100 * fix['menu_program']:.1f}%, sample {sample}, numerical noise "
     if noise is None or not noise["rows"]:
         return said + "not measured (menu.recheck 0, or labels made before it was recorded)."
+    lo, hi = wilson(noise["verdicts_differ"], noise["rows"])
     return said + (
         f"{100 * noise['verdict_flip_rate']:.1f}% ({noise['verdicts_differ']} of {noise['rows']} rows run again alone "
-        f"changed their verdict, {noise['texts_differ']} their text)."
+        f"changed their verdict, 95% CI {100 * lo:.1f}-{100 * hi:.1f}%; {noise['texts_differ']} their text)."
     )
 
 
