@@ -26,7 +26,7 @@ from prefect import flow, get_run_logger, serve
 from prefect.events import DeploymentEventTrigger, emit_event
 from prefect.variables import Variable
 
-from flows.pipeline import ROOT, pipeline
+from flows.pipeline import CHAINS, ROOT, Chain, pipeline
 from polar.config import load, setting
 
 DEPLOYMENT = "scheduled-retraining"
@@ -84,10 +84,21 @@ def new_model_deployment(cwd: str | Path = ROOT):
 
 
 def new_base_models(cwd: str | Path = ROOT) -> list[str]:
-    """Base models of params.yaml whose chain has never been registered (no ``register@<model>`` in dvc.lock)."""
+    """Base models of params.yaml whose chain has never been registered (no entry for the last stage of the chain
+    params.yaml gives them, ``register-menu@<model>`` or ``register@<model>``, in dvc.lock). A model in no chain is
+    not new: it runs nothing until it is given one."""
     lock = Path(cwd) / "dvc.lock"
     done = set((yaml.safe_load(lock.read_text()) or {}).get("stages", {})) if lock.exists() else set()
-    return [m for m in _params(cwd)["base_models"] if f"register@{m}" not in done]
+    chains = load(Chain, Path(cwd) / "params.yaml")
+    new = []
+    for model in _params(cwd)["base_models"]:
+        try:
+            last = CHAINS[chains.of(model)][-1]
+        except ValueError:
+            continue
+        if f"{last}@{model}" not in done:
+            new.append(model)
+    return new
 
 
 def announce(model: str) -> None:

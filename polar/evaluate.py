@@ -34,7 +34,7 @@ from polar.executor import Sampling
 from polar.labeling.folder import read_labels
 from polar.programs import Program
 from polar.report import write_report
-from polar.settings import EvalConfig
+from polar.settings import DEFAULT_THREADS, EvalConfig
 from polar.stats import mcnemar_p, pass_at_k, wilson
 from polar.tasks.answers import grade
 from polar.tasks.files import SHOTS_FILE, read_examples
@@ -103,17 +103,19 @@ def evaluate(
         others: more predictors to compare, by name (e.g. ``{"skip-only": dir}``): their top-1 runs.
         oracle_labels: ``labels.jsonl`` of the same inputs: the search oracle's accuracy as upper bound.
     """
-    from polar.backbone import load
+    from polar.backbone import load_as_recorded
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     examples = read_examples(tasks_path)[:limit]
     if not examples:
         raise ValueError(f"{tasks_path} holds no examples")
-    model = model or P.load(predictor_dir).config.meta.get("base_model")
+    meta = P.load(predictor_dir).config.meta
+    model = model or meta.get("base_model")
     if not model:
         raise ValueError(f"{predictor_dir} does not record its base model; pass --model")
-    backbone = backbone or load(model, device=device)
+    # As its labels computed: their dtype, and on a CPU their threads (what is served is what was evaluated).
+    backbone = backbone or load_as_recorded(model, meta.get("numerics"), device, DEFAULT_THREADS)
     predictors = _load_predictors(predictor_dir, others, backbone, model)
     prompt = resolve_prompt(predictors["predictor"], config, tasks_path)
     config = replace(config, max_new_tokens=resolve_budget(predictors["predictor"], config))

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 from polar.hashing import sha256_file
-from polar.labeling.folder import SETTINGS, read_settings
+from polar.labeling.folder import SETTINGS, describe_numerics, read_settings
 from polar.lineage import lineage_tags
 from polar.settings import Gates
 from polar.stats import paired_interval
@@ -172,6 +172,8 @@ def _version_tags(meta: dict, metrics: dict, predictor_dir: Path, prompt: dict, 
         "embedder": meta["embedder"],
         "labels_sha256": meta["labels_sha256"],
         "prompt": _prompt_id(prompt),
+        # the dtype, device and threads its labels were computed with, which serving loads the model with
+        "numerics": describe_numerics(meta.get("numerics")).removeprefix("in "),
         **(lineage or {}),
     }
 

@@ -39,10 +39,13 @@ def test_stream_logs_lines_and_keeps_split_characters_whole():
 
 
 def test_new_base_models_are_those_without_a_registered_chain(tmp_path):
-    params = {"base_models": {"a": {"spec": "a"}, "b": {"spec": "b"}}}
+    params = {
+        "base_models": {"a": {"spec": "a"}, "b": {"spec": "b"}, "c": {"spec": "c"}, "d": {"spec": "d"}},
+        "pipeline": {"network": ["a", "b"], "menu": ["c"]},  # d runs no chain yet
+    }
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    assert new_base_models(tmp_path) == ["a", "b"]  # no dvc.lock yet
-    stages = {"label@a": {}, "register@a": {}, "label@b": {}}  # b's chain stopped before registering
+    assert new_base_models(tmp_path) == ["a", "b", "c"]  # no dvc.lock yet
+    stages = {"label@a": {}, "register@a": {}, "label@b": {}, "register-menu@c": {}}  # b stopped before registering
     (tmp_path / "dvc.lock").write_text(yaml.safe_dump({"schema": "2.0", "stages": stages}))
     assert new_base_models(tmp_path) == ["b"]
 

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from polar.cli.options import DeviceOpt, ModelOpt, app, console, fail
+from polar.cli.options import DeviceOpt, DtypeOpt, ModelOpt, app, console, fail
 from polar.programs import DEFAULT_K_MAX, DEFAULT_MAX_VISITS, CompactProgram, Program, ProgramError
 
 MaxVisitsOpt = Annotated[int, typer.Option(help="Most times one layer may run in a program (0: no limit).")]
@@ -47,6 +47,7 @@ def generate(
     raw: Annotated[bool, typer.Option("--raw", help="Do not apply the chat template.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object per program.")] = False,
     device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "auto",
 ) -> None:
     """Generate text from PROMPT with the model run along one or more layer programs."""
     from polar.backbone import ModelSpecError, load
@@ -54,9 +55,9 @@ def generate(
     from polar.hf import UnsupportedModelError
 
     try:
-        backbone = load(model, device=device, chat=False if raw else None)
+        backbone = load(model, device=device, dtype=dtype, chat=False if raw else None)
         programs = [_resolve_program(p, backbone.depth, max_visits) for p in (program or ["full"])]
-    except (ModelSpecError, UnsupportedModelError, ProgramError) as err:
+    except (ModelSpecError, UnsupportedModelError, ProgramError, ValueError) as err:
         fail(str(err))
     ids = backbone.encode_prompt(prompt)
     sampling = Sampling(temperature=temperature, top_p=top_p, seed=seed)

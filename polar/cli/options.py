@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DeviceOpt",
+    "DtypeOpt",
     "ModelOpt",
     "app",
     "configured",
@@ -49,6 +50,7 @@ ModelOpt = Annotated[
     ),
 ]
 DeviceOpt = Annotated[str, typer.Option(help="auto (CUDA when available), cpu, cuda, cuda:N.")]
+DtypeOpt = Annotated[str, typer.Option(help="auto (bfloat16 on CUDA, float32 on a CPU), float32, bfloat16 or float16.")]
 TrackingOpt = Annotated[
     str | None,
     typer.Option(help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow/mlflow.db)."),

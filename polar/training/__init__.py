@@ -47,10 +47,18 @@ def train(
     Returns:
         The kept checkpoint: its epoch or step, the validation metric that chose it, the inputs used.
     """
-    if config.method == "menu":
-        from polar.training.menu import train_menu
+    from polar.backbone import pinned_threads
+    from polar.labeling.folder import check_same_numerics
+    from polar.settings import DEFAULT_THREADS
 
-        return train_menu(label_paths, out_dir, config, base_model)
-    from polar.training.network import train_network
+    # Labels of one dtype, device and thread count; the training's own arithmetic on the labels' threads, so that
+    # the checkpoint does not depend on the machine's cores.
+    numerics = check_same_numerics({str(p): Path(p) if Path(p).is_dir() else Path(p).parent for p in label_paths})
+    with pinned_threads((numerics or {}).get("threads", DEFAULT_THREADS)):
+        if config.method == "menu":
+            from polar.training.menu import train_menu
 
-    return train_network(label_paths, out_dir, config, base_model, device, backbone)
+            return train_menu(label_paths, out_dir, config, base_model)
+        from polar.training.network import train_network
+
+        return train_network(label_paths, out_dir, config, base_model, device, backbone)

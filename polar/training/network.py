@@ -167,7 +167,7 @@ def train_network(
     targets, summary = _read_targets(label_files, config, source.prompt)
     train_t, val_t = split_targets(targets, config.val_fraction, config.seed)
     spec = base_model or summary["model"]
-    embed_dim, vectors, dev = _embed(targets, config, spec, device, backbone)
+    embed_dim, vectors, dev = _embed(targets, config, spec, device, backbone, source.numerics)
     data = {**summary, "train_targets": len(train_t), "val_targets": len(val_t)}
     meta = predictor_meta(
         config,
@@ -193,17 +193,17 @@ def train_network(
 
 
 def _embed(
-    targets: Sequence[Target], config: TrainConfig, spec: str, device: str, backbone
+    targets: Sequence[Target], config: TrainConfig, spec: str, device: str, backbone, numerics: dict | None = None
 ) -> tuple[int, Vectors, torch.device]:
     """Each question's token vectors, by ``config.embedder`` (loading the base model ``spec`` if it needs it).
 
     Returns:
         The embedding width, the vectors by question, and the device they are on.
     """
-    from polar.backbone import load, resolve_device
+    from polar.backbone import load_as_recorded, resolve_device
 
     if config.embedder.startswith("backbone") and backbone is None:
-        backbone = load(spec, device=device)
+        backbone = load_as_recorded(spec, numerics, device)  # the labels' dtype
     dev = resolve_device(device)
     embedder = load_embedder(config.embedder, backbone=backbone, device=dev)
     questions = sorted({t.question for t in targets})

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from polar.hashing import sha256_files
-from polar.labeling.folder import labels_prompt, read_settings
+from polar.labeling.folder import check_same_numerics, labels_prompt, read_settings
 
 if TYPE_CHECKING:
     from polar.settings import TrainConfig
@@ -33,6 +33,7 @@ class LabelSource:
     prompt: PromptSpec
     max_new_tokens: int | None  # the generation budget the rewards were graded under
     model: str | None  # the base model as the folders' settings name it
+    numerics: dict | None = None  # the dtype, device and CPU threads they were computed with (None: unrecorded)
 
 
 def label_source(label_files: Sequence[str | Path]) -> LabelSource:
@@ -60,7 +61,8 @@ def label_source(label_files: Sequence[str | Path]) -> LabelSource:
                 f"the label files were made with different {what} ({made}): a predictor is trained on labels of "
                 "one base model and one budget, those it is evaluated and served with; label them again alike"
             )
-    return LabelSource(prompt, next(iter(budgets.values())), next(iter(models.values())))
+    numerics = check_same_numerics({path: Path(path).parent for path in label_files})
+    return LabelSource(prompt, next(iter(budgets.values())), next(iter(models.values())), numerics)
 
 
 def predictor_meta(
@@ -94,6 +96,7 @@ def predictor_meta(
         "labels_sha256": sha256_files(hashed),
         "prompt": source.prompt.to_dict(),  # evaluation and serving prompt exactly as labeling did
         "max_new_tokens": source.max_new_tokens,  # and the same generation budget
+        "numerics": source.numerics,  # and the same dtype (and CPU threads) as labeling computed with
         "train": config.method_settings(),
         "method": config.method,
         "data": data,
