@@ -202,13 +202,14 @@ def _repo(tmp_path: Path, models: list[str]) -> Path:
     repo.mkdir()
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["base_models"] = {m: {"spec": m} for m in models}
+    params["pipeline"] = {"menu": models, "network": []}
     (repo / "params.yaml").write_text(yaml.safe_dump(params))
     return repo
 
 
 def test_a_new_base_model_triggers_its_pipeline(server, tmp_path):
     repo = _repo(tmp_path, ["smollm2-135m", "gemma3-270m"])
-    (repo / "dvc.lock").write_text(yaml.safe_dump({"schema": "2.0", "stages": {"register@smollm2-135m": {}}}))
+    (repo / "dvc.lock").write_text(yaml.safe_dump({"schema": "2.0", "stages": {"register-menu@smollm2-135m": {}}}))
     script = """
 from flows.serve import new_model_deployment, watch_base_models
 deployment_id = new_model_deployment(sys.argv[2]).apply()

@@ -53,7 +53,10 @@ def train(
 
     # Labels of one dtype, device and thread count; the training's own arithmetic on the labels' threads, so that
     # the checkpoint does not depend on the machine's cores.
-    numerics = check_same_numerics({str(p): Path(p) if Path(p).is_dir() else Path(p).parent for p in label_paths})
+    try:
+        numerics = check_same_numerics({str(p): Path(p) if Path(p).is_dir() else Path(p).parent for p in label_paths})
+    except FileNotFoundError:
+        numerics = None  # not label folders: the method's own reading says what is missing
     with pinned_threads((numerics or {}).get("threads", DEFAULT_THREADS)):
         if config.method == "menu":
             from polar.training.menu import train_menu
