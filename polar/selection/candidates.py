@@ -72,15 +72,26 @@ class FeatureCache:
         backbone: a callable that returns the loaded base model (called only when a block must be computed).
         prompt: the prompt the matrices were labeled with (the hidden states are those of its prompts).
         model: the base model's spec, part of each block's key (one folder may serve several models).
+        numerics: the dtype, device and threads the blocks are computed with, part of their key too (a block
+            computed otherwise has other floats).
     """
 
-    def __init__(self, backbone: Callable[[], object], prompt: PromptSpec, folder: str | Path, model: str) -> None:
+    def __init__(
+        self,
+        backbone: Callable[[], object],
+        prompt: PromptSpec,
+        folder: str | Path,
+        model: str,
+        numerics: dict | None = None,
+    ) -> None:
         self.backbone, self.prompt, self.folder, self.model = backbone, prompt, Path(folder), model
+        self.numerics = numerics
         self.extraction_ms: dict[str, float] = {}  # block -> ms per input, when computed in this run
         self._loaded: dict[Path, np.ndarray] = {}
 
     def __call__(self, matrix: Matrix, name: str) -> np.ndarray:
-        key = json.dumps([self.model, self.prompt.id, name, list(matrix.ids)])
+        key = [self.model, self.prompt.id, name, list(matrix.ids)]
+        key = json.dumps(key + ([self.numerics] if self.numerics else []), sort_keys=True)
         key = hashlib.sha256(key.encode()).hexdigest()[:16]
         path = self.folder / f"{name.replace(':', '-')}-{key}.npy"
         if path not in self._loaded:

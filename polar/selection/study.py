@@ -130,7 +130,8 @@ def _freeze(
             loaded["b"] = load_as_recorded(spec, numerics, device, DEFAULT_THREADS)
         return loaded["b"]
 
-    cache = FeatureCache(backbone, prompt, Path(cache_dir) if cache_dir else out_dir / "features", spec)
+    where = Path(cache_dir) if cache_dir else out_dir / "features"
+    cache = FeatureCache(backbone, prompt, where, spec, numerics or {"threads": DEFAULT_THREADS})
     candidates = Candidates(tr, va, cache, int(settings["config"]["samples"]), config)
     val_scores = {name: score(va, s) for name, s in candidates.select(va).items()}
     frozen = {
