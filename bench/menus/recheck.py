@@ -4,7 +4,7 @@ Matrices committed before ``polar label --menu`` recorded its recheck (``menu.re
 This picks the same rows labeling would (:func:`polar.labeling.menu.rechecked`: a hash of the input's id and the
 program), runs each alone on the model, with the prompt and budget of the matrix's ``settings.json``, and counts the
 rows whose answer (the graded prediction and the number of tokens generated) or verdict differ from the matrix's;
-log-probabilities that differ only in their last digits (another processor, another thread count) are counted apart.
+log-probabilities that differ (another processor, another thread count, the grid's padding) are counted apart.
 Generation matrices of the synthetic levels only (their inputs file holds every field a question needs).
 
     python bench/menus/recheck.py bench/menus/smollm2-135m/test --model models/smollm2-135m --share 0.02 \
@@ -43,6 +43,7 @@ def recheck(folder: Path, model: str, share: float, threads: int) -> dict:
     backbone = load(model, device="cpu", dtype="float32", threads=threads)
     stops = stop_token_ids(backbone.tokenizer)
     texts = verdicts = logprobs = 0
+    largest = 0.0
     for row in tqdm(rows.itertuples(), total=len(rows), desc=f"recheck {folder}", unit="row"):
         q = inputs.loc[row.id]
         example = Example(row.id, q["question"], str(q["answer"]), "arith", str(q["level"]), str(folder))
@@ -52,6 +53,7 @@ def recheck(folder: Path, model: str, share: float, threads: int) -> dict:
         texts += (prediction, len(alone.tokens)) != (row.prediction, row.tokens)
         verdicts += bool(ok) != bool(row.correct)
         logprobs += round(alone.logprob, 4) != row.logprob
+        largest = max(largest, abs(round(alone.logprob, 4) - row.logprob))
     lo, hi = wilson(verdicts, len(rows))
     return {
         "matrix": str(folder),
@@ -64,7 +66,8 @@ def recheck(folder: Path, model: str, share: float, threads: int) -> dict:
         "verdicts_differ": verdicts,
         "verdict_flip_rate": verdicts / len(rows) if len(rows) else None,
         "verdict_flip_ci95": [lo, hi],
-        "logprobs_differ_in_last_digits": logprobs,
+        "logprobs_differ": logprobs,  # the answer line's summed log-probability, rounded to 4 decimals as stored
+        "logprob_largest_difference": round(largest, 4),
     }
 
 
