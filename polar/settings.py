@@ -37,6 +37,7 @@ __all__ = [
     "TRAIN_SHARED",
     "DTYPES",
     "EngineConfig",
+    "recorded_threads",
     "EvalConfig",
     "Gates",
     "IngestConfig",
@@ -61,6 +62,13 @@ EFFICIENCY_MARGIN = 0.01  # efficiency mode: the most pass@1 a choice may lose a
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")  # auto: bfloat16 on CUDA, float32 on a CPU
 DEFAULT_THREADS = 2  # fixed, not "all cores": float results follow the thread count (see EngineConfig)
+
+
+def recorded_threads(numerics: dict | None) -> int:
+    """The CPU threads labels were computed with (their ``settings.json`` ``engine``), else the default: what the
+    stages after labeling compute their own floats with."""
+    return (numerics or {}).get("threads", DEFAULT_THREADS)
+
 
 SYNTHETIC_SIZES = {"train": 40, "validation": 10, "test": 20}  # questions per level unless given
 
@@ -127,8 +135,9 @@ class EngineConfig:
     """How the base model computes (params.yaml ``engine``): its floating-point type and its CPU threads.
 
     Both change the floats a model computes, and so its texts and verdicts: in bfloat16 a program's greedy text can
-    differ between a batch and a run alone, and on a CPU a reduction's order follows the intra-op thread count
-    (SmolLM2's logits at batch 1 differ in their last bits between 1 and 2 threads). So both are fixed settings,
+    differ between a batch and a run alone, and on a CPU a reduction's order follows the intra-op thread count (a
+    SmolLM2 menu folder labeled on 1 and on 2 threads differs in the fourth decimal of its log-probabilities:
+    bench/README.md). So both are fixed settings,
     never read from the machine: a label folder records them with the device (``settings.json``) and refuses to
     resume, join or be compared with labels made otherwise; the same thread count on a loaded or an idle machine
     gives the same bytes.
@@ -177,9 +186,9 @@ class SearchConfig:
     widen_alpha: float = setting(0.5, "Progressive widening exponent.")
     batch: int = setting(
         16,
-        "Programs evaluated together. In float32 the rewards are those of each program run alone (tested, and "
-        "measured: 0 of 320 texts differ on SmolLM2); in bfloat16 or float16 a batch can change a program's text and "
-        "verdict (2.8% of texts, 0.6% of verdicts measured on SmolLM2), so there rewards depend on it.",
+        "Programs evaluated together. In float32 the rewards are those of each program run alone (tested); in "
+        "bfloat16 or float16 a batch can change a program's text and verdict (bench/bench_noise.py: 4 of 97 SmolLM2 "
+        "verdicts changed between a menu grid and alone), so there rewards depend on it.",
     )
     seed: int = setting(0, "Seed of the search.")
 

@@ -17,7 +17,7 @@ if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
     for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(_var, str(_threads))
     # Runs that pin more threads than their share (polar's engine.threads, 2 by default) wait for a busy core by
-    # yielding it, not by spinning on it: measured 1.35x faster beside a busy core (17 s against 23 s).
+    # yielding it, not by spinning on it (spinning slowed a labeling run beside a busy core).
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 # The longest files first, so that `-n N --dist loadfile` starts them at once instead of last.

@@ -477,22 +477,12 @@ def check_settings(out_dir: Path, settings: dict, restart_on_change: bool = Fals
 def read_noise(folders: Iterable[str | Path]) -> dict | None:
     """The numerical noise floor of menu folders, pooled: of their rows run again alone (``manifest.json``'s
     ``recheck``), how many gave another text and another verdict; None when none of them recorded it."""
-    rows = texts = verdicts = 0
-    seen = False
-    for folder in folders:
-        path = Path(folder) / MANIFEST
-        check = json.loads(path.read_text()).get("recheck") if path.exists() else None
-        if check is not None:
-            seen = True
-            rows, texts, verdicts = (
-                rows + check["rows"],
-                texts + check["texts_differ"],
-                verdicts + check["verdicts_differ"],
-            )
-    if not seen:
+    paths = [Path(folder) / MANIFEST for folder in folders]
+    checks = [c for p in paths if p.exists() and (c := json.loads(p.read_text()).get("recheck")) is not None]
+    if not checks:
         return None
-    share = verdicts / rows if rows else None
-    return {"rows": rows, "texts_differ": texts, "verdicts_differ": verdicts, "verdict_flip_rate": share}
+    pooled = {k: sum(c[k] for c in checks) for k in ("rows", "texts_differ", "verdicts_differ")}
+    return pooled | {"verdict_flip_rate": pooled["verdicts_differ"] / pooled["rows"] if pooled["rows"] else None}
 
 
 def describe_numerics(engine: dict | None) -> str:

@@ -172,8 +172,9 @@ def run_menu(
     else:
         rows = _generated(backbone, examples, prompts, continuations, menu, config, dense)
     head = {"menu": menu_name}
+    stops = stop_token_ids(backbone.tokenizer)  # once per grid, not per rechecked row
     checked = [
-        _recheck(backbone, e, x, tails, menu, row.pop("tokens", None), row["results"], dense, config)
+        _recheck(backbone, e, x, tails, menu, row.pop("tokens", None), row["results"], dense, config, stops)
         for e, x, tails, row in zip(examples, prompts, continuations, rows, strict=True)
     ]
     return [
@@ -190,7 +191,7 @@ def rechecked(example_id: str, program: str, share: float) -> bool:
 
 
 def _recheck(
-    backbone, example, prompt_ids, tails, menu, tokens, results, dense: MenuConfig, config: LabelConfig
+    backbone, example, prompt_ids, tails, menu, tokens, results, dense: MenuConfig, config: LabelConfig, stops
 ) -> tuple:
     """The input's sampled rows run again alone (a grid of one prompt and one program): whether each gives the same
     answer text (generation: the same tokens; likelihood: the same choice) and the same verdict as in its grid."""
@@ -203,7 +204,6 @@ def _recheck(
             best = int(np.argmax(sums))  # the summed rule, as ``results`` holds it
             same_text, ok = LETTERS[best] == result.prediction, best == example.answer_index
         else:
-            stops = stop_token_ids(backbone.tokenizer)
             alone = generate_grid(backbone.executor, [prompt_ids], [program], config.max_new_tokens, stops)[0][0]
             ok = grade(alone.text, example.answer, example.answer_kind)[1]
             same_text = list(alone.tokens) == list(tokens[j])

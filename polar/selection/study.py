@@ -33,7 +33,7 @@ from polar.selection.files import CHOICES, FROZEN, ORACLE, TEST, TIMINGS
 from polar.selection.matrix import Matrix, check_disjoint
 from polar.selection.policies import BASE, Selection, oracle, score, winners
 from polar.selection.selector import Selector, SelectorSpec
-from polar.settings import DEFAULT_THREADS, SelectConfig
+from polar.settings import SelectConfig, recorded_threads
 from polar.stats import MethodScore, detectable_difference, wilson
 from polar.tasks.prompts import PromptSpec
 
@@ -88,7 +88,7 @@ def select(
     # One dtype, device and thread count for every split; this stage's own arithmetic (the features it extracts,
     # M2's training) runs on the labels' threads, so that its outputs do not depend on the machine's cores.
     numerics = check_same_numerics({**{f"train {f}": f for f in train}, f"validation {validation}": validation})
-    with pinned_threads((numerics or {}).get("threads", DEFAULT_THREADS)):
+    with pinned_threads(recorded_threads(numerics)):
         candidates, frozen, tr, va = _freeze(
             list(train), Path(validation), out_dir, config, model, cache_dir, device, numerics
         )
@@ -127,11 +127,11 @@ def _freeze(
         if "b" not in loaded:
             from polar.backbone import load_as_recorded
 
-            loaded["b"] = load_as_recorded(spec, numerics, device, DEFAULT_THREADS)
+            loaded["b"] = load_as_recorded(spec, numerics, device)  # within select's pinned threads
         return loaded["b"]
 
     where = Path(cache_dir) if cache_dir else out_dir / "features"
-    cache = FeatureCache(backbone, prompt, where, spec, numerics or {"threads": DEFAULT_THREADS})
+    cache = FeatureCache(backbone, prompt, where, spec, numerics or {"threads": recorded_threads(None)})
     candidates = Candidates(tr, va, cache, int(settings["config"]["samples"]), config)
     val_scores = {name: score(va, s) for name, s in candidates.select(va).items()}
     frozen = {

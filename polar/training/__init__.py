@@ -49,7 +49,7 @@ def train(
     """
     from polar.backbone import pinned_threads
     from polar.labeling.folder import check_same_numerics
-    from polar.settings import DEFAULT_THREADS
+    from polar.settings import recorded_threads
 
     # Labels of one dtype, device and thread count; the training's own arithmetic on the labels' threads, so that
     # the checkpoint does not depend on the machine's cores.
@@ -57,7 +57,7 @@ def train(
         numerics = check_same_numerics({str(p): Path(p) if Path(p).is_dir() else Path(p).parent for p in label_paths})
     except FileNotFoundError:
         numerics = None  # not label folders: the method's own reading says what is missing
-    with pinned_threads((numerics or {}).get("threads", DEFAULT_THREADS)):
+    with pinned_threads(recorded_threads(numerics)):
         if config.method == "menu":
             from polar.training.menu import train_menu
 
